@@ -1,0 +1,562 @@
+//! The engine: a backbone, a caller-owned arena and parameter table, and the
+//! active task.
+//!
+//! Contracts:
+//! - No heap. The arena (`Backbone::arena_len()` bytes) holds activations at
+//!   the offsets planned at export; the parameter table
+//!   (`Backbone::params_len()` entries) holds the integer requantization
+//!   parameters of the active task.
+//! - [`Engine::apply`] is a task switch. It validates the patch completely
+//!   against the backbone first, then derives the task's parameters from its
+//!   16-bit codes (see `quant`). A patch that fails leaves the previous task
+//!   active, byte for byte (a failed derivation re-derives the previous task,
+//!   which is deterministic).
+//! - A patch is always applied over the backbone's base task, never over the
+//!   previous patch: results do not depend on the order of switches.
+//! - The patch bytes are used in place (DW kernels, classifier weights), so
+//!   the engine borrows them for as long as the task is active.
+
+use crate::error::{FormatError, RunError};
+use crate::format::backbone::{param_slots, Backbone, OpInfo, TensorInfo};
+use crate::format::entry::{Entry, EntryIter, EntryKind, Rows};
+use crate::format::patch::Patch;
+use crate::format::{rd_f32, Act, OpKind, NONE};
+use crate::kernels::{scalar, ConvGeom, Kernels, OutQ};
+use crate::quant::{decode_bias, decode_scale, quantize_multiplier, quantize_value, round_half_away, Multiplier};
+
+/// One entry of the parameter table: a fixed-point multiplier and an int32
+/// bias (for conv channels; other ops store zero points in `bias`). The
+/// first entry of each op's block holds the op's output zero point in
+/// `bias` and its clamp bounds in `mult` (low) and `shift` (high).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requant {
+    /// Q31 multiplier (signed)
+    pub mult: i32,
+    /// right shift
+    pub shift: i32,
+    /// bias added to the accumulator before scaling
+    pub bias: i32,
+}
+
+/// The largest |bias| kept, so that accumulator + bias stays inside i32.
+const BIAS_LIMIT: i64 = 1 << 30;
+
+/// The per-op entries of one task section that the engine consults.
+#[derive(Clone, Copy, Default)]
+struct OpEntries<'a> {
+    scale: Option<&'a [u8]>,
+    bias: Option<&'a [u8]>,
+    weights: Option<&'a [u8]>,
+    rows: Option<&'a [u8]>,
+    lut: Option<&'a [u8]>,
+}
+
+/// Walks a sorted entry list op by op.
+struct Cursor<'a> {
+    it: EntryIter<'a>,
+    next: Option<Entry<'a>>,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(mut it: EntryIter<'a>) -> Self {
+        let next = it.next();
+        Cursor { it, next }
+    }
+    fn empty() -> Self {
+        Cursor { it: EntryIter::new(&[], 0), next: None }
+    }
+    /// Entries of op `i` (ops must be asked in increasing order).
+    fn take(&mut self, i: u16) -> OpEntries<'a> {
+        let mut e = OpEntries::default();
+        while let Some(ent) = self.next {
+            if ent.op == NONE || ent.op > i {
+                break;
+            }
+            if ent.op == i {
+                match ent.kind {
+                    EntryKind::ScaleCodes => e.scale = Some(ent.payload),
+                    EntryKind::BiasCodes => e.bias = Some(ent.payload),
+                    EntryKind::Weights => e.weights = Some(ent.payload),
+                    EntryKind::Rows => e.rows = Some(ent.payload),
+                    EntryKind::Lut => e.lut = Some(ent.payload),
+                    _ => {}
+                }
+            }
+            self.next = self.it.next();
+        }
+        e
+    }
+}
+
+fn tensor_quant(iter: EntryIter<'_>) -> Option<&[u8]> {
+    iter.filter(|e| e.kind == EntryKind::TensorQuant).map(|e| e.payload).next()
+}
+
+/// Class scores of one inference, borrowed from the arena.
+#[derive(Clone, Copy, Debug)]
+pub struct Scores<'e> {
+    q: &'e [i8],
+    scale: f32,
+    zp: i32,
+    softmax: bool,
+}
+
+impl<'e> Scores<'e> {
+    /// Number of classes.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+    /// No classes.
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+    /// Raw int8 scores.
+    pub fn quantized(&self) -> &'e [i8] {
+        self.q
+    }
+    /// Quantization of the scores: `(scale, zero point)`.
+    pub fn quant(&self) -> (f32, i32) {
+        (self.scale, self.zp)
+    }
+    /// Dequantized score (logit) of class `i`.
+    pub fn get(&self, i: usize) -> f32 {
+        self.q.get(i).map_or(0.0, |&q| self.scale * (q as i32 - self.zp) as f32)
+    }
+    /// The model ends in softmax (see [`Scores::probabilities`]).
+    pub fn has_softmax(&self) -> bool {
+        self.softmax
+    }
+    /// Index of the highest score (the first one on ties).
+    pub fn argmax(&self) -> usize {
+        let mut best = 0;
+        for (i, &q) in self.q.iter().enumerate() {
+            if q > self.q[best] {
+                best = i;
+            }
+        }
+        best
+    }
+    /// Writes dequantized scores into `out` (up to `len()` values); returns
+    /// the number written.
+    pub fn dequantize_into(&self, out: &mut [f32]) -> usize {
+        let n = out.len().min(self.q.len());
+        for (i, o) in out[..n].iter_mut().enumerate() {
+            *o = self.get(i);
+        }
+        n
+    }
+}
+
+/// Inference engine over one backbone. See the module doc.
+pub struct Engine<'a, 'm> {
+    bb: Backbone<'a>,
+    arena: &'m mut [i8],
+    params: &'m mut [Requant],
+    patch: Option<Patch<'a>>,
+    tq: &'a [u8],
+    classes: u16,
+    kernels: Kernels,
+}
+
+impl<'a, 'm> Engine<'a, 'm> {
+    /// Sets up the engine with the base task active.
+    pub fn new(bb: &Backbone<'a>, arena: &'m mut [i8], params: &'m mut [Requant]) -> Result<Self, RunError> {
+        if arena.len() < bb.arena_len() {
+            return Err(RunError::ArenaTooSmall { need: bb.arena_len() as u32, have: arena.len() as u32 });
+        }
+        if params.len() < bb.params_len() {
+            return Err(RunError::ParamsTooSmall { need: bb.params_len() as u32, have: params.len() as u32 });
+        }
+        let tq = tensor_quant(bb.base_entries()).unwrap_or(&[]);
+        let mut e = Engine { bb: *bb, arena, params, patch: None, tq, classes: bb.base_classes(), kernels: Kernels::best() };
+        e.derive()?;
+        Ok(e)
+    }
+
+    /// Uses another kernel table (e.g. `Kernels::scalar()` to compare).
+    pub fn set_kernels(&mut self, k: Kernels) {
+        self.kernels = k;
+    }
+    /// The kernel table in use.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
+    }
+    /// The backbone.
+    pub fn backbone(&self) -> &Backbone<'a> {
+        &self.bb
+    }
+    /// The active patch (`None`: the base task).
+    pub fn patch(&self) -> Option<&Patch<'a>> {
+        self.patch.as_ref()
+    }
+    /// Name of the active task (`"base"` without a patch).
+    pub fn task_name(&self) -> &'a str {
+        match &self.patch {
+            Some(p) => p.name(),
+            None => "base",
+        }
+    }
+    /// Classes of the active task.
+    pub fn classes(&self) -> usize {
+        self.classes as usize
+    }
+    /// The active task's parameter table (for inspection and tests).
+    pub fn params(&self) -> &[Requant] {
+        &self.params[..self.bb.params_len()]
+    }
+
+    /// Switches to the task in `patch`. On error nothing changes.
+    pub fn apply(&mut self, patch: Patch<'a>) -> Result<(), FormatError> {
+        if patch.backbone_fingerprint() != self.bb.fingerprint() {
+            return Err(FormatError::WrongBackbone { expected: self.bb.fingerprint(), found: patch.backbone_fingerprint() });
+        }
+        let summary = self.bb.validate_task(patch.entry_bytes(), patch.n_entries(), false)?;
+        let prev = (self.patch, self.tq, self.classes);
+        self.patch = Some(patch);
+        self.tq = tensor_quant(patch.entries()).or_else(|| tensor_quant(self.bb.base_entries())).unwrap_or(&[]);
+        self.classes = summary.classes;
+        if let Err(RunError::BadQuantization { op }) = self.derive() {
+            (self.patch, self.tq, self.classes) = prev;
+            // The previous task derived before, so it derives again.
+            let _ = self.derive();
+            return Err(FormatError::BadEntry { entry: 0, op, what: "quantization parameters out of range" });
+        }
+        Ok(())
+    }
+
+    /// Switches back to the base task.
+    pub fn reset(&mut self) {
+        self.patch = None;
+        self.tq = tensor_quant(self.bb.base_entries()).unwrap_or(&[]);
+        self.classes = self.bb.base_classes();
+        let _ = self.derive();
+    }
+
+    /// `(scale, zero point)` of tensor `t` under the active task.
+    pub fn tensor_quant(&self, t: usize) -> (f32, i32) {
+        if 8 * t + 8 <= self.tq.len() {
+            (rd_f32(self.tq, 8 * t), self.tq[8 * t + 4] as i8 as i32)
+        } else {
+            (1.0, 0)
+        }
+    }
+
+    /// Input quantization `(scale, zero point)` of the active task.
+    pub fn input_quant(&self) -> (f32, i32) {
+        self.tensor_quant(self.bb.header().input as usize)
+    }
+
+    /// Quantizes a float input given in NCHW order (`c*h*w` values) into
+    /// `out` (NHWC int8), with the active task's input quantization.
+    pub fn quantize_input(&self, x_chw: &[f32], out: &mut [i8]) -> Result<(), RunError> {
+        let t = self.bb.input();
+        let n = t.len();
+        if x_chw.len() != n || out.len() != n {
+            return Err(RunError::InputSize { expected: n as u32, got: x_chw.len() as u32 });
+        }
+        let (s, zp) = self.input_quant();
+        let (c, hw) = (t.c as usize, t.h as usize * t.w as usize);
+        for ch in 0..c {
+            for p in 0..hw {
+                out[p * c + ch] = quantize_value(x_chw[ch * hw + p] as f64, s as f64, zp) as i8;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one inference on a float NCHW input (quantized in place).
+    pub fn run_f32(&mut self, x_chw: &[f32]) -> Result<Scores<'_>, RunError> {
+        let t = self.bb.input();
+        let off = t.arena_off as usize;
+        let n = t.len();
+        if x_chw.len() != n {
+            return Err(RunError::InputSize { expected: n as u32, got: x_chw.len() as u32 });
+        }
+        let (s, zp) = self.input_quant();
+        let (c, hw) = (t.c as usize, t.h as usize * t.w as usize);
+        let dst = &mut self.arena[off..off + n];
+        for ch in 0..c {
+            for p in 0..hw {
+                dst[p * c + ch] = quantize_value(x_chw[ch * hw + p] as f64, s as f64, zp) as i8;
+            }
+        }
+        self.execute()
+    }
+
+    /// Runs one inference on an int8 NHWC input.
+    pub fn run(&mut self, input: &[i8]) -> Result<Scores<'_>, RunError> {
+        let t = self.bb.input();
+        let n = t.len();
+        if input.len() != n {
+            return Err(RunError::InputSize { expected: n as u32, got: input.len() as u32 });
+        }
+        let off = t.arena_off as usize;
+        self.arena[off..off + n].copy_from_slice(input);
+        self.execute()
+    }
+
+    fn cursors(&self) -> (Cursor<'a>, Cursor<'a>) {
+        let base = Cursor::new(self.bb.base_entries());
+        let patch = match &self.patch {
+            Some(p) => Cursor::new(p.entries()),
+            None => Cursor::empty(),
+        };
+        (base, patch)
+    }
+
+    fn merged(base: &mut Cursor<'a>, patch: &mut Cursor<'a>, i: u16) -> OpEntries<'a> {
+        let b = base.take(i);
+        let p = patch.take(i);
+        OpEntries {
+            scale: p.scale.or(b.scale),
+            bias: p.bias.or(b.bias),
+            weights: p.weights.or(b.weights),
+            rows: p.rows.or(b.rows),
+            lut: p.lut.or(b.lut),
+        }
+    }
+
+    fn out_q(&self, op: &OpInfo) -> OutQ {
+        let (s, zp) = self.tensor_quant(op.out as usize);
+        let (lo, hi) = match op.act {
+            Act::None => (-128, 127),
+            Act::Clamp => (
+                quantize_value(op.act_lo as f64, s as f64, zp),
+                quantize_value(op.act_hi as f64, s as f64, zp),
+            ),
+        };
+        OutQ { zp, lo, hi }
+    }
+
+    fn geom(&self, op: &OpInfo, cout: usize) -> ConvGeom {
+        let a = self.bb.tensor(op.in0 as usize);
+        let o = self.bb.tensor(op.out as usize);
+        ConvGeom {
+            ih: a.h as usize,
+            iw: a.w as usize,
+            cin: a.c as usize,
+            oh: o.h as usize,
+            ow: o.w as usize,
+            cout,
+            kh: op.kh as usize,
+            kw: op.kw as usize,
+            sh: op.sh as usize,
+            sw: op.sw as usize,
+            pt: op.pads[0] as usize,
+            pl: op.pads[1] as usize,
+            groups: op.groups.max(1) as usize,
+        }
+    }
+
+    /// Derives the parameter table of the active task.
+    fn derive(&mut self) -> Result<(), RunError> {
+        let (mut base, mut patch) = self.cursors();
+        let mut off = 0usize;
+        for i in 0..self.bb.n_ops() {
+            let op = self.bb.op(i);
+            let ent = Self::merged(&mut base, &mut patch, i as u16);
+            let cout = self.bb.cout(i, &op, self.classes);
+            let slots_cap = param_slots(&op, if i == self.bb.head_op() { self.bb.max_classes() as usize } else { cout });
+            let q = self.out_q(&op);
+            let (s_in, zp_in) = self.tensor_quant(op.in0 as usize);
+            let (s_out, _) = self.tensor_quant(op.out as usize);
+            let (s_b, zp_b) = if op.in1 != NONE { self.tensor_quant(op.in1 as usize) } else { (1.0, 0) };
+            let mq_same = self.tensor_quant(op.in0 as usize) == self.tensor_quant(op.out as usize);
+            let bad = RunError::BadQuantization { op: i as u16 };
+            let block = &mut self.params[off..off + slots_cap];
+            block[0] = Requant { mult: q.lo, shift: q.hi, bias: q.zp };
+            let mq = |m: f64| quantize_multiplier(m).ok_or(bad);
+            match op.kind {
+                OpKind::Conv | OpKind::DwConv => {
+                    let scale = ent.scale.unwrap_or(&[]);
+                    let biasc = ent.bias.unwrap_or(&[]);
+                    let row = self.bb.row_len(&op);
+                    let rows = ent.rows.and_then(|r| Rows::new_checked(r, row));
+                    let mut next_row = 0usize;
+                    for c in 0..cout {
+                        let sc = crate::format::rd_u16(scale, 2 * c);
+                        let bc = crate::format::rd_u16(biasc, 2 * c);
+                        let (s_w, neg) = decode_scale(sc);
+                        let b = decode_bias(bc);
+                        let real = s_in as f64 * s_w;
+                        let m = real / s_out as f64;
+                        let Multiplier { mult, shift } = mq(if neg { -m } else { m })?;
+                        let mut bias_acc = round_half_away((b / real).clamp(-(BIAS_LIMIT as f64), BIAS_LIMIT as f64));
+                        if neg {
+                            bias_acc = -bias_acc;
+                        }
+                        // Sum of the weights the kernel will read for channel c.
+                        // Rows are in ascending channel order: walk them alongside.
+                        let replaced = match rows {
+                            Some(r) if next_row < r.len() && r.channel(next_row) as usize == c => {
+                                next_row += 1;
+                                Some(r.row(next_row - 1))
+                            }
+                            _ => None,
+                        };
+                        let sum: i64 = if let Some(r) = replaced {
+                            r.iter().map(|&w| w as i8 as i64).sum()
+                        } else if let Some(w) = ent.weights {
+                            row_sum(op.kind, w, c, cout, row)
+                        } else {
+                            self.bb.weight_sum(&op, c) as i64
+                        };
+                        let bias = (bias_acc - zp_in as i64 * sum).clamp(-BIAS_LIMIT, BIAS_LIMIT);
+                        block[1 + c] = Requant { mult, shift, bias: bias as i32 };
+                    }
+                }
+                OpKind::Add | OpKind::Concat => {
+                    let ma = s_in as f64 / s_out as f64;
+                    let mb = s_b as f64 / s_out as f64;
+                    if op.kind == OpKind::Add {
+                        let big = mq(if ma >= mb { ma } else { mb })?;
+                        let small = if ma >= mb { mb } else { ma };
+                        let other = round_half_away(small * crate::quant::pow2(big.shift));
+                        let (pa, pb) = if ma >= mb { (big.mult, other as i32) } else { (other as i32, big.mult) };
+                        block[1] = Requant { mult: pa, shift: big.shift, bias: zp_in };
+                        block[2] = Requant { mult: pb, shift: big.shift, bias: zp_b };
+                    } else {
+                        let a = mq(ma)?;
+                        let b = mq(mb)?;
+                        block[1] = Requant { mult: a.mult, shift: a.shift, bias: zp_in };
+                        block[2] = Requant { mult: b.mult, shift: b.shift, bias: zp_b };
+                    }
+                }
+                OpKind::Mul => {
+                    let m = mq(s_in as f64 * s_b as f64 / s_out as f64)?;
+                    block[1] = Requant { mult: m.mult, shift: m.shift, bias: zp_in };
+                    block[2] = Requant { mult: 0, shift: 0, bias: zp_b };
+                }
+                OpKind::GlobalAvgPool => {
+                    let a = self.bb.tensor(op.in0 as usize);
+                    let hw = a.h as f64 * a.w as f64;
+                    let m = mq(s_in as f64 / (s_out as f64 * hw))?;
+                    block[1] = Requant { mult: m.mult, shift: m.shift, bias: zp_in };
+                }
+                OpKind::AvgPool => {
+                    for n in 1..slots_cap {
+                        let m = mq(s_in as f64 / (s_out as f64 * n as f64))?;
+                        block[n] = Requant { mult: m.mult, shift: m.shift, bias: zp_in };
+                    }
+                }
+                OpKind::MaxPool => {
+                    if !mq_same {
+                        return Err(bad);
+                    }
+                }
+                OpKind::Lut => {}
+            }
+            off += slots_cap;
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self) -> Result<Scores<'_>, RunError> {
+        let (mut base, mut patch) = self.cursors();
+        let mut off = 0usize;
+        let kernels = self.kernels;
+        for i in 0..self.bb.n_ops() {
+            let op = self.bb.op(i);
+            let ent = Self::merged(&mut base, &mut patch, i as u16);
+            let cout = self.bb.cout(i, &op, self.classes);
+            let slots = param_slots(&op, if i == self.bb.head_op() { self.bb.max_classes() as usize } else { cout });
+            let q = self.out_q(&op);
+            let (_, zp_in) = self.tensor_quant(op.in0 as usize);
+            let ta = self.bb.tensor(op.in0 as usize);
+            let to = self.bb.tensor(op.out as usize);
+            let tb = if op.in1 != NONE { Some(self.bb.tensor(op.in1 as usize)) } else { None };
+            let out_len = if i == self.bb.head_op() { cout * to.h as usize * to.w as usize } else { to.len() };
+            let g = self.geom(&op, cout);
+            let block = &self.params[off..off + slots];
+            let (a, b, out) = split_io(self.arena, &ta, tb.as_ref(), &to, out_len);
+            match op.kind {
+                OpKind::Conv | OpKind::DwConv => {
+                    let w = ent.weights.unwrap_or_else(|| self.bb.op_weights(&op));
+                    let rq = &block[1..1 + cout];
+                    let dw = op.kind == OpKind::DwConv;
+                    let k = if dw {
+                        kernels.dwconv
+                    } else if g.is_pointwise() {
+                        kernels.pointwise
+                    } else {
+                        kernels.conv
+                    };
+                    k(a, w, &g, zp_in as i8, rq, q, out);
+                    if let Some(rows) = ent.rows.and_then(|r| Rows::new_checked(r, g.row_len())) {
+                        for r in 0..rows.len() {
+                            let c = rows.channel(r) as usize;
+                            if dw {
+                                scalar::dwconv_channel(a, rows.row(r), &g, c, zp_in as i8, &rq[c], q, out);
+                            } else {
+                                scalar::conv_channel(a, rows.row(r), &g, c, zp_in as i8, &rq[c], q, out);
+                            }
+                        }
+                    }
+                }
+                OpKind::Add => {
+                    scalar::add(a, b, block[1].bias, block[1].mult, block[2].bias, block[2].mult, block[1].shift, q, out);
+                }
+                OpKind::Mul => {
+                    scalar::mul(a, b, to.c as usize, block[1].bias, block[2].bias, block[1].mult, block[1].shift, q, out);
+                }
+                OpKind::Lut => {
+                    let table = ent.lut.unwrap_or(&[0; 256]);
+                    scalar::lut(a, table, out);
+                }
+                OpKind::GlobalAvgPool => {
+                    scalar::global_avg_pool(a, ta.h as usize * ta.w as usize, ta.c as usize, &block[1], q, out);
+                }
+                OpKind::AvgPool => {
+                    let include = op.flags & crate::format::backbone::OP_FLAG_COUNT_INCLUDE_PAD != 0;
+                    scalar::pool(a, &g, Some((&block[1..], include)), q, out);
+                }
+                OpKind::MaxPool => scalar::pool(a, &g, None, q, out),
+                OpKind::Concat => {
+                    let cb = tb.map_or(0, |t| t.c as usize);
+                    scalar::concat(a, ta.c as usize, &block[1], b, cb, &block[2], q, out);
+                }
+            }
+            off += slots;
+        }
+        let t = self.bb.output();
+        let (scale, zp) = self.tensor_quant(self.bb.header().output as usize);
+        let o = t.arena_off as usize;
+        Ok(Scores { q: &self.arena[o..o + self.classes as usize], scale, zp, softmax: self.bb.softmax() })
+    }
+}
+
+/// Sum of output channel `c`'s weights in a weight tensor of `kind`'s layout.
+fn row_sum(kind: OpKind, w: &[u8], c: usize, cout: usize, row: usize) -> i64 {
+    if kind == OpKind::DwConv {
+        (0..row).map(|k| w.get(k * cout + c).map_or(0, |&x| x as i8 as i64)).sum()
+    } else {
+        w.get(c * row..(c + 1) * row).map_or(0, |r| r.iter().map(|&x| x as i8 as i64).sum())
+    }
+}
+
+/// Borrows the inputs and the output of an op from the arena at once. The
+/// backbone's validation guarantees the output overlaps neither input.
+fn split_io<'x>(arena: &'x mut [i8], a: &TensorInfo, b: Option<&TensorInfo>, o: &TensorInfo, out_len: usize) -> (&'x [i8], &'x [i8], &'x mut [i8]) {
+    let o0 = o.arena_off as usize;
+    let o1 = o0 + o.capacity as usize;
+    let (lo, hi) = arena.split_at_mut(o0);
+    let (out, rest) = hi.split_at_mut(o.capacity as usize);
+    let lo: &'x [i8] = lo;
+    let rest: &'x [i8] = rest;
+    let pick = |t: &TensorInfo| -> &'x [i8] {
+        let s = t.arena_off as usize;
+        let n = t.len();
+        if s + n <= o0 {
+            &lo[s..s + n]
+        } else {
+            let s = s - o1;
+            &rest[s..s + n]
+        }
+    };
+    let ia = pick(a);
+    let ib = match b {
+        Some(t) => pick(t),
+        None => &[],
+    };
+    (ia, ib, &mut out[..out_len])
+}

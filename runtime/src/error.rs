@@ -1,0 +1,231 @@
+//! Typed errors, one small enum per layer. All are `Copy`, carry the indices
+//! needed to find the problem, and print a sentence that says what is wrong.
+
+use core::fmt;
+
+/// A blob (backbone or patch) failed validation. Returned by the parsers and
+/// by [`crate::Engine::apply`]; nothing is half-applied when it is returned.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormatError {
+    /// The buffer is shorter than the blob says (or than a header).
+    Truncated {
+        /// bytes the blob needs
+        need: u32,
+        /// bytes the buffer holds
+        have: u32,
+    },
+    /// The first four bytes are not the expected magic.
+    BadMagic {
+        /// the magic that was expected (`b"GNBB"` or `b"GNPT"`)
+        expected: [u8; 4],
+        /// the bytes found
+        found: [u8; 4],
+    },
+    /// A format version this build cannot read.
+    UnsupportedVersion {
+        /// version in the blob
+        found: u16,
+        /// version this build reads
+        supported: u16,
+    },
+    /// The CRC-32 over the blob does not match the stored one: corruption.
+    ChecksumMismatch {
+        /// stored checksum
+        stored: u32,
+        /// computed checksum
+        computed: u32,
+    },
+    /// A section offset or length points outside the blob or overlaps another.
+    BadLayout {
+        /// which section
+        section: &'static str,
+    },
+    /// A tensor record is inconsistent.
+    BadTensor {
+        /// tensor index
+        tensor: u16,
+        /// what is wrong
+        what: &'static str,
+    },
+    /// An op record is inconsistent.
+    BadOp {
+        /// op index
+        op: u16,
+        /// what is wrong
+        what: &'static str,
+    },
+    /// A task entry (in a patch, or the backbone's base task) is inconsistent.
+    BadEntry {
+        /// entry index
+        entry: u32,
+        /// op the entry targets
+        op: u16,
+        /// what is wrong
+        what: &'static str,
+    },
+    /// The patch was made for another backbone.
+    WrongBackbone {
+        /// fingerprint of the backbone in use
+        expected: u64,
+        /// fingerprint the patch was made for
+        found: u64,
+    },
+    /// The patch's classifier has more classes than the backbone's arena holds.
+    TooManyClasses {
+        /// classes in the patch
+        classes: u16,
+        /// the backbone's capacity
+        max: u16,
+    },
+    /// A streamed patch does not fit the caller's buffer.
+    BufferTooSmall {
+        /// bytes needed
+        need: u32,
+        /// bytes available
+        have: u32,
+    },
+    /// The reader failed or ended early while streaming a patch.
+    Io,
+}
+
+impl fmt::Display for FormatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            FormatError::Truncated { need, have } => {
+                write!(f, "blob truncated: needs {need} bytes, buffer holds {have}")
+            }
+            FormatError::BadMagic { expected, found } => write!(
+                f,
+                "bad magic {:?}, expected {:?} (not a graftnet blob of this kind)",
+                found, expected
+            ),
+            FormatError::UnsupportedVersion { found, supported } => write!(
+                f,
+                "format version {found} is not supported (this build reads version {supported})"
+            ),
+            FormatError::ChecksumMismatch { stored, computed } => write!(
+                f,
+                "checksum mismatch (stored {stored:#010x}, computed {computed:#010x}): the blob is corrupted"
+            ),
+            FormatError::BadLayout { section } => {
+                write!(f, "section '{section}' lies outside the blob or overlaps another")
+            }
+            FormatError::BadTensor { tensor, what } => write!(f, "tensor {tensor}: {what}"),
+            FormatError::BadOp { op, what } => write!(f, "op {op}: {what}"),
+            FormatError::BadEntry { entry, op, what } => {
+                write!(f, "patch entry {entry} (op {op}): {what}")
+            }
+            FormatError::WrongBackbone { expected, found } => write!(
+                f,
+                "patch was made for backbone {found:016x}, but the loaded backbone is {expected:016x}"
+            ),
+            FormatError::TooManyClasses { classes, max } => write!(
+                f,
+                "patch has {classes} classes, the backbone's arena holds at most {max}"
+            ),
+            FormatError::BufferTooSmall { need, have } => {
+                write!(f, "patch needs a {need}-byte buffer, got {have}")
+            }
+            FormatError::Io => write!(f, "reading the patch failed or ended early"),
+        }
+    }
+}
+
+impl core::error::Error for FormatError {}
+
+/// Setting up or running the engine failed.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunError {
+    /// The activation arena is smaller than the backbone's plan.
+    ArenaTooSmall {
+        /// bytes needed
+        need: u32,
+        /// bytes given
+        have: u32,
+    },
+    /// The per-channel parameter table is smaller than the backbone needs.
+    ParamsTooSmall {
+        /// entries needed
+        need: u32,
+        /// entries given
+        have: u32,
+    },
+    /// The input has the wrong number of elements.
+    InputSize {
+        /// elements expected (C*H*W)
+        expected: u32,
+        /// elements given
+        got: u32,
+    },
+    /// A task's quantization parameters cannot be represented (a scale of
+    /// zero, infinity or NaN, or a requantization multiplier >= 2^30).
+    BadQuantization {
+        /// op index
+        op: u16,
+    },
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            RunError::ArenaTooSmall { need, have } => {
+                write!(f, "arena too small: the plan needs {need} bytes, got {have}")
+            }
+            RunError::ParamsTooSmall { need, have } => write!(
+                f,
+                "parameter table too small: needs {need} entries, got {have}"
+            ),
+            RunError::InputSize { expected, got } => {
+                write!(f, "input has {got} elements, the model takes {expected}")
+            }
+            RunError::BadQuantization { op } => write!(
+                f,
+                "op {op}: quantization parameters out of range (zero, infinite or huge scale ratio)"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for RunError {}
+
+/// Any runtime error.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// A blob failed validation.
+    Format(FormatError),
+    /// Engine setup or inference failed.
+    Run(RunError),
+}
+
+impl From<FormatError> for Error {
+    fn from(e: FormatError) -> Self {
+        Error::Format(e)
+    }
+}
+
+impl From<RunError> for Error {
+    fn from(e: RunError) -> Self {
+        Error::Run(e)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Format(e) => e.fmt(f),
+            Error::Run(e) => e.fmt(f),
+        }
+    }
+}
+
+impl core::error::Error for Error {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Error::Format(e) => Some(e),
+            Error::Run(e) => Some(e),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! Task entries: the unit both a patch body and the backbone's base task are
+//! made of.
+//!
+//! An entry is an 8-byte header followed by its payload, padded with zeros to
+//! a multiple of 4 bytes:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0 | kind ([`EntryKind`]) |
+//! | 1 | class ([`EntryClass`], what the exporter found; informative) |
+//! | 2..4 | target op (`0xffff` for whole-model entries) |
+//! | 4..8 | payload length in bytes (without padding) |
+//!
+//! [`EntryIter`] walks a section that has been validated
+//! (`Backbone::validate_task`); it stops rather than panics if handed bytes
+//! that were not.
+
+use super::{align_up, in_bounds, rd_u16, rd_u32, wr_u16, wr_u32};
+
+/// Entry header length.
+pub const HEADER_LEN: usize = 8;
+
+/// What an entry holds.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// Per-tensor activation quantization for every tensor: `n_tensors` x
+    /// (`scale: f32`, `zp: i8`, 3 zero bytes).
+    TensorQuant = 1,
+    /// Per-output-channel weight-scale codes (`u16` each, see `quant`).
+    ScaleCodes = 2,
+    /// Per-output-channel bias codes (binary16 each).
+    BiasCodes = 3,
+    /// The op's whole int8 weight tensor, in the kernel layout.
+    Weights = 4,
+    /// Replacement weight rows for some output channels: `count: u16`,
+    /// 2 zero bytes, `count` ascending channel indices (`u16`, padded to 4),
+    /// then `count` rows of `row_len` bytes.
+    Rows = 5,
+    /// A 256-byte lookup table (index = input byte as `u8`, i.e. `q as u8`).
+    Lut = 6,
+    /// The classifier's class count (`u16`, 2 zero bytes); target = head op.
+    Classes = 7,
+    /// Class labels, UTF-8, separated by `\n`.
+    Labels = 8,
+}
+
+impl EntryKind {
+    /// From the header byte.
+    pub fn from_u8(b: u8) -> Option<EntryKind> {
+        Some(match b {
+            1 => EntryKind::TensorQuant,
+            2 => EntryKind::ScaleCodes,
+            3 => EntryKind::BiasCodes,
+            4 => EntryKind::Weights,
+            5 => EntryKind::Rows,
+            6 => EntryKind::Lut,
+            7 => EntryKind::Classes,
+            8 => EntryKind::Labels,
+            _ => return None,
+        })
+    }
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::TensorQuant => "tensor-quant",
+            EntryKind::ScaleCodes => "scale-codes",
+            EntryKind::BiasCodes => "bias-codes",
+            EntryKind::Weights => "weights",
+            EntryKind::Rows => "rows",
+            EntryKind::Lut => "lut",
+            EntryKind::Classes => "classes",
+            EntryKind::Labels => "labels",
+        }
+    }
+}
+
+/// Why the exporter emitted an entry ("K for the Price of 1" patch kinds).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EntryClass {
+    /// Labels and other metadata.
+    Meta = 0,
+    /// Activation ranges (per-tensor quantization, lookup tables).
+    Activations = 1,
+    /// Batch-norm scale and bias (per-channel codes, rounding-fixup rows).
+    ScaleBias = 2,
+    /// Depthwise kernels.
+    Depthwise = 3,
+    /// The classifier.
+    Head = 4,
+    /// Anything else, carried as a whole-tensor override by policy.
+    Other = 5,
+}
+
+impl EntryClass {
+    /// From the header byte.
+    pub fn from_u8(b: u8) -> Option<EntryClass> {
+        Some(match b {
+            0 => EntryClass::Meta,
+            1 => EntryClass::Activations,
+            2 => EntryClass::ScaleBias,
+            3 => EntryClass::Depthwise,
+            4 => EntryClass::Head,
+            5 => EntryClass::Other,
+            _ => return None,
+        })
+    }
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryClass::Meta => "meta",
+            EntryClass::Activations => "activation ranges",
+            EntryClass::ScaleBias => "S/B",
+            EntryClass::Depthwise => "DW",
+            EntryClass::Head => "head",
+            EntryClass::Other => "other",
+        }
+    }
+}
+
+/// One entry, borrowed from its blob.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    /// Kind.
+    pub kind: EntryKind,
+    /// Class.
+    pub class: EntryClass,
+    /// Target op (`0xffff` for whole-model entries).
+    pub op: u16,
+    /// Payload, without padding.
+    pub payload: &'a [u8],
+}
+
+/// Iterator over an entry section.
+#[derive(Clone, Debug)]
+pub struct EntryIter<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    left: u32,
+}
+
+impl<'a> EntryIter<'a> {
+    /// Walks `count` entries in `bytes`.
+    pub fn new(bytes: &'a [u8], count: u32) -> Self {
+        EntryIter { bytes, pos: 0, left: count }
+    }
+}
+
+/// Result of reading one raw entry header.
+pub(crate) struct RawEntry<'a> {
+    pub kind: u8,
+    pub class: u8,
+    pub op: u16,
+    pub payload: &'a [u8],
+    pub next: usize,
+}
+
+pub(crate) fn read_raw(bytes: &[u8], pos: usize) -> Option<RawEntry<'_>> {
+    if !in_bounds(pos, HEADER_LEN, bytes.len()) {
+        return None;
+    }
+    let len = rd_u32(bytes, pos + 4) as usize;
+    let start = pos + HEADER_LEN;
+    if !in_bounds(start, len, bytes.len()) {
+        return None;
+    }
+    let next = start.checked_add(align_up(len, 4))?;
+    Some(RawEntry {
+        kind: bytes[pos],
+        class: bytes[pos + 1],
+        op: rd_u16(bytes, pos + 2),
+        payload: &bytes[start..start + len],
+        next: next.min(bytes.len()),
+    })
+}
+
+impl<'a> Iterator for EntryIter<'a> {
+    type Item = Entry<'a>;
+    fn next(&mut self) -> Option<Entry<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        let raw = read_raw(self.bytes, self.pos)?;
+        self.left -= 1;
+        self.pos = raw.next;
+        Some(Entry {
+            kind: EntryKind::from_u8(raw.kind)?,
+            class: EntryClass::from_u8(raw.class)?,
+            op: raw.op,
+            payload: raw.payload,
+        })
+    }
+}
+
+/// Bytes an entry with `payload_len` payload bytes takes (header + padding).
+pub const fn entry_len(payload_len: usize) -> usize {
+    HEADER_LEN + align_up(payload_len, 4)
+}
+
+/// Writes one entry at the start of `out` (which must hold
+/// `entry_len(payload.len())` bytes) and returns the bytes written.
+pub fn emit_entry(out: &mut [u8], kind: EntryKind, class: EntryClass, op: u16, payload: &[u8]) -> usize {
+    let n = entry_len(payload.len());
+    let out = &mut out[..n];
+    out.fill(0);
+    out[0] = kind as u8;
+    out[1] = class as u8;
+    wr_u16(out, 2, op);
+    wr_u32(out, 4, payload.len() as u32);
+    out[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
+    n
+}
+
+/// `Rows` payload length for `count` rows of `row_len` bytes.
+pub const fn rows_payload_len(count: usize, row_len: usize) -> usize {
+    4 + align_up(2 * count, 4) + count * row_len
+}
+
+/// View of a validated `Rows` payload.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    payload: &'a [u8],
+    count: usize,
+    row_len: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// Checks a `Rows` payload for `row_len`-byte rows; `None` if malformed.
+    pub fn new_checked(payload: &'a [u8], row_len: usize) -> Option<Self> {
+        if payload.len() < 4 {
+            return None;
+        }
+        let count = rd_u16(payload, 0) as usize;
+        if payload.len() != rows_payload_len(count, row_len) {
+            return None;
+        }
+        Some(Rows { payload, count, row_len })
+    }
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+    /// No rows.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+    /// Channel of row `i`.
+    pub fn channel(&self, i: usize) -> u16 {
+        rd_u16(self.payload, 4 + 2 * i)
+    }
+    /// Weights of row `i`.
+    pub fn row(&self, i: usize) -> &'a [u8] {
+        let start = 4 + align_up(2 * self.count, 4) + i * self.row_len;
+        &self.payload[start..start + self.row_len]
+    }
+    /// Row for `channel`, if replaced.
+    pub fn find(&self, channel: u16) -> Option<&'a [u8]> {
+        (0..self.count).find(|&i| self.channel(i) == channel).map(|i| self.row(i))
+    }
+}
+
+/// Writes a `Rows` payload (`out.len() == rows_payload_len(..)`).
+pub fn emit_rows(out: &mut [u8], channels: &[u16], rows: &[u8], row_len: usize) {
+    out.fill(0);
+    wr_u16(out, 0, channels.len() as u16);
+    for (i, &c) in channels.iter().enumerate() {
+        wr_u16(out, 4 + 2 * i, c);
+    }
+    let start = 4 + align_up(2 * channels.len(), 4);
+    out[start..start + channels.len() * row_len].copy_from_slice(&rows[..channels.len() * row_len]);
+}

@@ -1,0 +1,234 @@
+//! The two wire formats: backbone (`.gnb`) and patch (`.gnp`).
+//!
+//! Both are parsed through checked views in the smoltcp style: a view type
+//! over `T: AsRef<[u8]>` with field offsets as `const` ranges in a `mod field`,
+//! `new_unchecked` / `new_checked` / `check_len`, and a parse step that
+//! validates every offset, length and index once. After a successful parse no
+//! accessor panics: every slice taken later was bounds-checked at parse time.
+//! The writers (`emit`) live next to the readers so the format has exactly one
+//! definition. Normative spec: `runtime/FORMAT.md`.
+//!
+//! All integers are little-endian. Offsets are from the start of the blob.
+
+pub mod backbone;
+pub mod entry;
+pub mod patch;
+
+pub use entry::{EntryClass, EntryKind};
+
+/// Backbone magic.
+pub const BACKBONE_MAGIC: [u8; 4] = *b"GNBB";
+/// Patch magic.
+pub const PATCH_MAGIC: [u8; 4] = *b"GNPT";
+/// Format version this build reads and writes.
+pub const VERSION: u16 = 1;
+/// Alignment of the backbone's weight section (bytes), so SIMD kernels can
+/// read weights in place from flash or an mmap.
+pub const WEIGHT_ALIGN: usize = 64;
+/// Alignment of every activation tensor in the arena (bytes).
+pub const ARENA_ALIGN: usize = 16;
+/// "No tensor" marker in op records.
+pub const NONE: u16 = 0xffff;
+
+/// Op kinds (op record byte 0).
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OpKind {
+    /// Convolution with groups 1 or grouped (not depthwise), any kernel,
+    /// stride and padding; also fully connected (kernel = whole input map).
+    /// Weights `[cout][kh][kw][cin/groups]`.
+    Conv = 1,
+    /// Depthwise convolution (groups = cin = cout). Weights `[kh][kw][c]`.
+    DwConv = 2,
+    /// `a + b`, same shape.
+    Add = 3,
+    /// `a * b`, same shape or `b` is `(c,1,1)` broadcast.
+    Mul = 4,
+    /// Elementwise 256-entry lookup table.
+    Lut = 5,
+    /// Global average pooling to `(c,1,1)`.
+    GlobalAvgPool = 6,
+    /// k x k average pooling.
+    AvgPool = 7,
+    /// k x k max pooling (output quantization equals input's).
+    MaxPool = 8,
+    /// Channel concat of two inputs.
+    Concat = 9,
+}
+
+impl OpKind {
+    /// From the record byte.
+    pub fn from_u8(b: u8) -> Option<OpKind> {
+        Some(match b {
+            1 => OpKind::Conv,
+            2 => OpKind::DwConv,
+            3 => OpKind::Add,
+            4 => OpKind::Mul,
+            5 => OpKind::Lut,
+            6 => OpKind::GlobalAvgPool,
+            7 => OpKind::AvgPool,
+            8 => OpKind::MaxPool,
+            9 => OpKind::Concat,
+            _ => return None,
+        })
+    }
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Conv => "conv",
+            OpKind::DwConv => "dwconv",
+            OpKind::Add => "add",
+            OpKind::Mul => "mul",
+            OpKind::Lut => "lut",
+            OpKind::GlobalAvgPool => "gap",
+            OpKind::AvgPool => "avgpool",
+            OpKind::MaxPool => "maxpool",
+            OpKind::Concat => "concat",
+        }
+    }
+    /// Conv-like ops carry weights and per-channel codes.
+    pub fn has_weights(self) -> bool {
+        matches!(self, OpKind::Conv | OpKind::DwConv)
+    }
+}
+
+/// Fused activation (op record byte 1): the output is clamped to the int8
+/// images of `[act_lo, act_hi]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Act {
+    /// No clamp beyond int8.
+    None = 0,
+    /// Clamp to `[act_lo, act_hi]` (ReLU: `[0, inf]`, ReLU6: `[0, 6]`).
+    Clamp = 1,
+}
+
+/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), streaming form.
+#[derive(Clone, Copy, Debug)]
+pub struct Crc32(u32);
+
+const CRC_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+};
+
+impl Crc32 {
+    /// Empty state.
+    pub const fn new() -> Self {
+        Crc32(0xffff_ffff)
+    }
+    /// Feeds bytes.
+    pub fn update(&mut self, data: &[u8]) {
+        let mut c = self.0;
+        for &b in data {
+            c = CRC_TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
+        }
+        self.0 = c;
+    }
+    /// Final value.
+    pub fn finish(self) -> u32 {
+        !self.0
+    }
+}
+
+impl Default for Crc32 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// CRC-32 of a whole blob whose checksum field is at `12..16`, read as zero.
+pub fn blob_checksum(blob: &[u8]) -> u32 {
+    let mut c = Crc32::new();
+    c.update(&blob[..12]);
+    c.update(&[0; 4]);
+    c.update(&blob[16..]);
+    c.finish()
+}
+
+/// FNV-1a 64: the backbone fingerprint, over everything after the header.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in data {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+// Little-endian field access. Callers pass ranges that `check_len` (or the
+// parse step) has already proven to be in bounds.
+#[inline]
+pub(crate) fn rd_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+#[inline]
+pub(crate) fn rd_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+#[inline]
+pub(crate) fn rd_i32(b: &[u8], at: usize) -> i32 {
+    rd_u32(b, at) as i32
+}
+#[inline]
+pub(crate) fn rd_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+#[inline]
+pub(crate) fn rd_f32(b: &[u8], at: usize) -> f32 {
+    f32::from_bits(rd_u32(b, at))
+}
+#[inline]
+pub(crate) fn wr_u16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+#[inline]
+pub(crate) fn wr_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+#[inline]
+pub(crate) fn wr_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Rounds `n` up to a multiple of `a` (a power of two).
+pub const fn align_up(n: usize, a: usize) -> usize {
+    (n + a - 1) & !(a - 1)
+}
+
+/// `[lo, hi)` lies inside `len` bytes.
+pub(crate) fn in_bounds(off: usize, n: usize, len: usize) -> bool {
+    off.checked_add(n).is_some_and(|end| end <= len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32_known_vector() {
+        let mut c = Crc32::new();
+        c.update(b"123456789");
+        assert_eq!(c.finish(), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn fnv_known_vector() {
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+    }
+}

@@ -1,0 +1,218 @@
+//! Patch blob (`.gnp`): one task as a set of entries over a backbone.
+//!
+//! ```text
+//! header (48 B) | task name (UTF-8) | zero pad to 4 | entries
+//! ```
+//!
+//! [`Patch::parse`] checks the header, the checksum and the entry framing;
+//! the entries are checked against a backbone's graph when the patch is
+//! applied (`Engine::apply`), before anything changes. A patch is used in
+//! place: from flash, or streamed into a caller buffer by [`Patch::read`].
+
+use super::entry::{read_raw, EntryIter};
+use super::{align_up, blob_checksum, rd_u16, rd_u32, rd_u64, wr_u16, wr_u32, wr_u64, PATCH_MAGIC, VERSION};
+use crate::error::FormatError;
+
+/// Header field offsets.
+pub mod field {
+    #![allow(missing_docs)]
+    use core::ops::Range;
+    pub const MAGIC: Range<usize> = 0..4;
+    pub const VERSION: usize = 4;
+    pub const HEADER_LEN: usize = 6;
+    pub const TOTAL_LEN: usize = 8;
+    pub const CHECKSUM: usize = 12;
+    pub const BACKBONE: usize = 16;
+    pub const N_ENTRIES: usize = 24;
+    pub const CLASSES: usize = 28;
+    pub const NAME_LEN: usize = 30;
+    pub const ENTRIES_OFF: usize = 32;
+    pub const FLAGS: usize = 36;
+    pub const RESERVED: usize = 40;
+}
+
+/// Header length.
+pub const HEADER_LEN: usize = 48;
+/// Longest task name.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Header values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderRepr {
+    /// total blob length
+    pub total_len: u32,
+    /// fingerprint of the backbone this patch belongs to
+    pub backbone: u64,
+    /// number of entries
+    pub n_entries: u32,
+    /// classes of the task
+    pub classes: u16,
+    /// task-name length in bytes
+    pub name_len: u16,
+    /// offset of the entries
+    pub entries_off: u32,
+}
+
+impl HeaderRepr {
+    /// Offset of the entries for a name of `name_len` bytes.
+    pub const fn entries_off(name_len: usize) -> usize {
+        align_up(HEADER_LEN + name_len, 4)
+    }
+    /// Writes the header (checksum left zero: see [`seal`]).
+    pub fn emit(&self, blob: &mut [u8]) {
+        let b = &mut blob[..HEADER_LEN];
+        b.fill(0);
+        b[field::MAGIC].copy_from_slice(&PATCH_MAGIC);
+        wr_u16(b, field::VERSION, VERSION);
+        wr_u16(b, field::HEADER_LEN, HEADER_LEN as u16);
+        wr_u32(b, field::TOTAL_LEN, self.total_len);
+        wr_u64(b, field::BACKBONE, self.backbone);
+        wr_u32(b, field::N_ENTRIES, self.n_entries);
+        wr_u16(b, field::CLASSES, self.classes);
+        wr_u16(b, field::NAME_LEN, self.name_len);
+        wr_u32(b, field::ENTRIES_OFF, self.entries_off);
+    }
+}
+
+/// Fills in the checksum of a fully written patch.
+pub fn seal(blob: &mut [u8]) {
+    let crc = blob_checksum(blob);
+    wr_u32(blob, field::CHECKSUM, crc);
+}
+
+/// A parsed patch borrowed from its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Patch<'a> {
+    blob: &'a [u8],
+    hdr: HeaderRepr,
+}
+
+impl<'a> Patch<'a> {
+    /// Checks the header, checksum and entry framing.
+    pub fn parse(blob: &'a [u8]) -> Result<Self, FormatError> {
+        let hdr = check_header(blob)?;
+        let blob = &blob[..hdr.total_len as usize];
+        let stored = rd_u32(blob, field::CHECKSUM);
+        let computed = blob_checksum(blob);
+        if stored != computed {
+            return Err(FormatError::ChecksumMismatch { stored, computed });
+        }
+        let name = &blob[HEADER_LEN..HEADER_LEN + hdr.name_len as usize];
+        if core::str::from_utf8(name).is_err() {
+            return Err(FormatError::BadLayout { section: "name (not UTF-8)" });
+        }
+        // Framing: exactly n_entries entries fill the rest.
+        let body = &blob[hdr.entries_off as usize..];
+        let mut pos = 0;
+        for e in 0..hdr.n_entries {
+            let raw = read_raw(body, pos).ok_or(FormatError::BadEntry {
+                entry: e,
+                op: super::NONE,
+                what: "entry runs past the end of the patch",
+            })?;
+            pos = raw.next;
+        }
+        if pos != body.len() {
+            return Err(FormatError::BadLayout { section: "entries" });
+        }
+        Ok(Patch { blob, hdr })
+    }
+
+    /// Streams a patch from `reader` into `buf` and parses it there.
+    pub fn read<R: embedded_io::Read>(reader: &mut R, buf: &'a mut [u8]) -> Result<Self, FormatError> {
+        let have = buf.len() as u32;
+        if buf.len() < HEADER_LEN {
+            return Err(FormatError::BufferTooSmall { need: HEADER_LEN as u32, have });
+        }
+        reader.read_exact(&mut buf[..HEADER_LEN]).map_err(|_| FormatError::Io)?;
+        let total = check_fixed(&buf[..HEADER_LEN])?.total_len as usize;
+        if total > buf.len() {
+            return Err(FormatError::BufferTooSmall { need: total as u32, have });
+        }
+        reader.read_exact(&mut buf[HEADER_LEN..total]).map_err(|_| FormatError::Io)?;
+        let buf: &'a [u8] = buf;
+        Patch::parse(&buf[..total])
+    }
+
+    /// Bytes a streamed patch needs, from its first 48 bytes.
+    pub fn required_len(header: &[u8]) -> Result<usize, FormatError> {
+        Ok(check_fixed(header)?.total_len as usize)
+    }
+
+    /// The whole blob.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.blob
+    }
+    /// Header values.
+    pub fn header(&self) -> &HeaderRepr {
+        &self.hdr
+    }
+    /// Task name.
+    pub fn name(&self) -> &'a str {
+        let b = &self.blob[HEADER_LEN..HEADER_LEN + self.hdr.name_len as usize];
+        core::str::from_utf8(b).unwrap_or("")
+    }
+    /// Fingerprint of the backbone the patch was made for.
+    pub fn backbone_fingerprint(&self) -> u64 {
+        self.hdr.backbone
+    }
+    /// Class count of the task.
+    pub fn classes(&self) -> u16 {
+        self.hdr.classes
+    }
+    /// The entry section.
+    pub fn entry_bytes(&self) -> &'a [u8] {
+        &self.blob[self.hdr.entries_off as usize..]
+    }
+    /// The entries.
+    pub fn entries(&self) -> EntryIter<'a> {
+        EntryIter::new(self.entry_bytes(), self.hdr.n_entries)
+    }
+    /// Number of entries.
+    pub fn n_entries(&self) -> u32 {
+        self.hdr.n_entries
+    }
+}
+
+/// Checks the fixed header fields (no checksum).
+fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
+    let have = b.len() as u32;
+    if b.len() < HEADER_LEN {
+        return Err(FormatError::Truncated { need: HEADER_LEN as u32, have });
+    }
+    let mut magic = [0u8; 4];
+    magic.copy_from_slice(&b[field::MAGIC]);
+    if magic != PATCH_MAGIC {
+        return Err(FormatError::BadMagic { expected: PATCH_MAGIC, found: magic });
+    }
+    let version = rd_u16(b, field::VERSION);
+    if version != VERSION {
+        return Err(FormatError::UnsupportedVersion { found: version, supported: VERSION });
+    }
+    if rd_u16(b, field::HEADER_LEN) as usize != HEADER_LEN {
+        return Err(FormatError::BadLayout { section: "header" });
+    }
+    let hdr = HeaderRepr {
+        total_len: rd_u32(b, field::TOTAL_LEN),
+        backbone: rd_u64(b, field::BACKBONE),
+        n_entries: rd_u32(b, field::N_ENTRIES),
+        classes: rd_u16(b, field::CLASSES),
+        name_len: rd_u16(b, field::NAME_LEN),
+        entries_off: rd_u32(b, field::ENTRIES_OFF),
+    };
+    if hdr.name_len as usize > MAX_NAME_LEN || hdr.entries_off as usize != HeaderRepr::entries_off(hdr.name_len as usize) {
+        return Err(FormatError::BadLayout { section: "name" });
+    }
+    if (hdr.total_len as usize) < hdr.entries_off as usize {
+        return Err(FormatError::BadLayout { section: "entries" });
+    }
+    Ok(hdr)
+}
+
+fn check_header(b: &[u8]) -> Result<HeaderRepr, FormatError> {
+    let hdr = check_fixed(b)?;
+    if hdr.total_len as usize > b.len() {
+        return Err(FormatError::Truncated { need: hdr.total_len, have: b.len() as u32 });
+    }
+    Ok(hdr)
+}

@@ -1,0 +1,97 @@
+//! Backbone + patch is bit-identical to the task exported alone, for every
+//! task of the shipped models, in any switch order.
+
+use std::collections::BTreeMap;
+
+use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet_tests::*;
+use graftnet_tools::pipeline::{export, ExportOptions};
+
+struct Family {
+    arch: &'static str,
+    form: &'static str,
+    /// (task file stem, data task)
+    tasks: &'static [(&'static str, &'static str)],
+}
+
+const FAMILIES: &[Family] = &[
+    Family {
+        arch: "mnv2",
+        form: "folded",
+        tasks: &[("mnist-sb", "mnist"), ("mnist-dw", "mnist"), ("fashion-updown-sb", "fashion-updown"), ("fashion-binary-logits", "fashion-binary")],
+    },
+    Family { arch: "mnv2", form: "unfolded", tasks: &[("mnist-sb", "mnist"), ("mnist-dw", "mnist")] },
+    Family { arch: "mnv3", form: "folded", tasks: &[("mnist-sb", "mnist"), ("fashion-updown-sb", "fashion-updown")] },
+];
+
+const N: usize = 48;
+
+fn check_family(f: &Family) {
+    let m = models();
+    let data = m.join("data");
+    let out = scratch(&format!("exact-{}-{}", f.arch, f.form));
+    let mut opts = ExportOptions {
+        base: m.join(f.arch).join(format!("base.{}.onnx", f.form)),
+        calib: data.join("fashion_calib_x.npy"),
+        out: out.clone(),
+        ..Default::default()
+    };
+    for (t, d) in f.tasks {
+        opts.tasks.push((t.to_string(), m.join(f.arch).join(format!("{t}.{}.onnx", f.form))));
+        opts.calib_tasks.insert(t.to_string(), data.join(format!("{d}_calib_x.npy")));
+    }
+    let report = export(&opts).unwrap();
+    let backbone = std::fs::read(out.join("backbone.gnb")).unwrap();
+    // Reference: each task model exported alone, same calibration data.
+    let mut expected: BTreeMap<&str, Vec<Vec<i8>>> = BTreeMap::new();
+    let mut inputs = BTreeMap::new();
+    for (t, d) in f.tasks.iter().copied().chain([("base", "fashion")]) {
+        let onnx = if t == "base" { opts.base.clone() } else { m.join(f.arch).join(format!("{t}.{}.onnx", f.form)) };
+        let calib = npy(&data.join(format!("{d}_calib_x.npy")), None);
+        let alone = standalone_backbone(&onnx, &calib, None).unwrap();
+        let test = npy(&data.join(format!("{d}_test_x.npy")), None);
+        let want = scores(&alone, None, &test, N);
+        let patch = if t == "base" { None } else { Some(std::fs::read(out.join(format!("{t}.gnp"))).unwrap()) };
+        let got = scores(&backbone, patch.as_deref(), &test, N);
+        assert_eq!(got, want, "{} {} task {t}: backbone + patch differs from the task exported alone", f.arch, f.form);
+        expected.insert(t, want);
+        inputs.insert(t, test);
+    }
+    // Any order, any number of times, on one engine.
+    let bb = Backbone::parse(&backbone).unwrap();
+    let mut arena = vec![0i8; bb.arena_len()];
+    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
+    let patches: Vec<(&str, Vec<u8>)> = f.tasks.iter().map(|(t, _)| (*t, std::fs::read(out.join(format!("{t}.gnp"))).unwrap())).collect();
+    let mut rng = Rng(7);
+    for step in 0..3 * (patches.len() + 1) {
+        let k = rng.below(patches.len() + 1);
+        let name = if k == patches.len() {
+            e.reset();
+            "base"
+        } else {
+            e.apply(Patch::parse(&patches[k].1).unwrap()).unwrap();
+            patches[k].0
+        };
+        let i = rng.below(N);
+        let s = e.run_f32(inputs[name].sample(i)).unwrap().quantized().to_vec();
+        assert_eq!(s, expected[name][i], "step {step}: task {name} after switches");
+    }
+    assert!(report.tasks.len() == f.tasks.len() + 1);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn mnv2_folded_patches_are_exact() {
+    check_family(&FAMILIES[0]);
+}
+
+#[test]
+fn mnv2_unfolded_patches_are_exact() {
+    check_family(&FAMILIES[1]);
+}
+
+#[test]
+fn mnv3_folded_patches_are_exact() {
+    check_family(&FAMILIES[2]);
+}

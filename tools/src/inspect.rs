@@ -1,0 +1,232 @@
+//! `graftnet inspect`: what is inside a backbone or a patch.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use graftnet::format::backbone::OpInfo;
+use graftnet::format::{EntryClass, EntryKind, OpKind, BACKBONE_MAGIC, NONE, PATCH_MAGIC};
+use graftnet::{Backbone, Patch};
+use serde_json::json;
+
+/// The most bytes simultaneously live under the backbone's op order
+/// (the arena plan's lower bound).
+pub fn live_lower_bound(bb: &Backbone<'_>) -> usize {
+    let n = bb.n_tensors();
+    let root = |t: usize| {
+        let a = bb.tensor(t).alias_of;
+        if a == NONE {
+            t
+        } else {
+            a as usize
+        }
+    };
+    let mut start = vec![usize::MAX; n];
+    let mut end = vec![0usize; n];
+    let input = bb.header().input as usize;
+    start[root(input)] = 0;
+    for i in 0..bb.n_ops() {
+        let op = bb.op(i);
+        for t in [op.in0, op.in1, op.out] {
+            if t != NONE {
+                let r = root(t as usize);
+                start[r] = start[r].min(i);
+                end[r] = end[r].max(i);
+            }
+        }
+    }
+    let out = root(bb.header().output as usize);
+    end[out] = bb.n_ops();
+    (0..bb.n_ops())
+        .map(|i| (0..n).filter(|&t| root(t) == t && start[t] <= i && i <= end[t]).map(|t| bb.tensor(t).capacity as usize).sum())
+        .max()
+        .unwrap_or(0)
+}
+
+fn op_desc(bb: &Backbone<'_>, op: &OpInfo) -> String {
+    match op.kind {
+        OpKind::Conv | OpKind::DwConv => {
+            let mut s = format!("k{}x{} s{}", op.kh, op.kw, op.sh);
+            if op.pads.iter().any(|&p| p > 0) {
+                s += &format!(" p{:?}", op.pads);
+            }
+            if op.groups > 1 && op.kind == OpKind::Conv {
+                s += &format!(" g{}", op.groups);
+            }
+            if op.act == graftnet::format::Act::Clamp {
+                s += &format!(" clamp[{}, {}]", op.act_lo, op.act_hi);
+            }
+            let _ = bb;
+            s
+        }
+        OpKind::AvgPool | OpKind::MaxPool => format!("k{}x{} s{}", op.kh, op.kw, op.sh),
+        _ => String::new(),
+    }
+}
+
+/// Prints a description of `file` (backbone or patch).
+pub fn inspect(file: &Path, backbone: Option<&Path>, json_out: bool) -> Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    if bytes.len() >= 4 && bytes[..4] == BACKBONE_MAGIC {
+        inspect_backbone(file, &bytes, json_out)
+    } else if bytes.len() >= 4 && bytes[..4] == PATCH_MAGIC {
+        let bbp = backbone.map(Path::to_path_buf).unwrap_or_else(|| file.with_file_name("backbone.gnb"));
+        let bbb = std::fs::read(&bbp).ok();
+        inspect_patch(file, &bytes, bbb.as_deref(), json_out)
+    } else {
+        anyhow::bail!("{} is neither a graftnet backbone (.gnb) nor a patch (.gnp)", file.display())
+    }
+}
+
+fn inspect_backbone(file: &Path, bytes: &[u8], json_out: bool) -> Result<()> {
+    let bb = Backbone::parse(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut arena = vec![0i8; bb.arena_len()];
+    let mut params = vec![graftnet::Requant::default(); bb.params_len()];
+    let engine = graftnet::Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let e: Vec<(f32, i32)> = (0..bb.n_tensors()).map(|t| engine.tensor_quant(t)).collect();
+    let lb = live_lower_bound(&bb);
+    let h = bb.header();
+    let mut layers = Vec::new();
+    for i in 0..bb.n_ops() {
+        let op = bb.op(i);
+        let a = bb.tensor(op.in0 as usize);
+        let o = bb.tensor(op.out as usize);
+        let wbytes = bb.op_weights(&op).len();
+        let (s, z) = e[op.out as usize];
+        layers.push((i, op, a, o, wbytes, s, z));
+    }
+    if json_out {
+        let ls: Vec<_> = layers
+            .iter()
+            .map(|(i, op, a, o, w, s, z)| {
+                json!({"index": i, "kind": op.kind.name(), "input": [a.c, a.h, a.w], "output": [o.c, o.h, o.w],
+                       "kernel": [op.kh, op.kw], "stride": [op.sh, op.sw], "pads": op.pads, "groups": op.groups,
+                       "weight_bytes": w, "out_scale": s, "out_zero_point": z})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"kind": "backbone", "bytes": bytes.len(), "fingerprint": format!("{:016x}", bb.fingerprint()),
+                   "ops": bb.n_ops(), "tensors": bb.n_tensors(), "weights_bytes": h.weights_len, "task_bytes": h.task_len,
+                   "arena_bytes": h.arena_len, "arena_lower_bound": lb, "params_len": h.params_len,
+                   "max_classes": h.max_classes, "base_classes": bb.base_classes(), "softmax": bb.softmax(), "layers": ls})
+        );
+        return Ok(());
+    }
+    let inp = bb.input();
+    println!("backbone {} ({} bytes), fingerprint {:016x}", file.display(), bytes.len(), bb.fingerprint());
+    println!(
+        "  input {}x{}x{} (c,h,w), {} ops, {} tensors, {} classes (patches up to {}){}",
+        inp.c,
+        inp.h,
+        inp.w,
+        bb.n_ops(),
+        bb.n_tensors(),
+        bb.base_classes(),
+        h.max_classes,
+        if bb.softmax() { ", softmax" } else { "" }
+    );
+    println!(
+        "  weights {} bytes, base task {} bytes, arena {} bytes (live-tensor lower bound {}, +{:.1} %), parameter table {} entries ({} bytes)",
+        h.weights_len,
+        h.task_len,
+        h.arena_len,
+        lb,
+        100.0 * (h.arena_len as f64 / lb.max(1) as f64 - 1.0),
+        h.params_len,
+        h.params_len as usize * core::mem::size_of::<graftnet::Requant>()
+    );
+    println!("  {:>4} {:<7} {:>14} {:>14} {:>9}  {:<28} {}", "#", "op", "input", "output", "weights", "geometry", "out quant (scale, zp)");
+    for (i, op, a, o, w, s, z) in layers {
+        println!(
+            "  {:>4} {:<7} {:>14} {:>14} {:>9}  {:<28} {:.6}, {}",
+            i,
+            op.kind.name(),
+            format!("{}x{}x{}", a.c, a.h, a.w),
+            format!("{}x{}x{}", o.c, o.h, o.w),
+            w,
+            op_desc(&bb, &op),
+            s,
+            z
+        );
+    }
+    Ok(())
+}
+
+fn inspect_patch(file: &Path, bytes: &[u8], backbone: Option<&[u8]>, json_out: bool) -> Result<()> {
+    let p = Patch::parse(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let classes = [
+        EntryClass::ScaleBias,
+        EntryClass::Depthwise,
+        EntryClass::Head,
+        EntryClass::Activations,
+        EntryClass::Other,
+        EntryClass::Meta,
+    ];
+    let entries: Vec<_> = p.entries().collect();
+    let elen = |n: usize| graftnet::format::entry::entry_len(n);
+    let by: Vec<(EntryClass, usize, usize)> = classes
+        .iter()
+        .map(|&c| {
+            let es: Vec<_> = entries.iter().filter(|e| e.class == c).collect();
+            (c, es.len(), es.iter().map(|e| elen(e.payload.len())).sum())
+        })
+        .collect();
+    let header_bytes = p.header().entries_off as usize;
+    let check = backbone.map(|b| -> Result<(), String> {
+        let bb = Backbone::parse(b).map_err(|e| format!("backbone: {e}"))?;
+        if bb.fingerprint() != p.backbone_fingerprint() {
+            return Err(format!("made for backbone {:016x}, not {:016x}", p.backbone_fingerprint(), bb.fingerprint()));
+        }
+        bb.validate_task(p.entry_bytes(), p.n_entries(), false).map(|_| ()).map_err(|e| e.to_string())
+    });
+    if json_out {
+        let byj: serde_json::Map<String, serde_json::Value> =
+            by.iter().map(|(c, n, b)| (c.name().to_string(), json!({"entries": n, "bytes": b}))).collect();
+        let ents: Vec<_> = entries
+            .iter()
+            .map(|e| json!({"kind": e.kind.name(), "class": e.class.name(), "op": if e.op == NONE { None } else { Some(e.op) }, "bytes": e.payload.len()}))
+            .collect();
+        println!(
+            "{}",
+            json!({"kind": "patch", "task": p.name(), "bytes": bytes.len(), "classes": p.classes(),
+                   "backbone": format!("{:016x}", p.backbone_fingerprint()), "header_bytes": header_bytes,
+                   "by_kind": byj, "entries": ents,
+                   "valid_for_backbone": check.as_ref().map(|c| c.is_ok()), "error": check.and_then(|c| c.err())})
+        );
+        return Ok(());
+    }
+    println!(
+        "patch {} ({} bytes): task '{}', {} classes, for backbone {:016x}",
+        file.display(),
+        bytes.len(),
+        p.name(),
+        p.classes(),
+        p.backbone_fingerprint()
+    );
+    match &check {
+        Some(Ok(())) => println!("  fits the backbone beside it"),
+        Some(Err(e)) => println!("  DOES NOT fit the backbone: {e}"),
+        None => println!("  (no backbone.gnb beside it to check against)"),
+    }
+    println!("  header + name: {header_bytes} bytes");
+    for (c, n, b) in &by {
+        if *n > 0 {
+            println!("  {:<18} {:>4} entries {:>9} bytes", c.name(), n, b);
+        }
+    }
+    let mut per_kind: Vec<(EntryKind, usize, usize)> = Vec::new();
+    for e in &entries {
+        match per_kind.iter_mut().find(|(k, _, _)| *k == e.kind) {
+            Some(x) => {
+                x.1 += 1;
+                x.2 += e.payload.len();
+            }
+            None => per_kind.push((e.kind, 1, e.payload.len())),
+        }
+    }
+    println!("  by entry kind:");
+    for (k, n, b) in per_kind {
+        println!("    {:<14} {:>4} entries {:>9} payload bytes", k.name(), n, b);
+    }
+    Ok(())
+}

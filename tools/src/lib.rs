@@ -1,0 +1,14 @@
+//! graftnet-tools: the offline side of graftnet (import, quantize, diff, emit)
+//! and the host runner.
+
+pub mod data;
+pub mod export;
+pub mod fixtures;
+pub mod float_eval;
+pub mod host;
+pub mod inspect;
+pub mod ir;
+pub mod onnx_import;
+pub mod pipeline;
+pub mod quantize;
+pub mod reference;

@@ -1,0 +1,489 @@
+//! `graftnet`: export ONNX models to a backbone + task patches, inspect blobs,
+//! and run or evaluate tasks on the host through the real runtime.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use graftnet_tools::data::{self, Preprocess};
+use graftnet_tools::export::OtherPolicy;
+use graftnet_tools::host::{argmax, ExportDir};
+use graftnet_tools::inspect;
+use graftnet_tools::pipeline::{self, ExportOptions};
+use graftnet_tools::reference::TractModel;
+
+#[derive(Parser)]
+#[command(name = "graftnet", version, about = "One frozen int8 backbone, many kilobyte task patches (K for the Price of 1)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Export a base model and task models to DIR/backbone.gnb + DIR/NAME.gnp.
+    Export(ExportArgs),
+    /// Describe a backbone (.gnb) or patch (.gnp): layers, shapes, sizes, quantization.
+    Inspect {
+        file: PathBuf,
+        /// For a patch: the backbone to check it against (default: backbone.gnb beside it).
+        #[arg(long)]
+        backbone: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Class scores of one input.
+    Run {
+        dir: PathBuf,
+        #[arg(long)]
+        task: String,
+        /// .npy of one sample (1,C,H,W) or an image file
+        #[arg(long)]
+        input: PathBuf,
+        #[command(flatten)]
+        prep: PrepArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Int8 top-1 accuracy of a task (and the float model's, with --reference).
+    Eval {
+        dir: PathBuf,
+        #[arg(long)]
+        task: String,
+        /// .npy (N,C,H,W) float32, or an ImageFolder directory
+        #[arg(long)]
+        data: PathBuf,
+        /// .npy of integer labels (not needed for ImageFolder)
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// the float ONNX model, run through tract for comparison
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// evaluate at most N samples (0 = all)
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        #[command(flatten)]
+        prep: PrepArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The main job on the models and data the repository ships: export,
+    /// then run every task and print accuracy, sizes and switch time.
+    Demo {
+        /// folder with mnv2/, mnv3/ and data/ (default: the repo's tests/models)
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// larger test sets written by tests/data/setup.sh (default: tests/data/generated if present)
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// where to write the exports
+        #[arg(long, default_value = "out/demo")]
+        out: PathBuf,
+        /// mnv2, mnv3 or all
+        #[arg(long, default_value = "all")]
+        arch: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone, Default)]
+struct PrepArgs {
+    /// resize images to H,W (image inputs only; default: the model's input size)
+    #[arg(long, value_parser = parse_pair)]
+    size: Option<(usize, usize)>,
+    /// per-channel mean, comma separated (image inputs only)
+    #[arg(long, value_delimiter = ',')]
+    mean: Vec<f32>,
+    /// per-channel std, comma separated (image inputs only)
+    #[arg(long, value_delimiter = ',')]
+    std: Vec<f32>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    #[arg(long)]
+    base: PathBuf,
+    /// NAME=TASK.onnx, repeatable
+    #[arg(long = "task", value_parser = parse_kv)]
+    tasks: Vec<(String, PathBuf)>,
+    /// calibration data (.npy (N,C,H,W) or ImageFolder) for the base and tasks without their own
+    #[arg(long)]
+    calib: PathBuf,
+    /// NAME=DATA, repeatable
+    #[arg(long = "calib-task", value_parser = parse_kv)]
+    calib_tasks: Vec<(String, PathBuf)>,
+    #[arg(long)]
+    out: PathBuf,
+    /// C,H,W for models with dynamic input dimensions
+    #[arg(long, value_parser = parse_triple)]
+    input_shape: Option<(usize, usize, usize)>,
+    /// use at most N calibration samples per task (0 = all)
+    #[arg(long, default_value_t = 0)]
+    calib_limit: usize,
+    /// a changed tensor no patch kind covers: reject the task, or carry the whole tensor
+    #[arg(long, default_value = "reject", value_parser = ["reject", "override"])]
+    other: String,
+    /// NAME=FILE with one class label per line, repeatable
+    #[arg(long = "labels", value_parser = parse_kv)]
+    labels: Vec<(String, PathBuf)>,
+    #[command(flatten)]
+    prep: PrepArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_kv(s: &str) -> Result<(String, PathBuf), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=PATH, got '{s}'"))?;
+    Ok((k.to_string(), PathBuf::from(v)))
+}
+
+fn parse_nums(s: &str, n: usize) -> Result<Vec<usize>, String> {
+    let v: Result<Vec<usize>, _> = s.split(',').map(|x| x.trim().parse::<usize>()).collect();
+    match v {
+        Ok(v) if v.len() == n => Ok(v),
+        _ => Err(format!("expected {n} comma-separated integers, got '{s}'")),
+    }
+}
+
+fn parse_pair(s: &str) -> Result<(usize, usize), String> {
+    let v = parse_nums(s, 2)?;
+    Ok((v[0], v[1]))
+}
+
+fn parse_triple(s: &str) -> Result<(usize, usize, usize), String> {
+    let v = parse_nums(s, 3)?;
+    Ok((v[0], v[1], v[2]))
+}
+
+impl PrepArgs {
+    fn to_prep(&self, shape: Option<(usize, usize, usize)>) -> Preprocess {
+        let c = shape.map_or(0, |s| s.0);
+        let mut p = Preprocess::default();
+        p.size = self.size.or(shape.map(|s| (s.1, s.2)));
+        if c > 0 {
+            p.channels = c;
+        }
+        if !self.mean.is_empty() {
+            p.mean = self.mean.clone();
+        }
+        if !self.std.is_empty() {
+            p.std = self.std.clone();
+        }
+        p
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Export(a) => cmd_export(a),
+        Cmd::Inspect { file, backbone, json } => inspect::inspect(&file, backbone.as_deref(), json),
+        Cmd::Run { dir, task, input, prep, json } => cmd_run(&dir, &task, &input, &prep, json),
+        Cmd::Eval { dir, task, data, labels, reference, limit, prep, json } => {
+            cmd_eval(&dir, &task, &data, labels.as_deref(), reference.as_deref(), limit, &prep, json)
+        }
+        Cmd::Demo { models, data, out, arch, json } => cmd_demo(models, data, &out, &arch, json),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_labels(p: &Path) -> Result<Vec<String>> {
+    let s = std::fs::read_to_string(p).with_context(|| format!("reading labels {}", p.display()))?;
+    Ok(s.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+}
+
+fn cmd_export(a: ExportArgs) -> Result<()> {
+    let mut labels = BTreeMap::new();
+    for (k, p) in &a.labels {
+        labels.insert(k.clone(), read_labels(p)?);
+    }
+    let opts = ExportOptions {
+        base: a.base,
+        tasks: a.tasks,
+        calib: a.calib,
+        calib_tasks: a.calib_tasks.into_iter().collect(),
+        out: a.out,
+        input_shape: a.input_shape,
+        prep: a.prep.to_prep(None),
+        calib_limit: a.calib_limit,
+        other: if a.other == "override" { OtherPolicy::Override } else { OtherPolicy::Reject },
+        labels,
+        progress: !a.json,
+    };
+    let r = pipeline::export(&opts)?;
+    if a.json {
+        let tasks: Vec<_> = r
+            .tasks
+            .iter()
+            .map(|t| {
+                let by: serde_json::Map<String, serde_json::Value> =
+                    t.bytes_by_class.iter().map(|(c, b)| (c.name().to_string(), json!(b))).collect();
+                json!({"name": t.name, "classes": t.classes, "patch_bytes": t.patch_bytes, "bytes_by_class": by,
+                       "patch": t.patch.as_ref().map(|p| p.to_string_lossy().to_string())})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"backbone": r.backbone.to_string_lossy(), "backbone_bytes": r.backbone_bytes, "weights_bytes": r.weights_bytes,
+                   "arena_bytes": r.arena_bytes, "arena_lower_bound": r.arena_lower_bound, "params_len": r.params_len,
+                   "fingerprint": format!("{:016x}", r.fingerprint), "tasks": tasks})
+        );
+    } else {
+        println!(
+            "backbone {}: {} bytes ({} weights), arena {} bytes (live-tensor lower bound {}), fingerprint {:016x}",
+            r.backbone.display(),
+            r.backbone_bytes,
+            r.weights_bytes,
+            r.arena_bytes,
+            r.arena_lower_bound,
+            r.fingerprint
+        );
+        for t in r.tasks.iter().skip(1) {
+            let parts: Vec<String> = t.bytes_by_class.iter().filter(|(_, b)| *b > 0).map(|(c, b)| format!("{} {b}", c.name())).collect();
+            println!("  task {:<24} {:>3} classes  patch {:>8} bytes  ({})", t.name, t.classes, t.patch_bytes, parts.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn input_shape_of(dir: &ExportDir) -> Result<(usize, usize, usize)> {
+    let bb = dir.parse_backbone()?;
+    let t = bb.input();
+    Ok((t.c as usize, t.h as usize, t.w as usize))
+}
+
+fn manifest_prep(dir: &ExportDir, prep: &PrepArgs, shape: (usize, usize, usize)) -> Preprocess {
+    let mut p = prep.to_prep(Some(shape));
+    if let Some(m) = &dir.manifest {
+        let get = |k: &str| -> Option<Vec<f32>> {
+            m.get("preprocess")?.get(k)?.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+        };
+        if prep.mean.is_empty() {
+            if let Some(v) = get("mean").filter(|v| !v.is_empty()) {
+                p.mean = v;
+            }
+        }
+        if prep.std.is_empty() {
+            if let Some(v) = get("std").filter(|v| !v.is_empty()) {
+                p.std = v;
+            }
+        }
+    }
+    p
+}
+
+fn cmd_run(dir: &Path, task: &str, input: &Path, prep: &PrepArgs, json_out: bool) -> Result<()> {
+    let d = ExportDir::open(dir)?;
+    let shape = input_shape_of(&d)?;
+    let p = manifest_prep(&d, prep, shape);
+    let (s, x) = data::load_input(input, &p)?;
+    if s != shape {
+        bail!("input {} has shape {:?} (c,h,w); the model takes {:?}", input.display(), s, shape);
+    }
+    let labels = d.labels(task);
+    let (scores, top) = d.with_engine(task, |e| {
+        let sc = e.run_f32(&x).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut v = vec![0f32; sc.len()];
+        sc.dequantize_into(&mut v);
+        Ok((v, sc.argmax()))
+    })?;
+    if json_out {
+        println!("{}", json!({"task": task, "scores": scores, "top1": top, "label": labels.get(top)}));
+    } else {
+        println!("task {task}: top-1 class {top}{}", labels.get(top).map(|l| format!(" ({l})")).unwrap_or_default());
+        for (i, s) in scores.iter().enumerate() {
+            println!("  {:>3} {:>10.4} {}", i, s, labels.get(i).map(String::as_str).unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+/// Evaluation results.
+struct EvalResult {
+    count: usize,
+    correct: usize,
+    reference_correct: Option<usize>,
+    agreement: Option<usize>,
+    seconds: f64,
+}
+
+fn evaluate(d: &ExportDir, task: &str, ds: &data::Dataset, reference: Option<&TractModel>, limit: usize) -> Result<EvalResult> {
+    let labels = ds.labels.clone().context("the evaluation data has no labels (give --labels)")?;
+    let n = if limit == 0 { ds.len() } else { ds.len().min(limit) };
+    let t0 = Instant::now();
+    let preds = d.with_engine(task, |e| {
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n {
+            let s = e.run_f32(ds.sample(i)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            v.push(s.argmax());
+        }
+        Ok(v)
+    })?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let correct = (0..n).filter(|&i| preds[i] == labels[i]).count();
+    let (mut rc, mut ag) = (None, None);
+    if let Some(m) = reference {
+        let (mut c, mut a) = (0, 0);
+        for i in 0..n {
+            let y = m.run(ds.sample(i))?;
+            let p = argmax(&y);
+            c += (p == labels[i]) as usize;
+            a += (p == preds[i]) as usize;
+        }
+        rc = Some(c);
+        ag = Some(a);
+    }
+    Ok(EvalResult { count: n, correct, reference_correct: rc, agreement: ag, seconds })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_eval(dir: &Path, task: &str, data_p: &Path, labels: Option<&Path>, reference: Option<&Path>, limit: usize, prep: &PrepArgs, json_out: bool) -> Result<()> {
+    let d = ExportDir::open(dir)?;
+    d.patch(task)?; // unknown task -> error before loading data
+    let shape = input_shape_of(&d)?;
+    let p = manifest_prep(&d, prep, shape);
+    let ds = data::load_dataset(data_p, labels, &p)?;
+    if ds.shape != shape {
+        bail!("data {} has samples of shape {:?} (c,h,w); the model takes {:?}", data_p.display(), ds.shape, shape);
+    }
+    let refm = match reference {
+        Some(r) => Some(TractModel::load(r, Some(shape))?),
+        None => None,
+    };
+    let r = evaluate(&d, task, &ds, refm.as_ref(), limit)?;
+    let top1 = r.correct as f64 / r.count.max(1) as f64;
+    if json_out {
+        let mut o = json!({"task": task, "count": r.count, "correct": r.correct, "top1": top1, "seconds": r.seconds});
+        if let (Some(c), Some(a)) = (r.reference_correct, r.agreement) {
+            o["reference_top1"] = json!(c as f64 / r.count.max(1) as f64);
+            o["agreement"] = json!(a as f64 / r.count.max(1) as f64);
+        }
+        println!("{o}");
+    } else {
+        println!("task {task}: int8 top-1 {:.2} % ({}/{})", 100.0 * top1, r.correct, r.count);
+        if let (Some(c), Some(a)) = (r.reference_correct, r.agreement) {
+            println!(
+                "  float (tract) top-1 {:.2} %, int8-vs-float agreement {:.2} %",
+                100.0 * c as f64 / r.count as f64,
+                100.0 * a as f64 / r.count as f64
+            );
+        }
+    }
+    Ok(())
+}
+
+fn repo_models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models")
+}
+
+fn cmd_demo(models: Option<PathBuf>, data_dir: Option<PathBuf>, out: &Path, arch: &str, json_out: bool) -> Result<()> {
+    let models = models.unwrap_or_else(repo_models);
+    let generated = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/generated");
+    let data_dir = data_dir.or_else(|| generated.join("mnist_test_x.npy").exists().then_some(generated));
+    let archs: Vec<&str> = match arch {
+        "all" => vec!["mnv2", "mnv3"],
+        "mnv2" | "mnv3" => vec![arch],
+        _ => bail!("--arch must be mnv2, mnv3 or all"),
+    };
+    let fixture = models.join("data");
+    let test_dir = data_dir.clone().unwrap_or_else(|| fixture.clone());
+    let mut rows = Vec::new();
+    for a in archs {
+        // (task name, model file, data task)
+        let tasks: Vec<(&str, &str)> = if a == "mnv2" {
+            vec![("mnist-sb", "mnist"), ("mnist-dw", "mnist"), ("fashion-updown-sb", "fashion-updown"), ("fashion-binary-logits", "fashion-binary")]
+        } else {
+            vec![("mnist-sb", "mnist"), ("fashion-updown-sb", "fashion-updown")]
+        };
+        let outd = out.join(a);
+        let mut opts = ExportOptions {
+            base: models.join(a).join("base.folded.onnx"),
+            calib: fixture.join("fashion_calib_x.npy"),
+            out: outd.clone(),
+            progress: !json_out,
+            ..Default::default()
+        };
+        for (t, dt) in &tasks {
+            opts.tasks.push((t.to_string(), models.join(a).join(format!("{t}.folded.onnx"))));
+            opts.calib_tasks.insert(t.to_string(), fixture.join(format!("{dt}_calib_x.npy")));
+        }
+        let t0 = Instant::now();
+        let rep = pipeline::export(&opts)?;
+        let export_s = t0.elapsed().as_secs_f64();
+        let d = ExportDir::open(&outd)?;
+        let switch_us = switch_time_us(&d)?;
+        if !json_out {
+            println!(
+                "\n{a}: exported in {export_s:.1} s: backbone {} bytes, arena {} bytes (lower bound {}), switch {switch_us:.1} us per apply",
+                rep.backbone_bytes, rep.arena_bytes, rep.arena_lower_bound
+            );
+            println!(
+                "  {:<22} {:>5} {:>9} {:>9} {:>9} {:>9} {:>7}  patch bytes by kind",
+                "task", "n", "patch B", "int8 %", "float %", "agree %", "ms/img"
+            );
+        }
+        let all: Vec<(String, PathBuf, &str)> = std::iter::once(("base".to_string(), opts.base.clone(), "fashion"))
+            .chain(tasks.iter().map(|(t, dt)| (t.to_string(), models.join(a).join(format!("{t}.folded.onnx")), *dt)))
+            .collect();
+        for (task, onnx, dt) in all {
+            let ds = data::load_dataset(
+                &test_dir.join(format!("{dt}_test_x.npy")),
+                Some(&test_dir.join(format!("{dt}_test_y.npy"))),
+                &Preprocess::default(),
+            )?;
+            let refm = TractModel::load(&onnx, None)?;
+            let r = evaluate(&d, &task, &ds, Some(&refm), 0)?;
+            let tr = rep.tasks.iter().find(|t| t.name == task).unwrap();
+            let by: Vec<String> = tr.bytes_by_class.iter().filter(|(_, b)| *b > 0).map(|(c, b)| format!("{} {b}", c.name())).collect();
+            let int8 = 100.0 * r.correct as f64 / r.count as f64;
+            let fl = 100.0 * r.reference_correct.unwrap() as f64 / r.count as f64;
+            let ag = 100.0 * r.agreement.unwrap() as f64 / r.count as f64;
+            let ms = 1000.0 * r.seconds / r.count as f64;
+            if !json_out {
+                println!("  {:<22} {:>5} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>7.3}  {}", task, r.count, tr.patch_bytes, int8, fl, ag, ms, by.join(", "));
+            }
+            rows.push(json!({"arch": a, "task": task, "count": r.count, "patch_bytes": tr.patch_bytes, "top1": int8 / 100.0,
+                             "reference_top1": fl / 100.0, "agreement": ag / 100.0, "ms_per_image": ms,
+                             "backbone_bytes": rep.backbone_bytes, "arena_bytes": rep.arena_bytes, "switch_us": switch_us}));
+        }
+    }
+    if json_out {
+        println!("{}", json!({"rows": rows, "test_data": test_dir.to_string_lossy()}));
+    } else if data_dir.is_none() {
+        println!("\n(test data: the 192-image fixtures; run tests/data/setup.sh for the full test splits)");
+    }
+    Ok(())
+}
+
+/// Mean time of `Patch::parse` + `Engine::apply` over every patch of an export, alternating.
+fn switch_time_us(d: &ExportDir) -> Result<f64> {
+    let names: Vec<String> = d.patches.keys().cloned().collect();
+    if names.is_empty() {
+        return Ok(0.0);
+    }
+    let blobs: Vec<&[u8]> = names.iter().map(|n| d.patches[n].as_slice()).collect();
+    let bb = d.parse_backbone()?;
+    let mut arena = vec![0i8; bb.arena_len()];
+    let mut params = vec![graftnet::Requant::default(); bb.params_len()];
+    let mut e = graftnet::Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let iters = 200;
+    let t0 = Instant::now();
+    for i in 0..iters {
+        // A switch from flash: check the blob (checksum, framing), then apply.
+        let p = graftnet::Patch::parse(blobs[i % blobs.len()]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        e.apply(p).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e6 / iters as f64)
+}

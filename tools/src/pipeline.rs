@@ -1,0 +1,249 @@
+//! The export job: base and task ONNX models in, `backbone.gnb`, one
+//! `NAME.gnp` per task and a `manifest.json` out.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use graftnet::format::EntryClass;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::data::{self, Dataset, Preprocess};
+use crate::export::{self, OtherPolicy, PatchEntry};
+use crate::ir::Graph;
+use crate::onnx_import::{import_onnx_file, ImportOptions};
+use crate::quantize::{self, QModel};
+
+/// Name of the base task.
+pub const BASE_TASK: &str = "base";
+
+/// What `graftnet export` was asked to do.
+#[derive(Clone, Debug, Default)]
+pub struct ExportOptions {
+    pub base: PathBuf,
+    /// (name, model)
+    pub tasks: Vec<(String, PathBuf)>,
+    /// calibration data for the base, and for tasks without their own
+    pub calib: PathBuf,
+    /// per-task calibration data
+    pub calib_tasks: BTreeMap<String, PathBuf>,
+    pub out: PathBuf,
+    /// (c, h, w) for models with dynamic input dimensions
+    pub input_shape: Option<(usize, usize, usize)>,
+    /// preprocessing for image-folder calibration data
+    pub prep: Preprocess,
+    /// use at most this many calibration samples per task (0 = all)
+    pub calib_limit: usize,
+    pub other: OtherPolicy,
+    /// class labels per task
+    pub labels: BTreeMap<String, Vec<String>>,
+    /// show progress bars
+    pub progress: bool,
+}
+
+/// One exported task.
+#[derive(Clone, Debug)]
+pub struct TaskReport {
+    pub name: String,
+    pub source: PathBuf,
+    pub classes: usize,
+    /// patch file (None for the base task)
+    pub patch: Option<PathBuf>,
+    pub patch_bytes: usize,
+    pub bytes_by_class: Vec<(EntryClass, usize)>,
+    pub entries: Vec<PatchEntry>,
+}
+
+/// The export's results.
+#[derive(Clone, Debug)]
+pub struct ExportReport {
+    pub backbone: PathBuf,
+    pub backbone_bytes: usize,
+    pub weights_bytes: usize,
+    pub arena_bytes: usize,
+    pub arena_lower_bound: usize,
+    pub params_len: usize,
+    pub fingerprint: u64,
+    pub tasks: Vec<TaskReport>,
+    pub input_shape: (usize, usize, usize),
+}
+
+/// Reads a model and calibration data and quantizes it, exactly as every
+/// export does (a base, a task, or a task exported alone).
+pub fn quantize_model(graph: &Graph, calib: &Dataset, limit: usize, labels: Vec<String>, progress: Option<&ProgressBar>) -> Result<QModel> {
+    let n = if limit == 0 { calib.len() } else { calib.len().min(limit) };
+    let shape = graph.shape(graph.input);
+    if (shape.c, shape.h, shape.w) != calib.shape {
+        bail!(
+            "calibration data has samples of shape {:?} (c,h,w), the model input is {}",
+            calib.shape,
+            shape
+        );
+    }
+    let tick = |k: usize| {
+        if let Some(p) = progress {
+            p.set_position(k as u64);
+        }
+    };
+    if let Some(p) = progress {
+        p.set_length(n as u64);
+        p.set_position(0);
+    }
+    let ranges = quantize::calibrate(graph, (0..n).map(|i| calib.sample(i)), &tick)?;
+    quantize::quantize(graph, &ranges, labels)
+}
+
+fn bar(enabled: bool, msg: String) -> Option<ProgressBar> {
+    if !enabled {
+        return None;
+    }
+    let p = ProgressBar::new(0);
+    p.set_style(
+        ProgressStyle::with_template("{msg:>28} [{bar:30}] {pos}/{len} calibration samples")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    p.set_message(msg);
+    Some(p)
+}
+
+/// Imports one ONNX model.
+pub fn import(path: &Path, input_shape: Option<(usize, usize, usize)>) -> Result<Graph> {
+    import_onnx_file(path, &ImportOptions { input_shape }).with_context(|| format!("importing {}", path.display()))
+}
+
+fn load_calib(path: &Path, prep: &Preprocess, shape: (usize, usize, usize)) -> Result<Dataset> {
+    let mut prep = prep.clone();
+    if prep.size.is_none() {
+        prep.size = Some((shape.1, shape.2));
+    }
+    if prep.channels == 0 {
+        prep.channels = shape.0;
+    }
+    data::load_dataset(path, None, &prep).with_context(|| format!("loading calibration data {}", path.display()))
+}
+
+/// Runs the export job.
+pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
+    let mut names: Vec<&str> = vec![BASE_TASK];
+    for (n, _) in &opts.tasks {
+        if names.contains(&n.as_str()) {
+            bail!("task name '{n}' is given twice (the base model is task '{BASE_TASK}')");
+        }
+        if n.is_empty() || n.contains(['/', '\\']) || n.starts_with('.') {
+            bail!("task name '{n}' cannot be a file name");
+        }
+        names.push(n);
+    }
+    for k in opts.calib_tasks.keys() {
+        if !names.contains(&k.as_str()) {
+            bail!("--calib-task names '{k}', which is not a task");
+        }
+    }
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    let base_graph = import(&opts.base, opts.input_shape)?;
+    let s = base_graph.shape(base_graph.input);
+    let shape = (s.c, s.h, s.w);
+    let calib_for = |name: &str| opts.calib_tasks.get(name).unwrap_or(&opts.calib).clone();
+    let mut cache: BTreeMap<PathBuf, Dataset> = BTreeMap::new();
+    let mut get_calib = |p: PathBuf| -> Result<Dataset> {
+        if !cache.contains_key(&p) {
+            let d = load_calib(&p, &opts.prep, shape)?;
+            cache.insert(p.clone(), d);
+        }
+        Ok(cache[&p].clone())
+    };
+    let labels = |name: &str| opts.labels.get(name).cloned().unwrap_or_default();
+    let pb = bar(opts.progress, format!("{BASE_TASK}"));
+    let base_q = quantize_model(&base_graph, &get_calib(calib_for(BASE_TASK))?, opts.calib_limit, labels(BASE_TASK), pb.as_ref())?;
+    if let Some(p) = pb {
+        p.finish();
+    }
+    let mut tasks_q = Vec::new();
+    for (name, path) in &opts.tasks {
+        let g = import(path, opts.input_shape)?;
+        let pb = bar(opts.progress, name.clone());
+        let q = quantize_model(&g, &get_calib(calib_for(name))?, opts.calib_limit, labels(name), pb.as_ref())
+            .with_context(|| format!("quantizing task '{name}'"))?;
+        if let Some(p) = pb {
+            p.finish();
+        }
+        tasks_q.push((name.clone(), path.clone(), q));
+    }
+    let max_classes = tasks_q.iter().map(|(_, _, q)| q.classes()).chain([base_q.classes()]).max().unwrap_or(1);
+    let bb = export::emit_backbone(&base_q, max_classes)?;
+    let parsed = graftnet::Backbone::parse(&bb.bytes).map_err(|e| anyhow::anyhow!("internal error: the written backbone does not parse: {e}"))?;
+    let fingerprint = parsed.fingerprint();
+    let bb_path = opts.out.join("backbone.gnb");
+    std::fs::write(&bb_path, &bb.bytes).with_context(|| format!("writing {}", bb_path.display()))?;
+    let mut reports = vec![TaskReport {
+        name: BASE_TASK.into(),
+        source: opts.base.clone(),
+        classes: base_q.classes(),
+        patch: None,
+        patch_bytes: 0,
+        bytes_by_class: vec![],
+        entries: vec![],
+    }];
+    for (name, path, q) in &tasks_q {
+        let entries = export::diff(&base_q, q, opts.other, name)?;
+        let blob = export::emit_patch(name, fingerprint, q.classes(), &entries)?;
+        // Check the patch against the backbone now, not on the device.
+        let patch = graftnet::Patch::parse(&blob).map_err(|e| anyhow::anyhow!("internal error: patch '{name}' does not parse: {e}"))?;
+        parsed
+            .validate_task(patch.entry_bytes(), patch.n_entries(), false)
+            .map_err(|e| anyhow::anyhow!("internal error: patch '{name}' does not fit the backbone: {e}"))?;
+        let p = opts.out.join(format!("{name}.gnp"));
+        std::fs::write(&p, &blob).with_context(|| format!("writing {}", p.display()))?;
+        reports.push(TaskReport {
+            name: name.clone(),
+            source: path.clone(),
+            classes: q.classes(),
+            patch: Some(p),
+            patch_bytes: blob.len(),
+            bytes_by_class: export::bytes_by_class(&entries),
+            entries,
+        });
+    }
+    let report = ExportReport {
+        backbone: bb_path,
+        backbone_bytes: bb.bytes.len(),
+        weights_bytes: bb.weights_len,
+        arena_bytes: bb.plan.arena_len,
+        arena_lower_bound: bb.plan.lower_bound,
+        params_len: bb.params_len,
+        fingerprint,
+        tasks: reports,
+        input_shape: shape,
+    };
+    write_manifest(opts, &report)?;
+    Ok(report)
+}
+
+fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<()> {
+    use serde_json::json;
+    let tasks: Vec<_> = r
+        .tasks
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "patch": t.patch.as_ref().map(|p| p.file_name().unwrap().to_string_lossy().to_string()),
+                "classes": t.classes,
+                "source": t.source.to_string_lossy(),
+                "patch_bytes": t.patch_bytes,
+            })
+        })
+        .collect();
+    let m = json!({
+        "format": "graftnet-export/1",
+        "backbone": "backbone.gnb",
+        "fingerprint": format!("{:016x}", r.fingerprint),
+        "input_shape": [r.input_shape.0, r.input_shape.1, r.input_shape.2],
+        "preprocess": { "mean": opts.prep.mean, "std": opts.prep.std },
+        "tasks": tasks,
+    });
+    let p = opts.out.join("manifest.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&m)?).with_context(|| format!("writing {}", p.display()))?;
+    Ok(())
+}
