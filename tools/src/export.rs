@@ -62,6 +62,12 @@ pub struct ArenaPlan {
 /// that reads them; buffers are placed greedily, largest first, at the
 /// lowest 16-aligned offset that clashes with no buffer live at the same time.
 pub fn plan_arena(q: &QModel, max_classes: usize) -> ArenaPlan {
+    plan_arena_with(q, max_classes, true)
+}
+
+/// [`plan_arena`], or with `share == false` a plan in which no two tensors
+/// share memory (for debugging: every tensor stays readable after a run).
+pub fn plan_arena_with(q: &QModel, max_classes: usize, share: bool) -> ArenaPlan {
     let n = q.tensors.len();
     let n_ops = q.ops.len();
     let root = |t: usize| q.tensors[t].alias_of.unwrap_or(t);
@@ -102,7 +108,7 @@ pub fn plan_arena(q: &QModel, max_classes: usize) -> ArenaPlan {
         // Intervals already taken during t's lifetime, sorted by offset.
         let mut busy: Vec<(usize, usize)> = placed
             .iter()
-            .filter(|&&p| start[p] <= end[t] && start[t] <= end[p])
+            .filter(|&&p| !share || (start[p] <= end[t] && start[t] <= end[p]))
             .map(|&p| (offsets[p], offsets[p] + align_up(size[p], ARENA_ALIGN)))
             .collect();
         busy.sort();
@@ -194,6 +200,12 @@ pub struct BackboneBlob {
 
 /// Writes the backbone blob for a quantized base model.
 pub fn emit_backbone(q: &QModel, max_classes: usize) -> Result<BackboneBlob> {
+    emit_backbone_with(q, max_classes, true)
+}
+
+/// [`emit_backbone`]; `share_arena == false` gives every tensor its own
+/// arena bytes (see [`plan_arena_with`]).
+pub fn emit_backbone_with(q: &QModel, max_classes: usize, share_arena: bool) -> Result<BackboneBlob> {
     if q.tensors.len() >= NONE as usize || q.ops.len() >= NONE as usize {
         bail!("the model has {} tensors and {} ops; the format holds at most 65534 of each", q.tensors.len(), q.ops.len());
     }
@@ -207,7 +219,7 @@ pub fn emit_backbone(q: &QModel, max_classes: usize) -> Result<BackboneBlob> {
             bail!("tensor '{}' has shape {s}; each dimension must be below 65536", t.name);
         }
     }
-    let plan = plan_arena(q, max_classes);
+    let plan = plan_arena_with(q, max_classes, share_arena);
     // Weight section: per conv op, weights (16-aligned) then int32 sums (4-aligned).
     let mut weights: Vec<u8> = Vec::new();
     let mut woff = vec![(0u32, 0u32); q.ops.len()];

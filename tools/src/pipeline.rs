@@ -117,9 +117,7 @@ fn load_calib(path: &Path, prep: &Preprocess, shape: (usize, usize, usize)) -> R
     if prep.size.is_none() {
         prep.size = Some((shape.1, shape.2));
     }
-    if prep.channels == 0 {
-        prep.channels = shape.0;
-    }
+    prep.channels = shape.0;
     data::load_dataset(path, None, &prep).with_context(|| format!("loading calibration data {}", path.display()))
 }
 

@@ -297,39 +297,122 @@ fn lower(g: &Graph) -> Result<Lowered> {
 /// Per-IR-tensor value ranges over a calibration set.
 #[derive(Clone, Debug)]
 pub struct Ranges {
+    /// observed minimum
     pub min: Vec<f32>,
+    /// observed maximum
     pub max: Vec<f32>,
+    /// range chosen for quantization (inside [min, max], always containing 0)
+    pub lo: Vec<f32>,
+    pub hi: Vec<f32>,
     pub samples: usize,
 }
 
-/// Runs the float graph over `samples` (each `c*h*w`, CHW) and records
-/// every tensor's min and max.
+/// Histogram bins per tensor for range selection.
+const BINS: usize = 2048;
+/// Shrink factors tried for each end of a range.
+const SHRINK: [f64; 12] = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1];
+
+/// Runs the float graph over `samples` (each `c*h*w`, CHW) twice: first for
+/// every tensor's min and max, then for a histogram, from which each
+/// internal tensor's quantization range is chosen to minimise the expected
+/// squared error (clipping error plus rounding noise, `step^2 / 12`). The
+/// graph input and output keep their full observed range (the output's top
+/// values decide the class).
 pub fn calibrate<'s>(g: &Graph, samples: impl IntoIterator<Item = &'s [f32]>, progress: &dyn Fn(usize)) -> Result<Ranges> {
     let n = g.tensors.len();
-    let mut r = Ranges { min: vec![f32::INFINITY; n], max: vec![f32::NEG_INFINITY; n], samples: 0 };
+    let samples: Vec<&[f32]> = samples.into_iter().collect();
+    let mut r = Ranges {
+        min: vec![f32::INFINITY; n],
+        max: vec![f32::NEG_INFINITY; n],
+        lo: vec![0.0; n],
+        hi: vec![0.0; n],
+        samples: 0,
+    };
+    if samples.is_empty() {
+        bail!("the calibration set is empty");
+    }
     let want = g.shape(g.input).len();
-    for x in samples {
+    for x in &samples {
         if x.len() != want {
             bail!("calibration sample has {} values, the model input {} takes {}", x.len(), g.shape(g.input), want);
         }
+    }
+    for x in &samples {
         let vals = float_eval::run(g, x);
         for (t, v) in vals.iter().enumerate() {
             for &y in v {
                 if y.is_finite() {
-                    if y < r.min[t] {
-                        r.min[t] = y;
-                    }
-                    if y > r.max[t] {
-                        r.max[t] = y;
-                    }
+                    r.min[t] = r.min[t].min(y);
+                    r.max[t] = r.max[t].max(y);
                 }
             }
         }
         r.samples += 1;
         progress(r.samples);
     }
-    if r.samples == 0 {
-        bail!("the calibration set is empty");
+    for t in 0..n {
+        r.min[t] = if r.min[t].is_finite() { r.min[t].min(0.0) } else { 0.0 };
+        r.max[t] = if r.max[t].is_finite() { r.max[t].max(0.0) } else { 0.0 };
+    }
+    let mut hist = vec![vec![0u64; BINS]; n];
+    for x in &samples {
+        let vals = float_eval::run(g, x);
+        for (t, v) in vals.iter().enumerate() {
+            let (a, b) = (r.min[t] as f64, r.max[t] as f64);
+            if b <= a {
+                continue;
+            }
+            let k = BINS as f64 / (b - a);
+            for &y in v {
+                if y.is_finite() {
+                    let i = (((y as f64 - a) * k) as usize).min(BINS - 1);
+                    hist[t][i] += 1;
+                }
+            }
+        }
+    }
+    for t in 0..n {
+        let (a, b) = (r.min[t] as f64, r.max[t] as f64);
+        if t == g.input || t == g.output || b <= a {
+            r.lo[t] = r.min[t];
+            r.hi[t] = r.max[t];
+            continue;
+        }
+        let w = (b - a) / BINS as f64;
+        let mut best = (f64::INFINITY, a, b);
+        for &fa in &SHRINK {
+            if a == 0.0 && fa != 1.0 {
+                continue;
+            }
+            for &fb in &SHRINK {
+                if b == 0.0 && fb != 1.0 {
+                    continue;
+                }
+                let (lo, hi) = (a * fa, b * fb);
+                let step = (hi - lo) / 255.0;
+                let noise = step * step / 12.0;
+                let mut err = 0.0;
+                for (i, &c) in hist[t].iter().enumerate() {
+                    if c == 0 {
+                        continue;
+                    }
+                    let v = a + (i as f64 + 0.5) * w;
+                    let e = if v < lo {
+                        (lo - v) * (lo - v)
+                    } else if v > hi {
+                        (v - hi) * (v - hi)
+                    } else {
+                        noise
+                    };
+                    err += c as f64 * e;
+                }
+                if err < best.0 {
+                    best = (err, lo, hi);
+                }
+            }
+        }
+        r.lo[t] = best.1 as f32;
+        r.hi[t] = best.2 as f32;
     }
     Ok(r)
 }
@@ -378,7 +461,7 @@ pub fn quantize(g: &Graph, ranges: &Ranges, labels: Vec<String>) -> Result<QMode
     // Tensor quantization.
     for t in 0..low.tensors.len() {
         let ir = low.source[t];
-        let (s, z) = tensor_quant(ranges.min[ir], ranges.max[ir]);
+        let (s, z) = tensor_quant(ranges.lo[ir], ranges.hi[ir]);
         low.tensors[t].scale = s;
         low.tensors[t].zp = z;
     }

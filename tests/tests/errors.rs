@@ -1,0 +1,276 @@
+//! Bad input gets a typed error that says what is wrong: never a panic,
+//! never a half-applied task.
+
+use std::path::PathBuf;
+
+use graftnet::format::{blob_checksum, EntryKind};
+use graftnet::{Backbone, Engine, FormatError, Patch, Requant};
+use graftnet_tests::*;
+use graftnet_tools::data::write_npy_f32;
+use graftnet_tools::fixtures::*;
+use graftnet_tools::host::{ExportDir, UnknownTask};
+use graftnet_tools::onnx_import::{import_onnx, ImportError, ImportOptions};
+use graftnet_tools::pipeline::{export, ExportOptions};
+
+/// A small exported model with two tasks: (dir, backbone, sb patch, dw patch).
+fn small_export(tag: &str) -> (PathBuf, Vec<u8>, Vec<u8>, Vec<u8>) {
+    let dir = scratch(tag);
+    let base = tiny_cnn(1);
+    let sb = derive_task(&base, TaskKind::ScaleBias { classes: 5 }, 2);
+    let dw = derive_task(&base, TaskKind::Depthwise { classes: 4 }, 3);
+    let s = ExportStyle::default();
+    for (n, p) in [("base", &base), ("sb", &sb), ("dw", &dw)] {
+        std::fs::write(dir.join(format!("{n}.onnx")), to_onnx(p, &s)).unwrap();
+    }
+    let [_, c, h, w] = base.input_shape();
+    write_npy_f32(dir.join("calib.npy"), &[8, c, h, w], &random_inputs(8, c, h, w, 5)).unwrap();
+    let opts = ExportOptions {
+        base: dir.join("base.onnx"),
+        tasks: vec![("sb".into(), dir.join("sb.onnx")), ("dw".into(), dir.join("dw.onnx"))],
+        calib: dir.join("calib.npy"),
+        out: dir.join("out"),
+        ..Default::default()
+    };
+    export(&opts).unwrap();
+    let r = |f: &str| std::fs::read(dir.join("out").join(f)).unwrap();
+    (dir.clone(), r("backbone.gnb"), r("sb.gnp"), r("dw.gnp"))
+}
+
+fn reseal(blob: &mut [u8]) {
+    let c = blob_checksum(blob);
+    blob[12..16].copy_from_slice(&c.to_le_bytes());
+}
+
+#[test]
+fn unsupported_op_names_node_and_op() {
+    let err = import_onnx(&unsupported_op_model(), &ImportOptions::default()).unwrap_err();
+    match &err {
+        ImportError::UnsupportedOp { node, op_type, .. } => {
+            assert_eq!(node, "weird_node");
+            assert_eq!(op_type, "Einsum");
+        }
+        e => panic!("expected UnsupportedOp, got {e:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("weird_node") && msg.contains("Einsum"), "{msg}");
+}
+
+#[test]
+fn patch_for_another_backbone_is_rejected() {
+    let (d1, bb1, sb1, _) = small_export("wrong-bb-1");
+    let (d2, bb2, _, _) = {
+        // Same architecture, other weights: a different backbone.
+        let dir = scratch("wrong-bb-2");
+        let base = tiny_cnn(9);
+        std::fs::write(dir.join("base.onnx"), to_onnx(&base, &ExportStyle::default())).unwrap();
+        let [_, c, h, w] = base.input_shape();
+        write_npy_f32(dir.join("calib.npy"), &[4, c, h, w], &random_inputs(4, c, h, w, 5)).unwrap();
+        export(&ExportOptions { base: dir.join("base.onnx"), calib: dir.join("calib.npy"), out: dir.join("out"), ..Default::default() }).unwrap();
+        (dir.clone(), std::fs::read(dir.join("out/backbone.gnb")).unwrap(), (), ())
+    };
+    let bb = Backbone::parse(&bb2).unwrap();
+    let mut arena = vec![0i8; bb.arena_len()];
+    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
+    let err = e.apply(Patch::parse(&sb1).unwrap()).unwrap_err();
+    assert!(matches!(err, FormatError::WrongBackbone { .. }), "{err:?}");
+    assert!(err.to_string().contains("made for backbone"), "{err}");
+    assert_eq!(e.task_name(), "base");
+    let _ = Backbone::parse(&bb1).unwrap();
+    let _ = (std::fs::remove_dir_all(d1), std::fs::remove_dir_all(d2));
+}
+
+#[test]
+fn truncated_and_bit_flipped_blobs_are_rejected() {
+    let (dir, bb, sb, _) = small_export("corrupt");
+    for blob_kind in ["backbone", "patch"] {
+        let blob = if blob_kind == "backbone" { &bb } else { &sb };
+        let parse = |b: &[u8]| -> Result<(), FormatError> {
+            if blob_kind == "backbone" {
+                Backbone::parse(b).map(|_| ())
+            } else {
+                Patch::parse(b).map(|_| ())
+            }
+        };
+        parse(blob).unwrap();
+        // Every truncation.
+        for n in 0..blob.len() {
+            let e = parse(&blob[..n]).unwrap_err();
+            assert!(matches!(e, FormatError::Truncated { .. }), "{blob_kind} cut to {n}: {e:?}");
+        }
+        // Bit flips all over the blob.
+        let mut rng = Rng(3);
+        for _ in 0..2000 {
+            let mut b = blob.clone();
+            let bit = rng.below(b.len() * 8);
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert!(parse(&b).is_err(), "{blob_kind}: flipped bit {bit} was accepted");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Corruption that keeps a valid checksum (a buggy writer, or an attacker):
+/// the structural checks must catch it, and whatever they accept must run
+/// without panicking.
+#[test]
+fn resealed_corruption_never_panics() {
+    let (dir, bb, sb, _) = small_export("reseal");
+    let input = vec![0.25f32; Backbone::parse(&bb).unwrap().input().len()];
+    let mut rng = Rng(11);
+    let (mut accepted, mut rejected) = (0, 0);
+    for round in 0..3000 {
+        let target_patch = round % 2 == 1;
+        let mut b = if target_patch { sb.clone() } else { bb.clone() };
+        let flips = 1 + rng.below(4);
+        for _ in 0..flips {
+            // Avoid the weight bytes mostly: corrupt headers, records and entries.
+            let limit = if target_patch { b.len() } else { b.len().min(4096) };
+            let i = 16 + rng.below(limit - 16);
+            b[i] = (rng.next() & 0xff) as u8;
+        }
+        reseal(&mut b);
+        let outcome = std::panic::catch_unwind(|| {
+            let (bbb, pb) = if target_patch { (bb.as_slice(), Some(b.as_slice())) } else { (b.as_slice(), None) };
+            let Ok(back) = Backbone::parse(bbb) else { return false };
+            let mut arena = vec![0i8; back.arena_len()];
+            let mut params = vec![Requant::default(); back.params_len()];
+            let Ok(mut e) = Engine::new(&back, &mut arena, &mut params) else { return false };
+            if let Some(p) = pb {
+                let Ok(p) = Patch::parse(p) else { return false };
+                if e.apply(p).is_err() {
+                    return false;
+                }
+            }
+            let _ = e.run_f32(&input);
+            true
+        });
+        match outcome {
+            Ok(true) => accepted += 1,
+            Ok(false) => rejected += 1,
+            Err(_) => panic!("round {round}: corrupted {} made the runtime panic", if target_patch { "patch" } else { "backbone" }),
+        }
+    }
+    println!("resealed corruption: {accepted} accepted and ran, {rejected} rejected with an error");
+    assert!(rejected > 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn failed_apply_leaves_the_previous_task_active() {
+    let (dir, bb, sb, dw) = small_export("failed-apply");
+    let back = Backbone::parse(&bb).unwrap();
+    let input = random_inputs(1, back.input().c as usize, back.input().h as usize, back.input().w as usize, 8);
+    let mut arena = vec![0i8; back.arena_len()];
+    let mut params = vec![Requant::default(); back.params_len()];
+    let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
+    e.apply(Patch::parse(&sb).unwrap()).unwrap();
+    let before_params = e.params().to_vec();
+    let before = e.run_f32(&input).unwrap().quantized().to_vec();
+
+    // 1. Structurally bad: a per-channel entry resized (resealed so that it parses).
+    let p = Patch::parse(&dw).unwrap();
+    let mut bad = dw.clone();
+    let off = p.header().entries_off as usize;
+    bad[off + 2] = 0xee; // first entry's target op -> out of range
+    reseal(&mut bad);
+    let err = e.apply(Patch::parse(&bad).unwrap()).unwrap_err();
+    assert!(matches!(err, FormatError::BadEntry { .. }), "{err:?}");
+
+    // 2. Valid structure, but a tensor scale that makes a multiplier overflow:
+    //    fails while deriving, after validation.
+    let mut bad2 = dw.clone();
+    let p2 = Patch::parse(&dw).unwrap();
+    let mut pos = p2.header().entries_off as usize;
+    for ent in p2.entries() {
+        if ent.kind == EntryKind::TensorQuant {
+            let out_t = back.header().output as usize;
+            let at = pos + 8 + 8 * out_t; // the output tensor's scale
+            bad2[at..at + 4].copy_from_slice(&1e-30f32.to_le_bytes());
+        }
+        pos += graftnet::format::entry::entry_len(ent.payload.len());
+    }
+    reseal(&mut bad2);
+    let err2 = e.apply(Patch::parse(&bad2).unwrap()).unwrap_err();
+    assert!(err2.to_string().contains("out of range"), "{err2}");
+
+    assert_eq!(e.task_name(), "sb");
+    assert_eq!(e.params(), before_params.as_slice(), "parameters changed by a failed apply");
+    assert_eq!(e.run_f32(&input).unwrap().quantized(), before.as_slice(), "results changed by a failed apply");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn task_beyond_a_patch_says_where() {
+    let dir = scratch("beyond");
+    let base = tiny_cnn(1);
+    let s = ExportStyle::default();
+    let pw = base.non_depthwise_conv_indices()[1];
+    let changed = perturb_pointwise(&base, pw, 4);
+    let dropped = drop_last_block(&base);
+    for (n, p) in [("base", &base), ("changed", &changed), ("dropped", &dropped)] {
+        std::fs::write(dir.join(format!("{n}.onnx")), to_onnx(p, &s)).unwrap();
+    }
+    let [_, c, h, w] = base.input_shape();
+    write_npy_f32(dir.join("calib.npy"), &[4, c, h, w], &random_inputs(4, c, h, w, 5)).unwrap();
+    let opts = |task: &str| ExportOptions {
+        base: dir.join("base.onnx"),
+        tasks: vec![(task.into(), dir.join(format!("{task}.onnx")))],
+        calib: dir.join("calib.npy"),
+        out: dir.join(format!("out-{task}")),
+        ..Default::default()
+    };
+    let e = format!("{:#}", export(&opts("changed")).unwrap_err());
+    assert!(e.contains("beyond what a patch may express") && e.contains("op ") && e.contains("node '"), "{e}");
+    assert!(e.contains("--other override"), "{e}");
+    // With the override policy the change is carried whole, as "other".
+    let mut o = opts("changed");
+    o.other = graftnet_tools::export::OtherPolicy::Override;
+    let r = export(&o).unwrap();
+    assert!(r.tasks[1].bytes_by_class.iter().any(|(c, b)| *c == graftnet::format::EntryClass::Other && *b > 0));
+    let e = format!("{:#}", export(&opts("dropped")).unwrap_err());
+    assert!(e.contains("beyond what a patch may express") && e.contains("ops"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn unknown_task_name_lists_the_tasks() {
+    let (dir, _, _, _) = small_export("unknown-task");
+    let d = ExportDir::open(&dir.join("out")).unwrap();
+    let err = d.with_engine("nope", |_| Ok(())).unwrap_err();
+    let u = err.downcast_ref::<UnknownTask>().expect("typed UnknownTask");
+    assert_eq!(u.known, vec!["base", "dw", "sb"]);
+    assert!(err.to_string().contains("unknown task 'nope'"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn patches_stream_through_embedded_io() {
+    let (dir, bb, sb, _) = small_export("stream");
+    let back = Backbone::parse(&bb).unwrap();
+    let input = random_inputs(1, back.input().c as usize, back.input().h as usize, back.input().w as usize, 8);
+    let want = scores(&bb, Some(&sb), &npy_from(&dir, &back, &input), 1)[0].clone();
+    let mut buf = vec![0u8; sb.len()];
+    let mut reader: &[u8] = &sb;
+    let p = Patch::read(&mut reader, &mut buf).unwrap();
+    let mut arena = vec![0i8; back.arena_len()];
+    let mut params = vec![Requant::default(); back.params_len()];
+    let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
+    e.apply(p).unwrap();
+    assert_eq!(e.run_f32(&input).unwrap().quantized(), want.as_slice());
+    // Too small a buffer, and a stream that ends early.
+    let mut small = vec![0u8; sb.len() - 1];
+    let mut reader: &[u8] = &sb;
+    assert!(matches!(Patch::read(&mut reader, &mut small), Err(FormatError::BufferTooSmall { .. })));
+    let mut reader: &[u8] = &sb[..sb.len() - 3];
+    let mut buf2 = vec![0u8; sb.len()];
+    assert_eq!(Patch::read(&mut reader, &mut buf2).unwrap_err(), FormatError::Io);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn npy_from(dir: &std::path::Path, back: &Backbone<'_>, x: &[f32]) -> graftnet_tools::data::Dataset {
+    let t = back.input();
+    let p = dir.join("one.npy");
+    write_npy_f32(&p, &[1, t.c as usize, t.h as usize, t.w as usize], x).unwrap();
+    npy(&p, None)
+}
