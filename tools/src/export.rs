@@ -502,15 +502,7 @@ pub fn emit_patch(name: &str, backbone_fingerprint: u64, classes: usize, entries
 
 /// Bytes per entry class of a patch, for reports.
 pub fn bytes_by_class(entries: &[PatchEntry]) -> Vec<(EntryClass, usize)> {
-    let classes = [
-        EntryClass::ScaleBias,
-        EntryClass::Depthwise,
-        EntryClass::Head,
-        EntryClass::Activations,
-        EntryClass::Other,
-        EntryClass::Meta,
-    ];
-    classes
+    EntryClass::ALL
         .iter()
         .map(|&c| (c, entries.iter().filter(|e| e.class == c).map(|e| e.len()).sum()))
         .collect()

@@ -154,14 +154,7 @@ fn inspect_backbone(file: &Path, bytes: &[u8], json_out: bool) -> Result<()> {
 
 fn inspect_patch(file: &Path, bytes: &[u8], backbone: Option<&[u8]>, json_out: bool) -> Result<()> {
     let p = Patch::parse(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let classes = [
-        EntryClass::ScaleBias,
-        EntryClass::Depthwise,
-        EntryClass::Head,
-        EntryClass::Activations,
-        EntryClass::Other,
-        EntryClass::Meta,
-    ];
+    let classes = EntryClass::ALL;
     let entries: Vec<_> = p.entries().collect();
     let elen = |n: usize| graftnet::format::entry::entry_len(n);
     let by: Vec<(EntryClass, usize, usize)> = classes

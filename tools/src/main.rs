@@ -415,9 +415,19 @@ fn cmd_demo(models: Option<PathBuf>, data_dir: Option<PathBuf>, out: &Path, arch
             progress: !json_out,
             ..Default::default()
         };
+        let labels = |data_task: &str| -> Vec<String> {
+            let l: &[&str] = match data_task {
+                "mnist" => &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+                "fashion-binary" => &["other", "footwear"],
+                _ => &["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+            };
+            l.iter().map(|s| s.to_string()).collect()
+        };
+        opts.labels.insert("base".into(), labels("fashion"));
         for (t, dt) in &tasks {
             opts.tasks.push((t.to_string(), models.join(a).join(format!("{t}.folded.onnx"))));
             opts.calib_tasks.insert(t.to_string(), fixture.join(format!("{dt}_calib_x.npy")));
+            opts.labels.insert(t.to_string(), labels(dt));
         }
         let t0 = Instant::now();
         let rep = pipeline::export(&opts)?;

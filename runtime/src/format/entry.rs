@@ -96,6 +96,15 @@ pub enum EntryClass {
 }
 
 impl EntryClass {
+    /// Every class, in report order (patch kinds first).
+    pub const ALL: [EntryClass; 6] = [
+        EntryClass::ScaleBias,
+        EntryClass::Depthwise,
+        EntryClass::Head,
+        EntryClass::Activations,
+        EntryClass::Other,
+        EntryClass::Meta,
+    ];
     /// From the header byte.
     pub fn from_u8(b: u8) -> Option<EntryClass> {
         Some(match b {
