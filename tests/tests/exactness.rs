@@ -95,3 +95,43 @@ fn mnv2_unfolded_patches_are_exact() {
 fn mnv3_folded_patches_are_exact() {
     check_family(&FAMILIES[2]);
 }
+
+/// Every kernel table this CPU supports gives the scalar reference's bytes
+/// on whole real models (all shipped tasks).
+#[test]
+fn every_kernel_table_matches_scalar_end_to_end() {
+    use graftnet::kernels::Kernels;
+    let m = models();
+    let data = m.join("data");
+    for arch in ["mnv2", "mnv3"] {
+        let out = scratch(&format!("kernels-{arch}"));
+        let opts = ExportOptions {
+            base: m.join(arch).join("base.folded.onnx"),
+            tasks: vec![("mnist-sb".into(), m.join(arch).join("mnist-sb.folded.onnx"))],
+            calib: data.join("fashion_calib_x.npy"),
+            out: out.clone(),
+            ..Default::default()
+        };
+        export(&opts).unwrap();
+        let backbone = std::fs::read(out.join("backbone.gnb")).unwrap();
+        let patch = std::fs::read(out.join("mnist-sb.gnp")).unwrap();
+        let test = npy(&data.join("mnist_test_x.npy"), None);
+        let bb = Backbone::parse(&backbone).unwrap();
+        let run_with = |k: Kernels| -> Vec<Vec<i8>> {
+            let mut arena = vec![0i8; bb.arena_len()];
+            let mut params = vec![Requant::default(); bb.params_len()];
+            let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
+            e.set_kernels(k);
+            e.apply(Patch::parse(&patch).unwrap()).unwrap();
+            (0..32).map(|i| e.run_f32(test.sample(i)).unwrap().quantized().to_vec()).collect()
+        };
+        let reference = run_with(Kernels::scalar());
+        let mut tables = 0;
+        for k in Kernels::available() {
+            assert_eq!(run_with(k), reference, "{arch}: kernel table {} differs from scalar", k.name);
+            tables += 1;
+        }
+        println!("{arch}: {tables} kernel tables match scalar");
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}

@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+mod bench;
+
 use graftnet_tools::data::{self, Preprocess};
 use graftnet_tools::export::OtherPolicy;
 use graftnet_tools::host::{argmax, ExportDir};
@@ -69,6 +71,23 @@ enum Cmd {
         limit: usize,
         #[command(flatten)]
         prep: PrepArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time inference, task switch and memory of an export directory.
+    Bench {
+        dir: PathBuf,
+        /// task to time inference on (default: base)
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// timed inferences (after warm-up)
+        #[arg(long, default_value_t = 50)]
+        iters: usize,
+        /// kernel table (scalar, avx2, avx512vnni, neon, dotprod, or all; default: the best for this CPU)
+        #[arg(long)]
+        kernels: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -189,6 +208,9 @@ fn main() -> ExitCode {
             cmd_eval(&dir, &task, &data, labels.as_deref(), reference.as_deref(), limit, &prep, json)
         }
         Cmd::Demo { models, data, out, arch, json } => cmd_demo(models, data, &out, &arch, json),
+        Cmd::Bench { dir, task, threads, iters, kernels, json } => {
+            bench::run(&bench::BenchArgs { dir, task, threads, iters, json, kernels })
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

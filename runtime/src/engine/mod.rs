@@ -241,6 +241,15 @@ impl<'a, 'm> Engine<'a, 'm> {
         }
     }
 
+    /// The int8 contents (NHWC) of tensor `t` after the last run, for
+    /// debugging and per-layer comparisons.
+    pub fn tensor_data(&self, t: usize) -> &[i8] {
+        let info = self.bb.tensor(t);
+        let len = if t == self.bb.header().output as usize { self.classes as usize } else { info.len() };
+        let s = info.arena_off as usize;
+        self.arena.get(s..s + len).unwrap_or(&[])
+    }
+
     /// Input quantization `(scale, zero point)` of the active task.
     pub fn input_quant(&self) -> (f32, i32) {
         self.tensor_quant(self.bb.header().input as usize)
@@ -476,6 +485,8 @@ impl<'a, 'm> Engine<'a, 'm> {
                     let dw = op.kind == OpKind::DwConv;
                     let k = if dw {
                         kernels.dwconv
+                    } else if g.is_fully_connected() {
+                        kernels.fc
                     } else if g.is_pointwise() {
                         kernels.pointwise
                     } else {

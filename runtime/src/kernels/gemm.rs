@@ -1,0 +1,167 @@
+//! Dense convolutions as GEMMs in graftnet's dot-product layout, shared by
+//! the SIMD tables.
+//!
+//! A [`Gemm`] is `out[p][c] = requant(Σ_k a[p][k] · w[c][k])`: pixels ×
+//! reduction (`a`, row stride `lda`) against output channels × reduction
+//! (`w`, the blob's `[cout][kh][kw][cin/g]` rows, stride `ldw`). Both operands
+//! are contiguous along `k`, so an ISA only supplies a [`GemmFn`] that
+//! multiplies such blocks; [`conv`] maps every dense conv onto it:
+//!
+//! - 1x1 unpadded (any stride, any groups): rows read in place;
+//! - fully connected (the kernel covers the input): one row, `k = h·w·c`;
+//! - anything else: im2col into a stack block, padded cells filled with the
+//!   input zero point (what the reference reads), row tails zero-filled, and
+//!   the weights copied zero-padded to the ISA's `k` unit when they are
+//!   small (the 3x3 stem: 27 → 32), so no scalar tail remains.
+
+use super::{scalar, ConvGeom, OutQ};
+use crate::engine::Requant;
+
+/// One GEMM block; see the module doc.
+#[derive(Clone, Copy)]
+pub(crate) struct Gemm<'a> {
+    pub a: &'a [i8],
+    pub lda: usize,
+    /// rows of `a` (pixels)
+    pub m: usize,
+    /// reduction length
+    pub k: usize,
+    pub w: &'a [u8],
+    pub ldw: usize,
+    /// rows of `w` (output channels)
+    pub n: usize,
+    pub rq: &'a [Requant],
+    pub q: OutQ,
+}
+
+/// Multiplies a [`Gemm`] block into `out` (row stride `ldo`).
+pub(crate) type GemmFn = fn(&Gemm<'_>, &mut [i8], usize);
+
+impl Gemm<'_> {
+    /// Panics unless every row the block reads or writes is inside its
+    /// slice. The ISA GEMMs call this before unchecked accesses.
+    pub fn check(&self, out: &[i8], ldo: usize) {
+        if self.m == 0 || self.n == 0 {
+            return;
+        }
+        assert!(self.a.len() >= (self.m - 1) * self.lda + self.k, "gemm: a too short");
+        assert!(self.w.len() >= (self.n - 1) * self.ldw + self.k, "gemm: w too short");
+        assert!(self.rq.len() >= self.n, "gemm: too few requantization parameters");
+        assert!(ldo >= self.n && out.len() >= (self.m - 1) * ldo + self.n, "gemm: out too short");
+    }
+}
+
+/// Bytes of the im2col block on the stack.
+const IM2COL_BYTES: usize = 32 * 1024;
+/// Bytes of the zero-padded weight copy on the stack.
+const WPAD_BYTES: usize = 8 * 1024;
+
+/// A dense / grouped conv through `gemm`; `unit` is the `k` granularity the
+/// ISA GEMM runs without a scalar tail (im2col rows are padded to it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8], gemm: GemmFn, unit: usize) {
+    super::check_conv(input, w, g, rq, out);
+    let (cg, ng, row) = (g.cin / g.groups, g.cout / g.groups, g.row_len());
+    let pixels = g.oh * g.ow;
+    if pixels == 0 || g.cout == 0 {
+        return;
+    }
+    if g.is_fully_connected() {
+        let p = Gemm { a: input, lda: row, m: 1, k: row, w, ldw: row, n: g.cout, rq, q };
+        gemm(&p, out, g.cout);
+        return;
+    }
+    let in_bounds = (g.oh - 1) * g.sh < g.ih && (g.ow - 1) * g.sw < g.iw;
+    if g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && in_bounds {
+        for grp in 0..g.groups {
+            let wg = &w[grp * ng * row..];
+            let rqg = &rq[grp * ng..];
+            if g.sh == 1 && g.sw == 1 && g.ow == g.iw {
+                let p = Gemm { a: &input[grp * cg..], lda: g.cin, m: pixels, k: cg, w: wg, ldw: row, n: ng, rq: rqg, q };
+                gemm(&p, &mut out[grp * ng..], g.cout);
+            } else {
+                for oy in 0..g.oh {
+                    let a = &input[(oy * g.sh * g.iw) * g.cin + grp * cg..];
+                    let p = Gemm { a, lda: g.sw * g.cin, m: g.ow, k: cg, w: wg, ldw: row, n: ng, rq: rqg, q };
+                    gemm(&p, &mut out[oy * g.ow * g.cout + grp * ng..], g.cout);
+                }
+            }
+        }
+        return;
+    }
+    // im2col
+    let rowpad = row.div_ceil(unit) * unit;
+    let chunk = IM2COL_BYTES / rowpad.max(1);
+    if chunk == 0 {
+        scalar::conv(input, w, g, zp_in, rq, q, out);
+        return;
+    }
+    // 16 bytes of slack: short copies move 16 bytes at once (see `copy_short`).
+    let mut buf = [0i8; IM2COL_BYTES + 16];
+    let mut wpad = [0u8; WPAD_BYTES];
+    let padw = rowpad != row && ng * rowpad <= WPAD_BYTES;
+    for grp in 0..g.groups {
+        let wg = &w[grp * ng * row..(grp + 1) * ng * row];
+        let (wk, ldw, k) = if padw {
+            for c in 0..ng {
+                wpad[c * rowpad..c * rowpad + row].copy_from_slice(&wg[c * row..(c + 1) * row]);
+                wpad[c * rowpad + row..(c + 1) * rowpad].fill(0);
+            }
+            (&wpad[..ng * rowpad], rowpad, rowpad)
+        } else {
+            (wg, row, row)
+        };
+        let mut p0 = 0;
+        while p0 < pixels {
+            let np = chunk.min(pixels - p0);
+            // Rows are written in order, each segment after the previous one,
+            // so the bytes a short copy writes past its segment are
+            // overwritten later (or lie beyond the block).
+            for r in 0..np {
+                let (oy, ox) = ((p0 + r) / g.ow, (p0 + r) % g.ow);
+                let d0 = r * rowpad;
+                let ix0 = (ox * g.sw) as isize - g.pl as isize;
+                let cols_in = g.groups == 1 && ix0 >= 0 && ix0 as usize + g.kw <= g.iw;
+                for ky in 0..g.kh {
+                    let iy = (oy * g.sh + ky) as isize - g.pt as isize;
+                    let seg = d0 + ky * g.kw * cg;
+                    if iy < 0 || iy >= g.ih as isize {
+                        buf[seg..seg + g.kw * cg].fill(zp_in);
+                    } else if cols_in {
+                        // A dense conv's kernel row is one contiguous input span.
+                        let s = (iy as usize * g.iw + ix0 as usize) * g.cin;
+                        copy_short(&mut buf, seg, input, s, g.kw * cg);
+                    } else {
+                        for kx in 0..g.kw {
+                            let ix = ix0 + kx as isize;
+                            let d = seg + kx * cg;
+                            if ix < 0 || ix >= g.iw as isize {
+                                buf[d..d + cg].fill(zp_in);
+                            } else {
+                                let s = (iy as usize * g.iw + ix as usize) * g.cin + grp * cg;
+                                copy_short(&mut buf, d, input, s, cg);
+                            }
+                        }
+                    }
+                }
+                buf[d0 + row..d0 + rowpad].fill(0);
+            }
+            let p = Gemm { a: &buf[..np * rowpad], lda: rowpad, m: np, k, w: wk, ldw, n: ng, rq: &rq[grp * ng..], q };
+            gemm(&p, &mut out[p0 * g.cout + grp * ng..], g.cout);
+            p0 += np;
+        }
+    }
+}
+
+/// Copies `src[s..s + n]` to `buf[d..d + n]`; when `n <= 16` and both sides
+/// have 16 bytes, moves 16 (one load, one store instead of a `memcpy`
+/// call), clobbering `buf[d + n..d + 16]`.
+#[inline(always)]
+fn copy_short(buf: &mut [i8], d: usize, src: &[i8], s: usize, n: usize) {
+    if n <= 16 && d + 16 <= buf.len() && s + 16 <= src.len() {
+        let t: [i8; 16] = src[s..s + 16].try_into().unwrap();
+        buf[d..d + 16].copy_from_slice(&t);
+    } else {
+        buf[d..d + n].copy_from_slice(&src[s..s + n]);
+    }
+}

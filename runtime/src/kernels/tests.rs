@@ -1,0 +1,350 @@
+//! Every entry of every kernel table against the scalar reference, bit for
+//! bit: shape tables (0 where legal, 1, tile−1, tile, tile+1, primes; strides
+//! 1 and 2; paddings; groups) and seeded random cases (zero points,
+//! multipliers, shifts, biases, clamps). One macro call generates the tests
+//! of a table; a table the CPU (or target) lacks is skipped, not failed.
+//! Each kernel writes into a buffer longer than its output; the tail must
+//! stay untouched.
+
+extern crate std;
+
+use std::vec::Vec;
+
+use super::{ConvFn, ConvGeom, Kernels, OutQ};
+use crate::engine::Requant;
+
+/// splitmix64
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// uniform in `lo..=hi`
+    fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next() % (hi - lo + 1) as u64) as i64
+    }
+    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.next() as usize % v.len()]
+    }
+    fn bytes(&mut self, n: usize) -> Vec<i8> {
+        // Mostly uniform; every 4th buffer leans on the extremes (-128, 127).
+        let extreme = self.next() % 4 == 0;
+        (0..n)
+            .map(|_| if extreme && self.next() % 2 == 0 { self.pick(&[-128i8, 127, -127, 0]) } else { self.next() as i8 })
+            .collect()
+    }
+    /// Weights: every other buffer in the exporter's range [−127, 127]
+    /// (kernels may take faster paths then), the others any int8.
+    fn weights(&mut self, n: usize) -> Vec<u8> {
+        let symmetric = self.next() % 2 == 0;
+        self.bytes(n).into_iter().map(|b| if symmetric { b.max(-127) } else { b } as u8).collect()
+    }
+}
+
+/// Parameters the engine can derive: `|mult|` in `[2^30, 2^31)` (or 0),
+/// shift 1..=62 (mostly ≥ 31, i.e. `M < 1`), `|bias| <= 2^30`.
+fn random_rq(r: &mut Rng, n: usize, wild: bool) -> Vec<Requant> {
+    (0..n)
+        .map(|_| {
+            let mag = r.range(1 << 30, (1i64 << 31) - 1);
+            let mult = match r.next() % 16 {
+                0 => 0,
+                1..=5 => -mag,
+                _ => mag,
+            } as i32;
+            let shift = if wild && r.next() % 3 == 0 {
+                r.range(1, 62)
+            } else {
+                r.range(31, 45)
+            } as i32;
+            let bias = match r.next() % 8 {
+                0 => r.range(-(1 << 30), 1 << 30),
+                1 => 0,
+                _ => r.range(-100_000, 100_000),
+            } as i32;
+            Requant { mult, shift, bias }
+        })
+        .collect()
+}
+
+fn random_q(r: &mut Rng) -> OutQ {
+    let zp = r.range(-128, 127) as i32;
+    match r.next() % 3 {
+        0 => OutQ { zp, lo: -128, hi: 127 },
+        1 => OutQ { zp, lo: zp.max(-128), hi: r.range(zp as i64, 127) as i32 },
+        _ => {
+            let lo = r.range(-128, 127) as i32;
+            OutQ { zp, lo, hi: r.range(lo as i64, 127) as i32 }
+        }
+    }
+}
+
+const CANARY: i8 = 0x5a;
+const GUARD: usize = 67;
+
+/// Runs `k` and the reference on one case and compares.
+#[allow(clippy::too_many_arguments)]
+fn check(what: &str, table: &str, k: ConvFn, reference: ConvFn, g: &ConvGeom, input: &[i8], w: &[u8], zp: i8, rq: &[Requant], q: OutQ) {
+    let n = g.oh * g.ow * g.cout;
+    let mut want = std::vec![CANARY; n + GUARD];
+    let mut got = std::vec![CANARY; n + GUARD];
+    reference(input, w, g, zp, rq, q, &mut want);
+    k(input, w, g, zp, rq, q, &mut got);
+    if got != want {
+        let i = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
+        let (p, c) = if g.cout == 0 { (0, 0) } else { (i / g.cout, i % g.cout) };
+        panic!(
+            "{table} {what}: mismatch at byte {i} (pixel {p}, channel {c}): got {} want {}\n{g:?} zp_in {zp} {q:?} rq[c] {:?}",
+            got[i],
+            want[i],
+            rq.get(c)
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn geom(ih: usize, iw: usize, cin: usize, cout: usize, k: (usize, usize), s: (usize, usize), pad: [usize; 4], groups: usize) -> ConvGeom {
+    let [pt, pl, pb, pr] = pad;
+    let oh = if ih + pt + pb >= k.0 { (ih + pt + pb - k.0) / s.0 + 1 } else { 0 };
+    let ow = if iw + pl + pr >= k.1 { (iw + pl + pr - k.1) / s.1 + 1 } else { 0 };
+    ConvGeom { ih, iw, cin, oh, ow, cout, kh: k.0, kw: k.1, sh: s.0, sw: s.1, pt, pl, groups }
+}
+
+/// One random case of a dense conv.
+fn dense_case(r: &mut Rng, table: &str, what: &str, k: ConvFn, g: &ConvGeom, wild: bool) {
+    let input = r.bytes(g.ih * g.iw * g.cin);
+    let w = r.weights(g.cout * g.row_len());
+    let rq = random_rq(r, g.cout, wild);
+    let q = random_q(r);
+    let zp = r.next() as i8;
+    check(what, table, k, super::scalar::conv, g, &input, &w, zp, &rq, q);
+}
+
+fn dw_case(r: &mut Rng, table: &str, k: ConvFn, g: &ConvGeom, wild: bool) {
+    let input = r.bytes(g.ih * g.iw * g.cout);
+    let w = r.weights(g.kh * g.kw * g.cout);
+    let rq = random_rq(r, g.cout, wild);
+    let q = random_q(r);
+    let zp = r.next() as i8;
+    check("dwconv", table, k, super::scalar::dwconv, g, &input, &w, zp, &rq, q);
+}
+
+// Tiles: AVX2 3x8 (k 8), AVX-512 VNNI 6x16 (k 16), NEON / dotprod 4x4 (k
+// 16), depthwise 16 channels in chunks of 128.
+const CIN: &[usize] = &[0, 1, 3, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 47, 64, 96];
+const COUT: &[usize] = &[0, 1, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33];
+const PIXELS: &[(usize, usize)] = &[(1, 1), (1, 2), (1, 3), (2, 2), (1, 5), (2, 3), (3, 3), (4, 4), (1, 7), (5, 5), (1, 13)];
+
+fn pointwise_shapes(k: Kernels) {
+    let mut r = Rng(1);
+    for &cin in CIN {
+        for &cout in COUT {
+            for &(h, w) in PIXELS {
+                let g = geom(h, w, cin, cout, (1, 1), (1, 1), [0; 4], 1);
+                dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, false);
+                dense_case(&mut r, k.name, "conv(1x1)", k.conv, &g, true);
+            }
+        }
+    }
+    // zero pixels
+    let g = ConvGeom { oh: 0, ow: 0, ..geom(1, 1, 8, 8, (1, 1), (1, 1), [0; 4], 1) };
+    dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, false);
+}
+
+fn conv_shapes(k: Kernels) {
+    let mut r = Rng(2);
+    // (cin, cout, kernel, stride, pads t l b r, groups)
+    type Case = (usize, usize, (usize, usize), (usize, usize), [usize; 4], usize);
+    let cases: &[Case] = &[
+        (3, 32, (3, 3), (2, 2), [1, 1, 1, 1], 1), // MobileNet stem
+        (3, 16, (3, 3), (2, 2), [0, 0, 1, 1], 1), // TF "same" padding
+        (3, 8, (3, 3), (1, 1), [1, 1, 1, 1], 1),
+        (3, 17, (3, 3), (2, 2), [1, 1, 1, 1], 1),
+        (1, 5, (3, 3), (1, 1), [1, 1, 1, 1], 1),
+        (4, 7, (5, 5), (2, 2), [2, 2, 2, 2], 1),
+        (8, 9, (2, 3), (1, 2), [0, 1, 0, 1], 1),
+        (16, 16, (3, 3), (1, 1), [1, 1, 1, 1], 1),
+        (17, 4, (3, 3), (2, 1), [2, 0, 0, 2], 1),
+        (8, 8, (1, 1), (2, 2), [0, 0, 0, 0], 1), // strided 1x1
+        (24, 33, (1, 1), (2, 1), [0, 0, 0, 0], 1),
+        (8, 12, (1, 1), (1, 1), [0, 0, 0, 0], 2), // grouped 1x1
+        (12, 12, (1, 1), (1, 1), [0, 0, 0, 0], 4),
+        (8, 16, (3, 3), (1, 1), [1, 1, 1, 1], 2), // grouped 3x3
+        (9, 6, (3, 3), (2, 2), [1, 1, 1, 1], 3),
+        (6, 6, (1, 1), (1, 1), [1, 1, 1, 1], 1),  // padded 1x1
+        (64, 40, (3, 3), (1, 1), [1, 1, 1, 1], 1),
+        (513, 3, (3, 3), (1, 1), [1, 1, 1, 1], 1), // weights too big to pad: scalar k tail
+        (4000, 2, (3, 3), (1, 1), [1, 1, 1, 1], 1), // row 36000 > im2col block: reference path
+    ];
+    for &(cin, cout, ks, s, pad, groups) in cases {
+        for &(h, w) in &[(1, 1), (2, 2), (3, 3), (4, 5), (7, 7), (8, 9), (13, 6)] {
+            if cin * h * w > 100_000 {
+                continue;
+            }
+            let g = geom(h, w, cin, cout, ks, s, pad, groups);
+            dense_case(&mut r, k.name, "conv", k.conv, &g, true);
+            if g.is_pointwise() {
+                dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, true);
+            }
+        }
+    }
+    // The MobileNetV2 stem at full size.
+    let g = geom(224, 224, 3, 32, (3, 3), (2, 2), [1, 1, 1, 1], 1);
+    dense_case(&mut r, k.name, "conv", k.conv, &g, false);
+}
+
+fn fc_shapes(k: Kernels) {
+    let mut r = Rng(3);
+    for &(h, w, c, cout) in &[
+        (1, 1, 1280, 10),
+        (1, 1, 1280, 1000),
+        (1, 1, 1, 1),
+        (1, 1, 7, 3),
+        (3, 3, 7, 5),
+        (7, 7, 32, 17),
+        (2, 2, 3, 1),
+        (1, 1, 16, 16),
+        (1, 1, 17, 33),
+        (4, 4, 64, 9),
+    ] {
+        let g = geom(h, w, c, cout, (h, w), (1, 1), [0; 4], 1);
+        assert!(g.is_fully_connected());
+        dense_case(&mut r, k.name, "fc", k.fc, &g, true);
+        dense_case(&mut r, k.name, "conv(fc)", k.conv, &g, true);
+        if g.is_pointwise() {
+            dense_case(&mut r, k.name, "pointwise(fc)", k.pointwise, &g, true);
+        }
+    }
+}
+
+fn dwconv_shapes(k: Kernels) {
+    let mut r = Rng(4);
+    let chans = [1, 7, 8, 15, 16, 17, 31, 32, 33, 48, 127, 128, 129, 144, 200];
+    // (kernel, stride, pads t l b r)
+    type Case = ((usize, usize), (usize, usize), [usize; 4]);
+    let cases: &[Case] = &[
+        ((3, 3), (1, 1), [1, 1, 1, 1]),
+        ((3, 3), (2, 2), [1, 1, 1, 1]),
+        ((3, 3), (2, 2), [0, 0, 1, 1]),
+        ((3, 3), (1, 1), [0, 0, 0, 0]),
+        ((5, 5), (1, 1), [2, 2, 2, 2]),
+        ((5, 5), (2, 2), [2, 2, 2, 2]),
+        ((1, 1), (1, 1), [0, 0, 0, 0]),
+        ((2, 3), (1, 2), [1, 0, 0, 1]),
+        ((7, 7), (1, 1), [3, 3, 3, 3]),
+        ((9, 9), (1, 1), [4, 4, 4, 4]), // 81 taps: reference path
+    ];
+    for &c in &chans {
+        for &(ks, s, pad) in cases {
+            for &(h, w) in &[(1, 1), (2, 2), (3, 3), (4, 5), (7, 7), (8, 8)] {
+                let g = geom(h, w, c, c, ks, s, pad, c);
+                dw_case(&mut r, k.name, k.dwconv, &g, c % 3 == 0);
+            }
+        }
+    }
+    let g = ConvGeom { oh: 0, ow: 0, ..geom(3, 3, 16, 16, (3, 3), (1, 1), [1; 4], 16) };
+    dw_case(&mut r, k.name, k.dwconv, &g, false);
+}
+
+fn random_dense(k: Kernels, seed: u64, cases: usize) {
+    let mut r = Rng(seed);
+    for _ in 0..cases {
+        let groups = r.pick(&[1, 1, 1, 1, 2, 3]);
+        let cin = groups * r.range(1, 40) as usize;
+        let cout = groups * r.range(1, 40) as usize;
+        let kh = r.range(1, 4) as usize;
+        let kw = r.range(1, 4) as usize;
+        let s = (r.range(1, 2) as usize, r.range(1, 2) as usize);
+        let pad = [0; 4].map(|_| r.range(0, 2) as usize);
+        let (ih, iw) = (r.range(1, 9) as usize, r.range(1, 9) as usize);
+        let g = geom(ih, iw, cin, cout, (kh, kw), s, pad, groups);
+        dense_case(&mut r, k.name, "conv", k.conv, &g, true);
+        if g.is_pointwise() {
+            dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, true);
+        }
+        let fc = geom(ih, iw, cin, cout, (ih, iw), (1, 1), [0; 4], 1);
+        dense_case(&mut r, k.name, "fc", k.fc, &fc, true);
+        let pw = geom(ih, iw, cin, cout, (1, 1), (1, 1), [0; 4], 1);
+        dense_case(&mut r, k.name, "pointwise", k.pointwise, &pw, true);
+    }
+}
+
+fn random_dw(k: Kernels, seed: u64, cases: usize) {
+    let mut r = Rng(seed);
+    for _ in 0..cases {
+        let c = r.range(1, 300) as usize;
+        let kh = r.pick(&[1, 3, 3, 3, 5]);
+        let kw = if r.next() % 4 == 0 { r.range(1, 5) as usize } else { kh };
+        let s = r.pick(&[(1, 1), (2, 2), (1, 2)]);
+        let pad = [0; 4].map(|_| r.range(0, 2) as usize);
+        let (ih, iw) = (r.range(1, 10) as usize, r.range(1, 10) as usize);
+        let g = geom(ih, iw, c, c, (kh, kw), s, pad, c);
+        dw_case(&mut r, k.name, k.dwconv, &g, true);
+    }
+}
+
+macro_rules! kernel_tests {
+    ($($table:ident),* $(,)?) => {$(
+        mod $table {
+            use super::*;
+
+            fn table() -> Option<Kernels> {
+                let k = Kernels::by_name(stringify!($table));
+                if k.is_none() {
+                    std::eprintln!("skipped: kernel table '{}' is not supported on this CPU/target", stringify!($table));
+                }
+                k
+            }
+            #[test]
+            fn pointwise_shapes() {
+                table().map(super::pointwise_shapes);
+            }
+            #[test]
+            fn conv_shapes() {
+                table().map(super::conv_shapes);
+            }
+            #[test]
+            fn fc_shapes() {
+                table().map(super::fc_shapes);
+            }
+            #[test]
+            fn dwconv_shapes() {
+                table().map(super::dwconv_shapes);
+            }
+            #[test]
+            fn random_dense() {
+                table().map(|k| super::random_dense(k, 11, 300));
+            }
+            #[test]
+            fn random_dwconv() {
+                table().map(|k| super::random_dw(k, 12, 300));
+            }
+        }
+    )*};
+}
+
+kernel_tests!(scalar, avx2, avx512vnni, neon, dotprod);
+
+#[test]
+fn tables_and_names() {
+    assert_eq!(Kernels::by_name("scalar").unwrap().name, "scalar");
+    assert!(Kernels::by_name("nonsense").is_none());
+    let all: Vec<_> = Kernels::available().map(|k| k.name).collect();
+    assert_eq!(all[0], "scalar");
+    let best = Kernels::best();
+    assert!(all.contains(&best.name));
+    for k in Kernels::available() {
+        for n in [k.names.pointwise, k.names.conv, k.names.dwconv, k.names.fc] {
+            assert!(n.starts_with(k.name) || n.starts_with("avx2") || n.starts_with("neon"), "{n}");
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    assert!(Kernels::by_name("neon").is_some());
+    #[cfg(not(target_arch = "x86_64"))]
+    assert!(Kernels::by_name("avx2").is_none());
+}

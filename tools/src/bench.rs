@@ -1,0 +1,338 @@
+//! `graftnet bench DIR [--task NAME] [--threads N] [--iters K] [--kernels T] [--json]`:
+//! host timings of an export directory through the real runtime.
+//!
+//! What is measured, on one core:
+//! - inference: `Engine::run` on an int8 input (median and p90 ms over
+//!   `iters` runs after warm-up), with the chosen kernel table (`--kernels
+//!   NAME`, `all` for every table this CPU runs; default `Kernels::best()`,
+//!   which honours `GRAFTNET_KERNELS`). Scores are checked bit-identical to
+//!   the scalar table's.
+//! - task switch: `Patch::parse` + `Engine::apply` (median µs), cycling
+//!   through the export's patches;
+//! - memory the caller provides: arena + parameter table + patch bytes (the
+//!   backbone stays in flash / mmap and is reported separately);
+//! - for comparison, loading the same task as a whole model: the task's
+//!   ONNX (manifest `source`) quantized on its own into a per-task backbone,
+//!   then `Backbone::parse` + `Engine::new` (median µs; the quantization is
+//!   not timed); and tract's load + optimize of that ONNX plus its fp32
+//!   inference time.
+//!
+//! Intended as a module of the `graftnet` binary (`mod bench;` in
+//! `main.rs`): it names the library as `graftnet_tools`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use graftnet::format::OpKind;
+use graftnet::kernels::Kernels;
+use graftnet::{Backbone, Engine, Patch, Requant};
+use serde_json::{json, Value};
+
+use graftnet_tools::host::ExportDir;
+use graftnet_tools::pipeline::BASE_TASK;
+
+/// Arguments of `graftnet bench`.
+#[derive(Clone, Debug)]
+pub struct BenchArgs {
+    /// export directory (`backbone.gnb`, `*.gnp`, `manifest.json`)
+    pub dir: PathBuf,
+    /// task to time inference on (default: the base task)
+    pub task: Option<String>,
+    /// worker threads; the engine runs layers on one thread today, so
+    /// values above 1 are reported and ignored
+    pub threads: usize,
+    /// timed inference runs (after warm-up)
+    pub iters: usize,
+    /// print one JSON object instead of a table
+    pub json: bool,
+    /// kernel table name (`scalar`, `avx2`, `avx512vnni`, `neon`, `dotprod`)
+    /// or `all`; default `Kernels::best()`
+    pub kernels: Option<String>,
+}
+
+/// Sorted-sample statistics in milliseconds.
+fn stats(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pick = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (pick(0.5), pick(0.9), v.iter().sum::<f64>() / v.len() as f64)
+}
+
+fn time_ms(f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Multiply-accumulates of one inference (conv and depthwise ops).
+fn macs(bb: &Backbone<'_>, classes: u16) -> u64 {
+    let mut total = 0u64;
+    for i in 0..bb.n_ops() {
+        let op = bb.op(i);
+        let o = bb.tensor(op.out as usize);
+        let px = o.h as u64 * o.w as u64;
+        match op.kind {
+            OpKind::Conv => total += px * bb.cout(i, &op, classes) as u64 * bb.row_len(&op) as u64,
+            OpKind::DwConv => total += px * o.c as u64 * op.kh as u64 * op.kw as u64,
+            _ => {}
+        }
+    }
+    total
+}
+
+/// Deterministic pseudo-random floats in [-1, 1).
+fn random_input(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+struct TableResult {
+    name: &'static str,
+    names: graftnet::kernels::KernelNames,
+    median_ms: f64,
+    p90_ms: f64,
+    mean_ms: f64,
+    matches_scalar: bool,
+}
+
+fn time_inference(ex: &ExportDir, task: &str, k: Kernels, input: &[f32], iters: usize, reference: Option<&[i8]>) -> Result<(TableResult, Vec<i8>)> {
+    ex.with_engine(task, |e| {
+        e.set_kernels(k);
+        let n = e.backbone().input().len();
+        let mut x = vec![0i8; n];
+        e.quantize_input(input, &mut x).map_err(|err| anyhow!("{err}"))?;
+        let scores = e.run(&x).map_err(|err| anyhow!("{err}"))?.quantized().to_vec();
+        let warm = (iters / 10).clamp(2, 20);
+        for _ in 0..warm {
+            e.run(&x).map_err(|err| anyhow!("{err}"))?;
+        }
+        let mut t = Vec::with_capacity(iters);
+        for _ in 0..iters.max(1) {
+            t.push(time_ms(&mut || {
+                e.run(std::hint::black_box(&x)).map_err(|err| anyhow!("{err}"))?;
+                Ok(())
+            })?);
+        }
+        let (median_ms, p90_ms, mean_ms) = stats(t);
+        let matches_scalar = reference.is_none_or(|r| r == scores.as_slice());
+        Ok((TableResult { name: k.name, names: k.names, median_ms, p90_ms, mean_ms, matches_scalar }, scores))
+    })
+}
+
+/// Median µs of `Patch::parse` + `Engine::apply`, cycling through patches.
+fn time_switch(ex: &ExportDir, rounds: usize) -> Result<Option<(f64, usize)>> {
+    if ex.patches.is_empty() {
+        return Ok(None);
+    }
+    let bb = ex.parse_backbone()?;
+    let mut arena = vec![0i8; bb.arena_len()];
+    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut e = Engine::new(&bb, &mut arena, &mut params).map_err(|err| anyhow!("{err}"))?;
+    let blobs: Vec<&Vec<u8>> = ex.patches.values().collect();
+    let mut t = Vec::new();
+    for r in 0..rounds.max(blobs.len() * 3) {
+        let b = blobs[r % blobs.len()];
+        let t0 = Instant::now();
+        let p = Patch::parse(b).map_err(|err| anyhow!("{err}"))?;
+        e.apply(p).map_err(|err| anyhow!("{err}"))?;
+        t.push(t0.elapsed().as_secs_f64() * 1e6);
+        if blobs.len() == 1 {
+            e.reset();
+        }
+    }
+    Ok(Some((stats(t).0, blobs.iter().map(|b| b.len()).max().unwrap_or(0))))
+}
+
+/// The ONNX a task was exported from (manifest `source`), resolved.
+fn task_source(ex: &ExportDir, task: &str) -> Option<PathBuf> {
+    let tasks = ex.manifest.as_ref()?.get("tasks")?.as_array()?;
+    let t = tasks.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(task))?;
+    let p = PathBuf::from(t.get("source")?.as_str()?);
+    let p = if p.is_relative() && !p.exists() { ex.dir.join(&p) } else { p };
+    p.exists().then_some(p)
+}
+
+/// Builds the task's own backbone (quantized alone, random calibration)
+/// and times `Backbone::parse` + `Engine::new` on it (median µs).
+fn time_full_load(onnx: &Path, input_shape: (usize, usize, usize)) -> Result<(f64, usize)> {
+    use graftnet_tools::data::Dataset;
+    use graftnet_tools::{export, pipeline};
+    let graph = pipeline::import(onnx, Some(input_shape))?;
+    let (c, h, w) = input_shape;
+    let calib = Dataset { shape: input_shape, samples: random_input(4 * c * h * w, 7), labels: None, class_names: None };
+    let q = pipeline::quantize_model(&graph, &calib, 0, vec![], None)?;
+    let blob = export::emit_backbone(&q, q.classes())?;
+    let bytes = blob.bytes;
+    let probe = Backbone::parse(&bytes).map_err(|e| anyhow!("per-task backbone does not parse: {e}"))?;
+    let mut arena = vec![0i8; probe.arena_len()];
+    let mut params = vec![Requant::default(); probe.params_len()];
+    let mut t = Vec::new();
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let bb = Backbone::parse(std::hint::black_box(&bytes)).map_err(|e| anyhow!("{e}"))?;
+        let e = Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow!("{e}"))?;
+        std::hint::black_box(e.classes());
+        t.push(t0.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok((stats(t).0, bytes.len()))
+}
+
+/// tract: load + optimize (ms, one run) and fp32 inference (median ms).
+fn time_tract(onnx: &Path, input_shape: (usize, usize, usize), input: &[f32], iters: usize) -> Result<(f64, f64)> {
+    use graftnet_tools::reference::TractModel;
+    let t0 = Instant::now();
+    let m = TractModel::load(onnx, Some(input_shape))?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    for _ in 0..2 {
+        m.run(input)?;
+    }
+    let mut t = Vec::new();
+    for _ in 0..iters.clamp(3, 20) {
+        t.push(time_ms(&mut || {
+            m.run(std::hint::black_box(input))?;
+            Ok(())
+        })?);
+    }
+    Ok((load_ms, stats(t).0))
+}
+
+/// Runs `graftnet bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let ex = ExportDir::open(&args.dir)?;
+    let task = args.task.clone().unwrap_or_else(|| BASE_TASK.to_string());
+    if task != BASE_TASK && !ex.patches.contains_key(&task) {
+        bail!("unknown task '{task}'; this export has: {}", ex.task_names().join(", "));
+    }
+    let tables: Vec<Kernels> = match args.kernels.as_deref() {
+        None => vec![Kernels::best()],
+        Some("all") => Kernels::available().collect(),
+        Some(name) => vec![Kernels::by_name(name).ok_or_else(|| {
+            anyhow!(
+                "kernel table '{name}' is not available on this CPU (available: {})",
+                Kernels::available().map(|k| k.name).collect::<Vec<_>>().join(", ")
+            )
+        })?],
+    };
+    let bb = ex.parse_backbone()?;
+    let t_in = bb.input();
+    let input_shape = (t_in.c as usize, t_in.h as usize, t_in.w as usize);
+    let input = random_input(t_in.len(), 1);
+    let iters = args.iters.max(1);
+    let classes = ex.with_engine(&task, |e| Ok(e.classes() as u16))?;
+    let total_macs = macs(&bb, classes);
+
+    let (_, reference) = time_inference(&ex, &task, Kernels::scalar(), &input, 1, None)?;
+    let mut results = Vec::new();
+    for k in &tables {
+        let (r, _) = time_inference(&ex, &task, *k, &input, iters, Some(&reference))?;
+        if !r.matches_scalar {
+            bail!("kernel table '{}' gives scores that differ from the scalar reference", r.name);
+        }
+        results.push(r);
+    }
+    let main = results.last().unwrap();
+
+    let switch = time_switch(&ex, 200)?;
+    let params_bytes = bb.params_len() * std::mem::size_of::<Requant>();
+    let patch_bytes = if task == BASE_TASK { switch.map_or(0, |s| s.1) } else { ex.patches[&task].len() };
+    let peak = bb.arena_len() + params_bytes + patch_bytes;
+
+    let source = task_source(&ex, &task);
+    let full = match &source {
+        Some(p) => time_full_load(p, input_shape).with_context(|| format!("building a per-task backbone from {}", p.display())),
+        None => Err(anyhow!("the manifest names no readable source ONNX for task '{task}'")),
+    };
+    let tract = match &source {
+        Some(p) => time_tract(p, input_shape, &input, iters),
+        None => Err(anyhow!("no source ONNX")),
+    };
+
+    let threads_used = 1;
+    if args.json {
+        let mut per = serde_json::Map::new();
+        for r in &results {
+            per.insert(
+                r.name.to_string(),
+                json!({"median_ms": r.median_ms, "p90_ms": r.p90_ms, "mean_ms": r.mean_ms,
+                       "kernels": [r.names.pointwise, r.names.conv, r.names.dwconv, r.names.fc]}),
+            );
+        }
+        let v = json!({
+            "dir": args.dir.to_string_lossy(),
+            "task": task,
+            "kernels": main.name,
+            "kernel_names": {"pointwise": main.names.pointwise, "conv": main.names.conv, "dwconv": main.names.dwconv, "fc": main.names.fc},
+            "median_ms": main.median_ms,
+            "p90_ms": main.p90_ms,
+            "mean_ms": main.mean_ms,
+            "iters": iters,
+            "threads": threads_used,
+            "threads_requested": args.threads,
+            "macs": total_macs,
+            "gmacs_per_s": total_macs as f64 / main.median_ms / 1e6,
+            "matches_scalar": results.iter().all(|r| r.matches_scalar),
+            "per_table": per,
+            "switch_us": switch.map(|s| s.0),
+            "arena_bytes": bb.arena_len(),
+            "params_bytes": params_bytes,
+            "patch_bytes": patch_bytes,
+            "peak_bytes": peak,
+            "backbone_bytes": ex.backbone.len(),
+            "full_model_load_us": full.as_ref().ok().map(|f| f.0),
+            "full_model_backbone_bytes": full.as_ref().ok().map(|f| f.1),
+            "full_model_error": full.as_ref().err().map(|e| format!("{e:#}")),
+            "tract_load_ms": tract.as_ref().ok().map(|t| t.0),
+            "tract_median_ms": tract.as_ref().ok().map(|t| t.1),
+            "tract_error": tract.as_ref().err().map(|e| format!("{e:#}")),
+            "input_shape": [input_shape.0, input_shape.1, input_shape.2],
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("export   {}  (task '{task}', input {}x{}x{}, {:.1} M MACs)", args.dir.display(), input_shape.0, input_shape.1, input_shape.2, total_macs as f64 / 1e6);
+    if args.threads > 1 {
+        println!("note     --threads {}: the engine runs on one thread; timing 1 thread", args.threads);
+    }
+    println!("{:<12} {:>10} {:>10} {:>9}  kernels (pointwise / conv / dwconv / fc)", "table", "median ms", "p90 ms", "GMAC/s");
+    for r in &results {
+        println!(
+            "{:<12} {:>10.3} {:>10.3} {:>9.1}  {} / {} / {} / {}",
+            r.name,
+            r.median_ms,
+            r.p90_ms,
+            total_macs as f64 / r.median_ms / 1e6,
+            r.names.pointwise,
+            r.names.conv,
+            r.names.dwconv,
+            r.names.fc
+        );
+    }
+    match switch {
+        Some((us, _)) => println!("switch   {us:.1} us median (Patch::parse + Engine::apply, {} patch(es))", ex.patches.len()),
+        None => println!("switch   - (no patches in this export)"),
+    }
+    println!(
+        "memory   {} B = arena {} + params {} + patch {}   (backbone {} B stays in flash)",
+        peak,
+        bb.arena_len(),
+        params_bytes,
+        patch_bytes,
+        ex.backbone.len()
+    );
+    match &full {
+        Ok((us, n)) => println!("full     {us:.1} us: Backbone::parse + Engine::new of the task as its own model ({n} B backbone)"),
+        Err(e) => println!("full     - ({e:#})"),
+    }
+    match &tract {
+        Ok((load, inf)) => println!("tract    load+optimize {load:.1} ms, fp32 inference {inf:.3} ms median"),
+        Err(e) => println!("tract    - ({e:#})"),
+    }
+    Ok(())
+}
