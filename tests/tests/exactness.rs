@@ -135,3 +135,36 @@ fn every_kernel_table_matches_scalar_end_to_end() {
         let _ = std::fs::remove_dir_all(&out);
     }
 }
+
+/// Splitting convolutions across threads gives the single thread's bytes.
+#[test]
+fn threads_give_identical_results() {
+    let m = models();
+    let data = m.join("data");
+    let out = scratch("threads");
+    let opts = ExportOptions {
+        base: m.join("mnv2").join("base.folded.onnx"),
+        tasks: vec![("mnist-sb".into(), m.join("mnv2").join("mnist-sb.folded.onnx"))],
+        calib: data.join("fashion_calib_x.npy"),
+        out: out.clone(),
+        ..Default::default()
+    };
+    export(&opts).unwrap();
+    let backbone = std::fs::read(out.join("backbone.gnb")).unwrap();
+    let patch = std::fs::read(out.join("mnist-sb.gnp")).unwrap();
+    let test = npy(&data.join("mnist_test_x.npy"), None);
+    let bb = Backbone::parse(&backbone).unwrap();
+    let run_with = |threads: usize| -> Vec<Vec<i8>> {
+        let mut arena = vec![0i8; bb.arena_len()];
+        let mut params = vec![Requant::default(); bb.params_len()];
+        let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
+        e.set_threads(threads);
+        e.apply(Patch::parse(&patch).unwrap()).unwrap();
+        (0..24).map(|i| e.run_f32(test.sample(i)).unwrap().quantized().to_vec()).collect()
+    };
+    let one = run_with(1);
+    for n in [2, 3, 5] {
+        assert_eq!(run_with(n), one, "{n} threads");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

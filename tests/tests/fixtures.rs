@@ -144,5 +144,17 @@ fn mobilenet_v2_1_0_224_patch_sizes_and_arena() {
     let alone = standalone_backbone(&opts.tasks[0].1, &npy(&opts.calib, None), None).unwrap();
     let patch = std::fs::read(dir.join("out/sb-logits.gnp")).unwrap();
     assert_eq!(scores(&backbone, Some(&patch), &test, 1), scores(&alone, None, &test, 1));
+    // Two and three threads (row slabs of every large conv, stem included) give the same bytes.
+    let bb = graftnet::Backbone::parse(&backbone).unwrap();
+    let mut outs = Vec::new();
+    for threads in [1, 2, 3] {
+        let mut arena = vec![0i8; bb.arena_len()];
+        let mut params = vec![graftnet::Requant::default(); bb.params_len()];
+        let mut e = graftnet::Engine::new(&bb, &mut arena, &mut params).unwrap();
+        e.set_threads(threads);
+        e.apply(graftnet::Patch::parse(&patch).unwrap()).unwrap();
+        outs.push(e.run_f32(test.sample(0)).unwrap().quantized().to_vec());
+    }
+    assert!(outs.iter().all(|o| o == &outs[0]), "threads change the result");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -22,6 +22,9 @@ use crate::format::entry::{Entry, EntryIter, EntryKind, Rows};
 use crate::format::patch::Patch;
 use crate::format::{rd_f32, Act, OpKind, NONE};
 use crate::kernels::{scalar, ConvGeom, Kernels, OutQ};
+#[cfg(feature = "std")]
+mod parallel;
+
 use crate::quant::{decode_bias, decode_scale, quantize_multiplier, quantize_value, round_half_away, Multiplier};
 
 /// One entry of the parameter table: a fixed-point multiplier and an int32
@@ -52,6 +55,7 @@ struct OpEntries<'a> {
 }
 
 /// Walks a sorted entry list op by op.
+#[derive(Clone)]
 struct Cursor<'a> {
     it: EntryIter<'a>,
     next: Option<Entry<'a>>,
@@ -156,6 +160,7 @@ pub struct Engine<'a, 'm> {
     tq: &'a [u8],
     classes: u16,
     kernels: Kernels,
+    threads: usize,
 }
 
 impl<'a, 'm> Engine<'a, 'm> {
@@ -168,7 +173,7 @@ impl<'a, 'm> Engine<'a, 'm> {
             return Err(RunError::ParamsTooSmall { need: bb.params_len() as u32, have: params.len() as u32 });
         }
         let tq = tensor_quant(bb.base_entries()).unwrap_or(&[]);
-        let mut e = Engine { bb: *bb, arena, params, patch: None, tq, classes: bb.base_classes(), kernels: Kernels::best() };
+        let mut e = Engine { bb: *bb, arena, params, patch: None, tq, classes: bb.base_classes(), kernels: Kernels::best(), threads: 1 };
         e.derive()?;
         Ok(e)
     }
@@ -177,6 +182,19 @@ impl<'a, 'm> Engine<'a, 'm> {
     pub fn set_kernels(&mut self, k: Kernels) {
         self.kernels = k;
     }
+    /// Splits each large convolution across `n` threads (std only; 1, the
+    /// default, runs everything on the calling thread). Results do not
+    /// depend on the thread count.
+    #[cfg(feature = "std")]
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads = n.clamp(1, 64);
+    }
+
+    /// Threads used per inference.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
     /// The kernel table in use.
     pub fn kernels(&self) -> Kernels {
         self.kernels
@@ -234,11 +252,7 @@ impl<'a, 'm> Engine<'a, 'm> {
 
     /// `(scale, zero point)` of tensor `t` under the active task.
     pub fn tensor_quant(&self, t: usize) -> (f32, i32) {
-        if 8 * t + 8 <= self.tq.len() {
-            (rd_f32(self.tq, 8 * t), self.tq[8 * t + 4] as i8 as i32)
-        } else {
-            (1.0, 0)
-        }
+        tq_of(self.tq, t)
     }
 
     /// The int8 contents (NHWC) of tensor `t` after the last run, for
@@ -326,36 +340,9 @@ impl<'a, 'm> Engine<'a, 'm> {
     }
 
     fn out_q(&self, op: &OpInfo) -> OutQ {
-        let (s, zp) = self.tensor_quant(op.out as usize);
-        let (lo, hi) = match op.act {
-            Act::None => (-128, 127),
-            Act::Clamp => (
-                quantize_value(op.act_lo as f64, s as f64, zp),
-                quantize_value(op.act_hi as f64, s as f64, zp),
-            ),
-        };
-        OutQ { zp, lo, hi }
+        out_q_of(self.tq, op)
     }
 
-    fn geom(&self, op: &OpInfo, cout: usize) -> ConvGeom {
-        let a = self.bb.tensor(op.in0 as usize);
-        let o = self.bb.tensor(op.out as usize);
-        ConvGeom {
-            ih: a.h as usize,
-            iw: a.w as usize,
-            cin: a.c as usize,
-            oh: o.h as usize,
-            ow: o.w as usize,
-            cout,
-            kh: op.kh as usize,
-            kw: op.kw as usize,
-            sh: op.sh as usize,
-            sw: op.sw as usize,
-            pt: op.pads[0] as usize,
-            pl: op.pads[1] as usize,
-            groups: op.groups.max(1) as usize,
-        }
-    }
 
     /// Derives the parameter table of the active task.
     fn derive(&mut self) -> Result<(), RunError> {
@@ -461,78 +448,191 @@ impl<'a, 'm> Engine<'a, 'm> {
     }
 
     fn execute(&mut self) -> Result<Scores<'_>, RunError> {
+        #[cfg(feature = "std")]
+        if self.threads > 1 {
+            parallel::execute(self, self.threads);
+            return Ok(self.scores());
+        }
         let (mut base, mut patch) = self.cursors();
         let mut off = 0usize;
         let kernels = self.kernels;
+        let view = TaskView { bb: &self.bb, tq: self.tq, classes: self.classes, params: self.params };
         for i in 0..self.bb.n_ops() {
-            let op = self.bb.op(i);
-            let ent = Self::merged(&mut base, &mut patch, i as u16);
-            let cout = self.bb.cout(i, &op, self.classes);
-            let slots = param_slots(&op, if i == self.bb.head_op() { self.bb.max_classes() as usize } else { cout });
-            let q = self.out_q(&op);
-            let (_, zp_in) = self.tensor_quant(op.in0 as usize);
-            let ta = self.bb.tensor(op.in0 as usize);
-            let to = self.bb.tensor(op.out as usize);
-            let tb = if op.in1 != NONE { Some(self.bb.tensor(op.in1 as usize)) } else { None };
-            let out_len = if i == self.bb.head_op() { cout * to.h as usize * to.w as usize } else { to.len() };
-            let g = self.geom(&op, cout);
-            let block = &self.params[off..off + slots];
-            let (a, b, out) = split_io(self.arena, &ta, tb.as_ref(), &to, out_len);
-            match op.kind {
-                OpKind::Conv | OpKind::DwConv => {
-                    let w = ent.weights.unwrap_or_else(|| self.bb.op_weights(&op));
-                    let rq = &block[1..1 + cout];
-                    let dw = op.kind == OpKind::DwConv;
-                    let k = if dw {
-                        kernels.dwconv
-                    } else if g.is_fully_connected() {
-                        kernels.fc
-                    } else if g.is_pointwise() {
-                        kernels.pointwise
-                    } else {
-                        kernels.conv
-                    };
-                    k(a, w, &g, zp_in as i8, rq, q, out);
-                    if let Some(rows) = ent.rows.and_then(|r| Rows::new_checked(r, g.row_len())) {
-                        for r in 0..rows.len() {
-                            let c = rows.channel(r) as usize;
-                            if dw {
-                                scalar::dwconv_channel(a, rows.row(r), &g, c, zp_in as i8, &rq[c], q, out);
-                            } else {
-                                scalar::conv_channel(a, rows.row(r), &g, c, zp_in as i8, &rq[c], q, out);
-                            }
-                        }
-                    }
-                }
-                OpKind::Add => {
-                    scalar::add(a, b, block[1].bias, block[1].mult, block[2].bias, block[2].mult, block[1].shift, q, out);
-                }
-                OpKind::Mul => {
-                    scalar::mul(a, b, to.c as usize, block[1].bias, block[2].bias, block[1].mult, block[1].shift, q, out);
-                }
-                OpKind::Lut => {
-                    let table = ent.lut.unwrap_or(&[0; 256]);
-                    scalar::lut(a, table, out);
-                }
-                OpKind::GlobalAvgPool => {
-                    scalar::global_avg_pool(a, ta.h as usize * ta.w as usize, ta.c as usize, &block[1], q, out);
-                }
-                OpKind::AvgPool => {
-                    let include = op.flags & crate::format::backbone::OP_FLAG_COUNT_INCLUDE_PAD != 0;
-                    scalar::pool(a, &g, Some((&block[1..], include)), q, out);
-                }
-                OpKind::MaxPool => scalar::pool(a, &g, None, q, out),
-                OpKind::Concat => {
-                    let cb = tb.map_or(0, |t| t.c as usize);
-                    scalar::concat(a, ta.c as usize, &block[1], b, cb, &block[2], q, out);
-                }
-            }
+            let (run, slots) = view.prepare(i, &mut base, &mut patch, off);
+            let (a, b, out) = split_io(self.arena, &run.ta, run.tb.as_ref(), &run.to, run.out_len);
+            run_op(&kernels, &run, a, b, out);
             off += slots;
         }
+        Ok(self.scores())
+    }
+
+    fn scores(&self) -> Scores<'_> {
         let t = self.bb.output();
         let (scale, zp) = self.tensor_quant(self.bb.header().output as usize);
         let o = t.arena_off as usize;
-        Ok(Scores { q: &self.arena[o..o + self.classes as usize], scale, zp, softmax: self.bb.softmax() })
+        Scores { q: &self.arena[o..o + self.classes as usize], scale, zp, softmax: self.bb.softmax() }
+    }
+}
+
+fn tq_of(tq: &[u8], t: usize) -> (f32, i32) {
+    if 8 * t + 8 <= tq.len() {
+        (rd_f32(tq, 8 * t), tq[8 * t + 4] as i8 as i32)
+    } else {
+        (1.0, 0)
+    }
+}
+
+fn out_q_of(tq: &[u8], op: &OpInfo) -> OutQ {
+    let (s, zp) = tq_of(tq, op.out as usize);
+    let (lo, hi) = match op.act {
+        Act::None => (-128, 127),
+        Act::Clamp => (
+            quantize_value(op.act_lo as f64, s as f64, zp),
+            quantize_value(op.act_hi as f64, s as f64, zp),
+        ),
+    };
+    OutQ { zp, lo, hi }
+}
+
+fn geom_of(bb: &Backbone<'_>, op: &OpInfo, cout: usize) -> ConvGeom {
+    let a = bb.tensor(op.in0 as usize);
+    let o = bb.tensor(op.out as usize);
+    ConvGeom {
+        ih: a.h as usize,
+        iw: a.w as usize,
+        cin: a.c as usize,
+        oh: o.h as usize,
+        ow: o.w as usize,
+        cout,
+        kh: op.kh as usize,
+        kw: op.kw as usize,
+        sh: op.sh as usize,
+        sw: op.sw as usize,
+        pt: op.pads[0] as usize,
+        pl: op.pads[1] as usize,
+        groups: op.groups.max(1) as usize,
+    }
+}
+
+/// The parts of an engine an inference reads (everything but the arena).
+#[derive(Clone, Copy)]
+struct TaskView<'x, 'a> {
+    bb: &'x Backbone<'a>,
+    tq: &'a [u8],
+    classes: u16,
+    params: &'x [Requant],
+}
+
+impl<'x, 'a: 'x> TaskView<'x, 'a> {
+    /// Resolves everything op `i` needs under the active task.
+    fn prepare(&self, i: usize, base: &mut Cursor<'a>, patch: &mut Cursor<'a>, off: usize) -> (OpRun<'x>, usize) {
+        let bb = self.bb;
+        let op = bb.op(i);
+        let b = base.take(i as u16);
+        let p = patch.take(i as u16);
+        let ent = OpEntries {
+            scale: p.scale.or(b.scale),
+            bias: p.bias.or(b.bias),
+            weights: p.weights.or(b.weights),
+            rows: p.rows.or(b.rows),
+            lut: p.lut.or(b.lut),
+        };
+        let cout = bb.cout(i, &op, self.classes);
+        let slots = param_slots(&op, if i == bb.head_op() { bb.max_classes() as usize } else { cout });
+        let to = bb.tensor(op.out as usize);
+        let out_len = if i == bb.head_op() { cout * to.h as usize * to.w as usize } else { to.len() };
+        let weights = if op.kind.has_weights() { ent.weights.unwrap_or_else(|| bb.op_weights(&op)) } else { &[] };
+        let run = OpRun {
+            op,
+            ent,
+            weights,
+            block: &self.params[off..off + slots],
+            g: geom_of(bb, &op, cout),
+            q: out_q_of(self.tq, &op),
+            zp_in: tq_of(self.tq, op.in0 as usize).1,
+            ta: bb.tensor(op.in0 as usize),
+            tb: if op.in1 != NONE { Some(bb.tensor(op.in1 as usize)) } else { None },
+            to,
+            out_len,
+            cout,
+        };
+        (run, slots)
+    }
+}
+
+/// One op, resolved for the active task.
+struct OpRun<'x> {
+    op: OpInfo,
+    ent: OpEntries<'x>,
+    weights: &'x [u8],
+    block: &'x [Requant],
+    g: ConvGeom,
+    q: OutQ,
+    zp_in: i32,
+    ta: TensorInfo,
+    tb: Option<TensorInfo>,
+    to: TensorInfo,
+    out_len: usize,
+    cout: usize,
+}
+
+/// A conv op over output rows `[oy0, oy1)`: the geometry of that slab and
+/// the offset of the first input row it reads. Any kernel computes the slab
+/// exactly as it would inside the whole output (padding rows included).
+fn row_slab(g: &ConvGeom, oy0: usize, oy1: usize) -> (ConvGeom, usize) {
+    let start = (oy0 * g.sh) as isize - g.pt as isize;
+    let (r0, pt) = if start < 0 { (0, (-start) as usize) } else { (start as usize, 0) };
+    (ConvGeom { ih: g.ih - r0, oh: oy1 - oy0, pt, ..*g }, r0 * g.iw * g.cin)
+}
+
+/// Runs a conv op's kernel, then its replaced rows, on `a` -> `out` with
+/// geometry `g` (the whole op or a row slab of it).
+fn run_conv(k: &Kernels, r: &OpRun<'_>, g: &ConvGeom, a: &[i8], out: &mut [i8]) {
+    let rq = &r.block[1..1 + r.cout];
+    let dw = r.op.kind == OpKind::DwConv;
+    let f = if dw {
+        k.dwconv
+    } else if g.is_fully_connected() {
+        k.fc
+    } else if g.is_pointwise() {
+        k.pointwise
+    } else {
+        k.conv
+    };
+    let zp = r.zp_in as i8;
+    f(a, r.weights, g, zp, rq, r.q, out);
+    if let Some(rows) = r.ent.rows.and_then(|x| Rows::new_checked(x, g.row_len())) {
+        for i in 0..rows.len() {
+            let c = rows.channel(i) as usize;
+            if dw {
+                scalar::dwconv_channel(a, rows.row(i), g, c, zp, &rq[c], r.q, out);
+            } else {
+                scalar::conv_channel(a, rows.row(i), g, c, zp, &rq[c], r.q, out);
+            }
+        }
+    }
+}
+
+/// Runs one whole op.
+fn run_op(k: &Kernels, r: &OpRun<'_>, a: &[i8], b: &[i8], out: &mut [i8]) {
+    let (block, q) = (r.block, r.q);
+    match r.op.kind {
+        OpKind::Conv | OpKind::DwConv => run_conv(k, r, &r.g, a, out),
+        OpKind::Add => scalar::add(a, b, block[1].bias, block[1].mult, block[2].bias, block[2].mult, block[1].shift, q, out),
+        OpKind::Mul => scalar::mul(a, b, r.to.c as usize, block[1].bias, block[2].bias, block[1].mult, block[1].shift, q, out),
+        OpKind::Lut => scalar::lut(a, r.ent.lut.unwrap_or(&[0; 256]), out),
+        OpKind::GlobalAvgPool => {
+            scalar::global_avg_pool(a, r.ta.h as usize * r.ta.w as usize, r.ta.c as usize, &block[1], q, out)
+        }
+        OpKind::AvgPool => {
+            let include = r.op.flags & crate::format::backbone::OP_FLAG_COUNT_INCLUDE_PAD != 0;
+            scalar::pool(a, &r.g, Some((&block[1..], include)), q, out)
+        }
+        OpKind::MaxPool => scalar::pool(a, &r.g, None, q, out),
+        OpKind::Concat => {
+            let cb = r.tb.map_or(0, |t| t.c as usize);
+            scalar::concat(a, r.ta.c as usize, &block[1], b, cb, &block[2], q, out)
+        }
     }
 }
 
