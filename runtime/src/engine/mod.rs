@@ -579,6 +579,7 @@ struct OpRun<'x> {
 /// A conv op over output rows `[oy0, oy1)`: the geometry of that slab and
 /// the offset of the first input row it reads. Any kernel computes the slab
 /// exactly as it would inside the whole output (padding rows included).
+#[cfg(feature = "std")]
 fn row_slab(g: &ConvGeom, oy0: usize, oy1: usize) -> (ConvGeom, usize) {
     let start = (oy0 * g.sh) as isize - g.pt as isize;
     let (r0, pt) = if start < 0 { (0, (-start) as usize) } else { (start as usize, 0) };

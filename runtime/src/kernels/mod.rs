@@ -30,6 +30,8 @@
 pub mod cpu;
 pub mod scalar;
 
+// The SIMD drivers; unused on targets with only the scalar table.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 mod gemm;
 
 #[cfg(target_arch = "x86_64")]
@@ -253,6 +255,7 @@ impl Kernels {
 
 /// Panics unless the slices hold what a dense / grouped conv of geometry `g`
 /// reads and writes. The SIMD kernels call this before any unchecked access.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 pub(crate) fn check_conv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], out: &[i8]) {
     assert!(g.groups >= 1 && g.cin % g.groups == 0 && g.cout % g.groups == 0, "conv: groups must divide the channels");
     assert!(input.len() >= g.ih * g.iw * g.cin, "conv: input too short");
@@ -263,6 +266,7 @@ pub(crate) fn check_conv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], o
 
 /// Panics unless the slices hold what a depthwise conv of geometry `g` reads
 /// and writes (channels `g.cout`, weights `[kh][kw][c]`).
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
 pub(crate) fn check_dwconv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], out: &[i8]) {
     let c = g.cout;
     assert!(input.len() >= g.ih * g.iw * c, "dwconv: input too short");
