@@ -368,21 +368,24 @@ impl<'a, 'm> Engine<'a, 'm> {
                     let biasc = ent.bias.unwrap_or(&[]);
                     let row = self.bb.row_len(&op);
                     let rows = ent.rows.and_then(|r| Rows::new_checked(r, row));
+                    let sums = self.bb.op_weight_sums(&op);
+                    let (s_in, s_out) = (s_in as f64, s_out as f64);
+                    let zp_in = zp_in as i64;
                     let mut next_row = 0usize;
-                    for c in 0..cout {
-                        let sc = crate::format::rd_u16(scale, 2 * c);
-                        let bc = crate::format::rd_u16(biasc, 2 * c);
+                    for (c, slot) in block[1..1 + cout].iter_mut().enumerate() {
+                        let sc = u16::from_le_bytes([scale[2 * c], scale[2 * c + 1]]);
+                        let bc = u16::from_le_bytes([biasc[2 * c], biasc[2 * c + 1]]);
                         let (s_w, neg) = decode_scale(sc);
                         let b = decode_bias(bc);
-                        let real = s_in as f64 * s_w;
-                        let m = real / s_out as f64;
+                        let real = s_in * s_w;
+                        let m = real / s_out;
                         let Multiplier { mult, shift } = mq(if neg { -m } else { m })?;
                         let mut bias_acc = round_half_away((b / real).clamp(-(BIAS_LIMIT as f64), BIAS_LIMIT as f64));
                         if neg {
                             bias_acc = -bias_acc;
                         }
-                        // Sum of the weights the kernel will read for channel c.
-                        // Rows are in ascending channel order: walk them alongside.
+                        // Sum of the weights the kernel will read for channel c
+                        // (rows are in ascending channel order: walk them alongside).
                         let replaced = match rows {
                             Some(r) if next_row < r.len() && r.channel(next_row) as usize == c => {
                                 next_row += 1;
@@ -395,10 +398,10 @@ impl<'a, 'm> Engine<'a, 'm> {
                         } else if let Some(w) = ent.weights {
                             row_sum(op.kind, w, c, cout, row)
                         } else {
-                            self.bb.weight_sum(&op, c) as i64
+                            sums.get(4 * c..4 * c + 4).map_or(0, |x| i32::from_le_bytes([x[0], x[1], x[2], x[3]]) as i64)
                         };
-                        let bias = (bias_acc - zp_in as i64 * sum).clamp(-BIAS_LIMIT, BIAS_LIMIT);
-                        block[1 + c] = Requant { mult, shift, bias: bias as i32 };
+                        let bias = (bias_acc - zp_in * sum).clamp(-BIAS_LIMIT, BIAS_LIMIT);
+                        *slot = Requant { mult, shift, bias: bias as i32 };
                     }
                 }
                 OpKind::Add | OpKind::Concat => {

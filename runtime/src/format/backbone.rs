@@ -526,6 +526,15 @@ impl<'a> Backbone<'a> {
         let w = self.weights();
         w.get(op.weight_off as usize..op.weight_off as usize + n).unwrap_or(&[])
     }
+    /// The per-channel int32 weight sums of a conv op (little-endian).
+    pub fn op_weight_sums(&self, op: &OpInfo) -> &'a [u8] {
+        if !op.kind.has_weights() {
+            return &[];
+        }
+        let n = 4 * self.tensor(op.out as usize).c as usize;
+        let w = self.weights();
+        w.get(op.sums_off as usize..op.sums_off as usize + n).unwrap_or(&[])
+    }
     /// Sum of the backbone weights of output channel `c` of a conv op.
     pub fn weight_sum(&self, op: &OpInfo, c: usize) -> i32 {
         let at = op.sums_off as usize + 4 * c;

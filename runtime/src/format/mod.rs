@@ -108,8 +108,10 @@ pub enum Act {
 #[derive(Clone, Copy, Debug)]
 pub struct Crc32(u32);
 
-const CRC_TABLE: [u32; 256] = {
-    let mut t = [0u32; 256];
+/// Slicing-by-8 tables: `CRC_TABLES[0]` is the classic byte table,
+/// `CRC_TABLES[k][i]` advances `CRC_TABLES[k-1][i]` by one more zero byte.
+const CRC_TABLES: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
     let mut i = 0;
     while i < 256 {
         let mut c = i as u32;
@@ -118,8 +120,18 @@ const CRC_TABLE: [u32; 256] = {
             c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
-        t[i] = c;
+        t[0][i] = c;
         i += 1;
+    }
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
+            i += 1;
+        }
+        k += 1;
     }
     t
 };
@@ -131,9 +143,23 @@ impl Crc32 {
     }
     /// Feeds bytes.
     pub fn update(&mut self, data: &[u8]) {
+        let t = &CRC_TABLES;
         let mut c = self.0;
-        for &b in data {
-            c = CRC_TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
+        let mut chunks = data.chunks_exact(8);
+        for b in &mut chunks {
+            let one = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) ^ c;
+            let two = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            c = t[7][(one & 0xff) as usize]
+                ^ t[6][((one >> 8) & 0xff) as usize]
+                ^ t[5][((one >> 16) & 0xff) as usize]
+                ^ t[4][(one >> 24) as usize]
+                ^ t[3][(two & 0xff) as usize]
+                ^ t[2][((two >> 8) & 0xff) as usize]
+                ^ t[1][((two >> 16) & 0xff) as usize]
+                ^ t[0][(two >> 24) as usize];
+        }
+        for &b in chunks.remainder() {
+            c = t[0][((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
         }
         self.0 = c;
     }
@@ -224,6 +250,18 @@ mod tests {
         let mut c = Crc32::new();
         c.update(b"123456789");
         assert_eq!(c.finish(), 0xCBF4_3926);
+        // Slicing and streaming agree with the bytewise definition.
+        let data: [u8; 77] = core::array::from_fn(|i| (i * 37 + 11) as u8);
+        let mut bytewise = 0xffff_ffffu32;
+        for &b in &data {
+            bytewise = CRC_TABLES[0][((bytewise ^ b as u32) & 0xff) as usize] ^ (bytewise >> 8);
+        }
+        for split in [0, 1, 7, 8, 9, 40, 77] {
+            let mut c = Crc32::new();
+            c.update(&data[..split]);
+            c.update(&data[split..]);
+            assert_eq!(c.finish(), !bytewise);
+        }
     }
 
     #[test]
