@@ -1,0 +1,148 @@
+//! Compiles an export into the firmware.
+//!
+//! Inputs (environment):
+//! - `GRAFTNET_EXPORT_DIR`: an export directory (`backbone.gnb`, `*.gnp`).
+//!   The boards' `.cargo/config.toml` default it to `targets/target/export/mnv2`,
+//!   which `targets/qemu-test.sh` writes.
+//! - `GRAFTNET_SELFTEST` (default `$GRAFTNET_EXPORT_DIR/selftest.json`): the
+//!   host's results on sample inputs, written by
+//!   `graftnet-host-ref selftest` (targets/host-ref).
+//!
+//! Outputs (in `OUT_DIR`): `backbone.gnb` (placed in flash, used in place),
+//! `patches.bin` (the patch partition image, see `src/partition.rs`; also
+//! flashable on its own), the sample inputs and expected int8 scores, and
+//! `generated.rs` with the sizes the firmware allocates (arena, parameter
+//! table), all taken from the blobs. Every blob is validated here with the
+//! runtime's own parser, so a bad export fails the build, not the board.
+
+use std::path::{Path, PathBuf};
+
+use graftnet::{Backbone, Patch};
+use serde_json::Value;
+
+#[path = "src/partition.rs"]
+#[allow(dead_code)]
+mod partition;
+
+fn fail(msg: impl AsRef<str>) -> ! {
+    eprintln!("error: {}", msg.as_ref());
+    panic!("{}", msg.as_ref());
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    println!("cargo:rerun-if-changed={}", p.display());
+    std::fs::read(p).unwrap_or_else(|e| fail(format!("reading {}: {e}", p.display())))
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/partition.rs");
+    println!("cargo:rerun-if-env-changed=GRAFTNET_EXPORT_DIR");
+    println!("cargo:rerun-if-env-changed=GRAFTNET_SELFTEST");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+    let dir = match std::env::var_os("GRAFTNET_EXPORT_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => fail(
+            "GRAFTNET_EXPORT_DIR is not set: point it at an export directory (graftnet export ... --out DIR); \
+             targets/qemu-test.sh makes one in targets/target/export/mnv2",
+        ),
+    };
+    println!("cargo:rerun-if-changed={}", dir.display());
+
+    // Backbone: validated, copied next to the generated code.
+    let bb_bytes = read(&dir.join("backbone.gnb"));
+    let bb = Backbone::parse(&bb_bytes).unwrap_or_else(|e| fail(format!("{}: {e}", dir.join("backbone.gnb").display())));
+    std::fs::write(out.join("backbone.gnb"), &bb_bytes).unwrap();
+
+    // Patches: every *.gnp of the backbone, sorted by task name.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| fail(format!("listing {}: {e}", dir.display())))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "gnp"))
+        .collect();
+    files.sort();
+    let blobs: Vec<(PathBuf, Vec<u8>)> = files.into_iter().map(|p| (p.clone(), read(&p))).collect();
+    let mut patches: Vec<(String, &[u8])> = Vec::new();
+    for (p, b) in &blobs {
+        let patch = Patch::parse(b).unwrap_or_else(|e| fail(format!("{}: {e}", p.display())));
+        if patch.backbone_fingerprint() != bb.fingerprint() {
+            fail(format!("{}: made for another backbone", p.display()));
+        }
+        patches.push((patch.name().to_string(), b.as_slice()));
+    }
+    patches.sort_by(|a, b| a.0.cmp(&b.0));
+    let refs: Vec<(&str, &[u8])> = patches.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+    let len = partition::image_len(refs.iter().map(|p| p.1.len()));
+    let mut image = vec![0u8; len];
+    partition::emit(&refs, &mut image).unwrap_or_else(|e| fail(format!("patch partition: {e}")));
+    // Round trip through the firmware's reader.
+    let t = partition::PatchTable::parse(&image).unwrap_or_else(|e| fail(format!("patch partition does not parse back: {e}")));
+    assert!(t.iter().map(|(n, b)| (n, b)).eq(refs.iter().copied()), "patch partition round trip");
+    std::fs::write(out.join("patches.bin"), &image).unwrap();
+
+    // The host's results on sample inputs.
+    let st_path = std::env::var_os("GRAFTNET_SELFTEST").map(PathBuf::from).unwrap_or_else(|| dir.join("selftest.json"));
+    let st: Value = serde_json::from_slice(&read(&st_path)).unwrap_or_else(|e| fail(format!("{}: {e}", st_path.display())));
+    let fp = format!("{:016x}", bb.fingerprint());
+    if st["fingerprint"].as_str() != Some(fp.as_str()) {
+        fail(format!("{}: results for backbone {}, the export is {fp}: rerun graftnet-host-ref selftest", st_path.display(), st["fingerprint"]));
+    }
+    let n_in = bb.input().len();
+    let max_classes = bb.max_classes() as usize;
+    let samples = st["samples"].as_array().unwrap_or_else(|| fail("selftest: no samples"));
+    let (mut f32s, mut i8s, mut scores) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rows = String::new();
+    let known: Vec<&str> = std::iter::once("base").chain(patches.iter().map(|p| p.0.as_str())).collect();
+    for s in samples {
+        let task = s["task"].as_str().unwrap_or_else(|| fail("selftest: sample without task"));
+        if !known.contains(&task) {
+            fail(format!("selftest: task '{task}' is not in the export"));
+        }
+        let nums = |k: &str| -> Vec<i64> { s[k].as_array().unwrap_or_else(|| fail(format!("selftest: no {k}"))).iter().map(|v| v.as_i64().unwrap()).collect() };
+        let x = nums("input_f32_bits");
+        let q = nums("input_i8");
+        let y = nums("scores_i8");
+        if x.len() != n_in || q.len() != n_in || y.is_empty() || y.len() > max_classes {
+            fail("selftest: sample sizes do not match the backbone");
+        }
+        for v in x {
+            f32s.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        i8s.extend(q.iter().map(|&v| v as i8 as u8));
+        let mut padded = vec![0u8; max_classes];
+        for (d, &v) in padded.iter_mut().zip(&y) {
+            *d = v as i8 as u8;
+        }
+        scores.extend(padded);
+        rows.push_str(&format!(
+            "    SampleInfo {{ task: {task:?}, index: {}, classes: {}, top1: {} }},\n",
+            s["index"].as_u64().unwrap_or(0),
+            y.len(),
+            s["top1"].as_u64().unwrap_or(0)
+        ));
+    }
+    std::fs::write(out.join("samples_f32.bin"), &f32s).unwrap();
+    std::fs::write(out.join("samples_i8.bin"), &i8s).unwrap();
+    std::fs::write(out.join("scores_i8.bin"), &scores).unwrap();
+
+    let names: Vec<String> = patches.iter().map(|p| format!("{:?}", p.0)).collect();
+    let gen = format!(
+        "// Generated by targets/mcu/build.rs from {dir:?}.\n\
+         /// Backbone blob bytes.\npub const BACKBONE_LEN: usize = {};\n\
+         /// Activation arena bytes (the export's plan).\npub const ARENA_LEN: usize = {};\n\
+         /// Parameter-table entries.\npub const PARAMS_LEN: usize = {};\n\
+         /// Model input values (C*H*W).\npub const INPUT_LEN: usize = {n_in};\n\
+         /// Largest class count of any task.\npub const MAX_CLASSES: usize = {max_classes};\n\
+         /// Backbone fingerprint.\npub const FINGERPRINT: u64 = 0x{fp};\n\
+         /// Bytes of the compiled-in patch partition image.\npub const PARTITION_IMAGE_LEN: usize = {len};\n\
+         /// Tasks of the compiled-in partition (besides \"base\").\npub const PATCH_TASKS: [&str; {}] = [{}];\n\
+         /// The host's results, one per sample.\npub const SAMPLES: [SampleInfo; {}] = [\n{rows}];\n",
+        bb_bytes.len(),
+        bb.arena_len(),
+        bb.params_len(),
+        names.len(),
+        names.join(", "),
+        samples.len(),
+    );
+    std::fs::write(out.join("generated.rs"), gen).unwrap();
+}
