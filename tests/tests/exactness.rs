@@ -96,26 +96,31 @@ fn mnv3_folded_patches_are_exact() {
     check_family(&FAMILIES[2]);
 }
 
+/// Exports `arch`'s base with its mnist-sb task; returns (dir, backbone, patch, mnist test images).
+fn mnist_sb_export(arch: &str, tag: &str) -> (std::path::PathBuf, Vec<u8>, Vec<u8>, graftnet_tools::data::Dataset) {
+    let m = models();
+    let data = m.join("data");
+    let out = scratch(tag);
+    let opts = ExportOptions {
+        base: m.join(arch).join("base.folded.onnx"),
+        tasks: vec![("mnist-sb".into(), m.join(arch).join("mnist-sb.folded.onnx"))],
+        calib: data.join("fashion_calib_x.npy"),
+        out: out.clone(),
+        ..Default::default()
+    };
+    export(&opts).unwrap();
+    let backbone = std::fs::read(out.join("backbone.gnb")).unwrap();
+    let patch = std::fs::read(out.join("mnist-sb.gnp")).unwrap();
+    (out, backbone, patch, npy(&data.join("mnist_test_x.npy"), None))
+}
+
 /// Every kernel table this CPU supports gives the scalar reference's bytes
 /// on whole real models (all shipped tasks).
 #[test]
 fn every_kernel_table_matches_scalar_end_to_end() {
     use graftnet::kernels::Kernels;
-    let m = models();
-    let data = m.join("data");
     for arch in ["mnv2", "mnv3"] {
-        let out = scratch(&format!("kernels-{arch}"));
-        let opts = ExportOptions {
-            base: m.join(arch).join("base.folded.onnx"),
-            tasks: vec![("mnist-sb".into(), m.join(arch).join("mnist-sb.folded.onnx"))],
-            calib: data.join("fashion_calib_x.npy"),
-            out: out.clone(),
-            ..Default::default()
-        };
-        export(&opts).unwrap();
-        let backbone = std::fs::read(out.join("backbone.gnb")).unwrap();
-        let patch = std::fs::read(out.join("mnist-sb.gnp")).unwrap();
-        let test = npy(&data.join("mnist_test_x.npy"), None);
+        let (out, backbone, patch, test) = mnist_sb_export(arch, &format!("kernels-{arch}"));
         let bb = Backbone::parse(&backbone).unwrap();
         let run_with = |k: Kernels| -> Vec<Vec<i8>> {
             let mut arena = vec![0i8; bb.arena_len()];
@@ -139,20 +144,7 @@ fn every_kernel_table_matches_scalar_end_to_end() {
 /// Splitting convolutions across threads gives the single thread's bytes.
 #[test]
 fn threads_give_identical_results() {
-    let m = models();
-    let data = m.join("data");
-    let out = scratch("threads");
-    let opts = ExportOptions {
-        base: m.join("mnv2").join("base.folded.onnx"),
-        tasks: vec![("mnist-sb".into(), m.join("mnv2").join("mnist-sb.folded.onnx"))],
-        calib: data.join("fashion_calib_x.npy"),
-        out: out.clone(),
-        ..Default::default()
-    };
-    export(&opts).unwrap();
-    let backbone = std::fs::read(out.join("backbone.gnb")).unwrap();
-    let patch = std::fs::read(out.join("mnist-sb.gnp")).unwrap();
-    let test = npy(&data.join("mnist_test_x.npy"), None);
+    let (out, backbone, patch, test) = mnist_sb_export("mnv2", "threads");
     let bb = Backbone::parse(&backbone).unwrap();
     let run_with = |threads: usize| -> Vec<Vec<i8>> {
         let mut arena = vec![0i8; bb.arena_len()];
