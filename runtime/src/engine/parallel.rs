@@ -122,10 +122,15 @@ pub(super) fn execute(e: &mut Engine<'_, '_>, n: usize) {
             let g = run.g;
             let conv = matches!(run.op.kind, OpKind::Conv | OpKind::DwConv);
             let macs = g.oh * g.ow * g.cout * g.row_len();
-            if conv && g.oh >= n && macs >= MIN_PARALLEL_MACS {
+            // Only ordinary geometry is split: padding smaller than the
+            // kernel keeps every slab's first input row inside the input.
+            let sane = run.op.pads.iter().all(|&p| (p as usize) < g.kh.max(g.kw));
+            let split = conv && sane && g.oh >= n && macs >= MIN_PARALLEL_MACS;
+            if split {
                 let (oy0, oy1) = slab(t, n, g.oh);
-                if oy0 < oy1 {
-                    let (sub, in_off) = row_slab(&g, oy0, oy1);
+                // (with `sane` geometry a non-empty slab starts inside the input)
+                let slab_geom = (oy0 < oy1).then(|| row_slab(&g, oy0, oy1));
+                if let Some((sub, in_off)) = slab_geom.filter(|&(_, off)| off < run.ta.len()) {
                     let row_bytes = g.ow * g.cout;
                     // SAFETY: the input tensor lies in the arena (validated)
                     // and no thread writes it during this op (outputs never
