@@ -68,12 +68,30 @@ fn layer(name: &str, op: Op, hw: usize, cin: usize, cout: usize, k: usize, s: us
     let p = k / 2;
     let oh = (hw + 2 * p - k) / s + 1;
     let groups = if matches!(op, Op::Dw) { cin } else { 1 };
-    let (kk, oo) = if matches!(op, Op::Fc) { (hw, 1) } else { (k, oh) };
+    let (kk, oo) = if matches!(op, Op::Fc) {
+        (hw, 1)
+    } else {
+        (k, oh)
+    };
     let pad = if matches!(op, Op::Fc) { 0 } else { p };
     Layer {
         name: name.to_string(),
         op,
-        g: ConvGeom { ih: hw, iw: hw, cin, oh: oo, ow: oo, cout, kh: kk, kw: kk, sh: s, sw: s, pt: pad, pl: pad, groups },
+        g: ConvGeom {
+            ih: hw,
+            iw: hw,
+            cin,
+            oh: oo,
+            ow: oo,
+            cout,
+            kh: kk,
+            kw: kk,
+            sh: s,
+            sw: s,
+            pt: pad,
+            pl: pad,
+            groups,
+        },
     }
 }
 
@@ -108,7 +126,11 @@ fn layers() -> Vec<Layer> {
 
 fn macs(l: &Layer) -> f64 {
     let g = &l.g;
-    let per = if matches!(l.op, Op::Dw) { g.kh * g.kw } else { g.row_len() };
+    let per = if matches!(l.op, Op::Dw) {
+        g.kh * g.kw
+    } else {
+        g.row_len()
+    };
     (g.oh * g.ow * g.cout * per) as f64
 }
 
@@ -122,12 +144,25 @@ fn kernel(k: &Kernels, op: Op) -> (ConvFn, &'static str) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let filter = args.iter().find(|a| !a.starts_with("--")).cloned().unwrap_or_default();
+    let filter = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or_default();
     let tables = tables();
-    println!("tables: {}", tables.iter().map(|k| k.name).collect::<Vec<_>>().join(", "));
-    println!("{:<28} {:<12} {:>10} {:>8} {:>8}  kernel", "layer", "table", "median us", "GMAC/s", "speedup");
+    println!(
+        "tables: {}",
+        tables.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "{:<28} {:<12} {:>10} {:>8} {:>8}  kernel",
+        "layer", "table", "median us", "GMAC/s", "speedup"
+    );
     let mut seed = 0x1234_5678_9abc_def0u64;
     let mut rnd = move || {
         seed ^= seed << 13;
@@ -138,12 +173,30 @@ fn main() {
     let mut totals = vec![0f64; tables.len()];
     for l in layers().iter().filter(|l| l.name.contains(&filter)) {
         let g = l.g;
-        let cin = if matches!(l.op, Op::Dw) { g.cout } else { g.cin };
-        let wlen = if matches!(l.op, Op::Dw) { g.kh * g.kw * g.cout } else { g.cout * g.row_len() };
+        let cin = if matches!(l.op, Op::Dw) {
+            g.cout
+        } else {
+            g.cin
+        };
+        let wlen = if matches!(l.op, Op::Dw) {
+            g.kh * g.kw * g.cout
+        } else {
+            g.cout * g.row_len()
+        };
         let input: Vec<i8> = (0..g.ih * g.iw * cin).map(|_| rnd() as i8).collect();
         let w: Vec<u8> = (0..wlen).map(|_| (rnd() % 255) as u8 ^ 0x80).collect();
-        let rq: Vec<Requant> = (0..g.cout).map(|_| Requant { mult: (1 << 30) + (rnd() % (1 << 30)) as i32, shift: 38, bias: (rnd() % 2000) as i32 - 1000 }).collect();
-        let q = OutQ { zp: -128, lo: -128, hi: 127 };
+        let rq: Vec<Requant> = (0..g.cout)
+            .map(|_| Requant {
+                mult: (1 << 30) + (rnd() % (1 << 30)) as i32,
+                shift: 38,
+                bias: (rnd() % 2000) as i32 - 1000,
+            })
+            .collect();
+        let q = OutQ {
+            zp: -128,
+            lo: -128,
+            hi: 127,
+        };
         let mut out = vec![0i8; g.oh * g.ow * g.cout];
         let mut reference = None;
         let mut scalar_us = 0.0;
@@ -163,7 +216,15 @@ fn main() {
             let mut times: Vec<f64> = (0..reps)
                 .map(|_| {
                     let t = Instant::now();
-                    f(black_box(&input), black_box(&w), &g, 3, &rq, q, black_box(&mut out));
+                    f(
+                        black_box(&input),
+                        black_box(&w),
+                        &g,
+                        3,
+                        &rq,
+                        q,
+                        black_box(&mut out),
+                    );
                     t.elapsed().as_secs_f64()
                 })
                 .collect();
@@ -173,11 +234,24 @@ fn main() {
                 scalar_us = us;
             }
             totals[ti] += us;
-            println!("{:<28} {:<12} {:>10.1} {:>8.2} {:>7.1}x  {}", l.name, k.name, us, macs(l) / us / 1e3, scalar_us / us, name);
+            println!(
+                "{:<28} {:<12} {:>10.1} {:>8.2} {:>7.1}x  {}",
+                l.name,
+                k.name,
+                us,
+                macs(l) / us / 1e3,
+                scalar_us / us,
+                name
+            );
         }
     }
     println!();
     for (k, t) in tables.iter().zip(&totals) {
-        println!("total {:<12} {:>10.1} us  ({:.1}x vs scalar)", k.name, t, totals[0] / t);
+        println!(
+            "total {:<12} {:>10.1} us  ({:.1}x vs scalar)",
+            k.name,
+            t,
+            totals[0] / t
+        );
     }
 }

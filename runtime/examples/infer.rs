@@ -30,7 +30,8 @@ fn main() {
             _ => bb_path = Some(a.clone()),
         }
     }
-    let bb_path = bb_path.expect("usage: infer BACKBONE.gnb [--patch P.gnp] [--kernels NAME] [--runs N]");
+    let bb_path =
+        bb_path.expect("usage: infer BACKBONE.gnb [--patch P.gnp] [--kernels NAME] [--runs N]");
     let bb_bytes = std::fs::read(&bb_path).expect("reading the backbone");
     let patch_bytes = patch_path.map(|p| std::fs::read(p).expect("reading the patch"));
     let bb = Backbone::parse(&bb_bytes).expect("backbone");
@@ -41,7 +42,8 @@ fn main() {
         e.apply(Patch::parse(p).expect("patch")).expect("apply");
     }
     let k = match kernels.as_deref() {
-        Some(name) => Kernels::by_name(name).unwrap_or_else(|| panic!("kernel table '{name}' is not available here")),
+        Some(name) => Kernels::by_name(name)
+            .unwrap_or_else(|| panic!("kernel table '{name}' is not available here")),
         None => Kernels::best(),
     };
     e.set_kernels(k);
@@ -60,8 +62,13 @@ fn main() {
     for _ in 0..runs {
         let scores = e.run(&input).expect("run");
         best = scores.argmax();
-        sum = scores.quantized().iter().fold(0u32, |h, &q| h.wrapping_mul(31).wrapping_add(q as u8 as u32));
+        sum = scores.quantized().iter().fold(0u32, |h, &q| {
+            h.wrapping_mul(31).wrapping_add(q as u8 as u32)
+        });
     }
     let ms = t0.elapsed().as_secs_f64() * 1e3 / runs.max(1) as f64;
-    println!("kernels {} argmax {best} checksum {sum:08x} runs {runs} {ms:.3} ms/run", k.name);
+    println!(
+        "kernels {} argmax {best} checksum {sum:08x} runs {runs} {ms:.3} ms/run",
+        k.name
+    );
 }

@@ -171,7 +171,10 @@ impl fmt::Display for RunError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             RunError::ArenaTooSmall { need, have } => {
-                write!(f, "arena too small: the plan needs {need} bytes, got {have}")
+                write!(
+                    f,
+                    "arena too small: the plan needs {need} bytes, got {have}"
+                )
             }
             RunError::ParamsTooSmall { need, have } => write!(
                 f,

@@ -10,19 +10,23 @@ fn main() -> anyhow::Result<()> {
     let g = pipeline::import(std::path::Path::new(&a[1]), Some(shape))?;
     let mean = [0.485, 0.456, 0.406];
     let std = [0.229, 0.224, 0.225];
-    let calib = graftnet_tests::fashion_pictures("train", 0..48, shape.0, shape.1, shape.2, &mean, &std);
+    let calib =
+        graftnet_tests::fashion_pictures("train", 0..48, shape.0, shape.1, shape.2, &mean, &std);
     let q = pipeline::quantize_model(&g, &calib, 0, vec![], None)?;
     let bb_blob = graftnet_tools::export::emit_backbone_with(&q, q.classes(), false)?;
     let bb = Backbone::parse(&bb_blob.bytes).unwrap();
     let mut arena = vec![0i8; bb.arena_len()];
     let mut params = vec![Requant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
-    let test = graftnet_tests::fashion_pictures("t10k", 0..1, shape.0, shape.1, shape.2, &mean, &std);
+    let test =
+        graftnet_tests::fashion_pictures("t10k", 0..1, shape.0, shape.1, shape.2, &mean, &std);
     let x = test.sample(0);
     let fl = float_eval::run(&g, x);
     e.run_f32(x).unwrap();
     for (t, qt) in q.tensors.iter().enumerate() {
-        let Some(ir) = g.tensors.iter().position(|it| it.name == qt.name) else { continue };
+        let Some(ir) = g.tensors.iter().position(|it| it.name == qt.name) else {
+            continue;
+        };
         let f = &fl[ir];
         let d = e.tensor_data(t);
         let (s, z) = e.tensor_quant(t);
@@ -30,14 +34,21 @@ fn main() -> anyhow::Result<()> {
         let (mut num, mut den) = (0f64, 0f64);
         for c in 0..sh.c {
             for p in 0..sh.h * sh.w {
-                if p * sh.c + c >= d.len() || c * sh.h * sh.w + p >= f.len() { continue; }
+                if p * sh.c + c >= d.len() || c * sh.h * sh.w + p >= f.len() {
+                    continue;
+                }
                 let dq = s as f64 * (d[p * sh.c + c] as i32 - z) as f64;
                 let fv = f[c * sh.h * sh.w + p] as f64;
                 num += (dq - fv).powi(2);
                 den += fv * fv;
             }
         }
-        let producer = q.ops.iter().find(|o| o.out == t).map(|o| format!("{} {}", o.kind.name(), o.name)).unwrap_or_default();
+        let producer = q
+            .ops
+            .iter()
+            .find(|o| o.out == t)
+            .map(|o| format!("{} {}", o.kind.name(), o.name))
+            .unwrap_or_default();
         if t == 3 || t == 5 {
             for c in 0..sh.c {
                 let (mut a, mut b, mut mx) = (0f64, 0f64, 0f64);
@@ -49,13 +60,29 @@ fn main() -> anyhow::Result<()> {
                     mx = f64::max(mx, fv.abs());
                 }
                 let op = q.ops.iter().find(|o| o.out == t).unwrap();
-                println!("     ch {c:>3} rel.err {:.4} rms {:.3} max {:.2} wcode {:#06x} bcode {:#06x}", (a / b.max(1e-30)).sqrt(), (b / (sh.h * sh.w) as f64).sqrt(), mx, op.scale_codes[c], op.bias_codes[c]);
+                println!(
+                    "     ch {c:>3} rel.err {:.4} rms {:.3} max {:.2} wcode {:#06x} bcode {:#06x}",
+                    (a / b.max(1e-30)).sqrt(),
+                    (b / (sh.h * sh.w) as f64).sqrt(),
+                    mx,
+                    op.scale_codes[c],
+                    op.bias_codes[c]
+                );
             }
         }
         let n = f.len().max(1) as f64;
         let rms = (den / n).sqrt();
         let noise = s as f64 / 12f64.sqrt();
-        println!("{t:>4} {:>12} rel.err {:.4} (floor {:.4})  scale {:.5} zp {:>4} rms {:.3} {}", format!("{}", sh), (num / den.max(1e-30)).sqrt(), noise / rms, s, z, rms, producer);
+        println!(
+            "{t:>4} {:>12} rel.err {:.4} (floor {:.4})  scale {:.5} zp {:>4} rms {:.3} {}",
+            format!("{}", sh),
+            (num / den.max(1e-30)).sqrt(),
+            noise / rms,
+            s,
+            z,
+            rms,
+            producer
+        );
     }
     Ok(())
 }

@@ -17,16 +17,28 @@ fn main() {
     for _ in 0..n {
         std::hint::black_box(Patch::parse(&pb).unwrap());
     }
-    println!("Patch::parse   {:8.1} us", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    println!(
+        "Patch::parse   {:8.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
     let p = Patch::parse(&pb).unwrap();
     let t = Instant::now();
     for _ in 0..n {
-        std::hint::black_box(bb.validate_task(p.entry_bytes(), p.n_entries(), false).unwrap());
+        std::hint::black_box(
+            bb.validate_task(p.entry_bytes(), p.n_entries(), false)
+                .unwrap(),
+        );
     }
-    println!("validate_task  {:8.1} us", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    println!(
+        "validate_task  {:8.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
     let t = Instant::now();
     for _ in 0..n {
         e.apply(p).unwrap();
     }
-    println!("apply (all)    {:8.1} us", t.elapsed().as_secs_f64() * 1e6 / n as f64);
+    println!(
+        "apply (all)    {:8.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / n as f64
+    );
 }

@@ -23,11 +23,16 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// Loads a `.npy` dataset (already preprocessed), with labels if given.
 pub fn npy(x: &Path, y: Option<&Path>) -> Dataset {
-    data::load_dataset(x, y, &Preprocess::default()).unwrap_or_else(|e| panic!("{}: {e:#}", x.display()))
+    data::load_dataset(x, y, &Preprocess::default())
+        .unwrap_or_else(|e| panic!("{}: {e:#}", x.display()))
 }
 
 /// Quantizes one ONNX model on its own (as a base) and returns its backbone.
-pub fn standalone_backbone(onnx: &Path, calib: &Dataset, input_shape: Option<(usize, usize, usize)>) -> Result<Vec<u8>> {
+pub fn standalone_backbone(
+    onnx: &Path,
+    calib: &Dataset,
+    input_shape: Option<(usize, usize, usize)>,
+) -> Result<Vec<u8>> {
     let g = pipeline::import(onnx, input_shape)?;
     let q = pipeline::quantize_model(&g, calib, 0, vec![], None)?;
     let bb = graftnet_tools::export::emit_backbone(&q, q.classes())?;
@@ -43,7 +48,9 @@ pub fn scores(backbone: &[u8], patch: Option<&[u8]>, ds: &Dataset, n: usize) -> 
     if let Some(p) = patch {
         e.apply(Patch::parse(p).unwrap()).unwrap();
     }
-    (0..n.min(ds.len())).map(|i| e.run_f32(ds.sample(i)).unwrap().quantized().to_vec()).collect()
+    (0..n.min(ds.len()))
+        .map(|i| e.run_f32(ds.sample(i)).unwrap().quantized().to_vec())
+        .collect()
 }
 
 /// Top-1 of int8 scores (first on ties).
@@ -92,19 +99,39 @@ pub fn require_generated(file: &str) -> PathBuf {
 /// Fashion-MNIST pictures from Debian's `dataset-fashion-mnist` as model
 /// input: `[0,1]`, bilinear resize to `h x w`, replicated to `c` channels,
 /// `(x - mean[c]) / std[c]`.
-pub fn fashion_pictures(split: &str, range: std::ops::Range<usize>, c: usize, h: usize, w: usize, mean: &[f32], std: &[f32]) -> Dataset {
+pub fn fashion_pictures(
+    split: &str,
+    range: std::ops::Range<usize>,
+    c: usize,
+    h: usize,
+    w: usize,
+    mean: &[f32],
+    std: &[f32],
+) -> Dataset {
     let dir = Path::new("/usr/share/datasets/fashion-mnist");
     let f = dir.join(format!("{split}-images-idx3-ubyte.gz"));
-    assert!(f.exists(), "{} is missing: run `bash tests/data/setup.sh` (apt-get install dataset-fashion-mnist)", f.display());
+    assert!(
+        f.exists(),
+        "{} is missing: run `bash tests/data/setup.sh` (apt-get install dataset-fashion-mnist)",
+        f.display()
+    );
     let (dims, bytes) = data::read_idx_gz(&f).unwrap();
     let (ih, iw) = (dims[1], dims[2]);
     let mut samples = Vec::new();
     for i in range.clone() {
-        let img: Vec<f32> = bytes[i * ih * iw..(i + 1) * ih * iw].iter().map(|&b| b as f32 / 255.0).collect();
+        let img: Vec<f32> = bytes[i * ih * iw..(i + 1) * ih * iw]
+            .iter()
+            .map(|&b| b as f32 / 255.0)
+            .collect();
         let r = data::resize_bilinear(&img, 1, ih, iw, h, w);
         for ch in 0..c {
             samples.extend(r.iter().map(|&x| (x - mean[ch]) / std[ch]));
         }
     }
-    Dataset { shape: (c, h, w), samples, labels: None, class_names: None }
+    Dataset {
+        shape: (c, h, w),
+        samples,
+        labels: None,
+        class_names: None,
+    }
 }

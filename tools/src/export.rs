@@ -34,7 +34,12 @@ pub struct PatchEntry {
 
 impl PatchEntry {
     fn new(kind: EntryKind, class: EntryClass, op: u16, payload: Vec<u8>) -> Self {
-        PatchEntry { kind, class, op, payload }
+        PatchEntry {
+            kind,
+            class,
+            op,
+            payload,
+        }
     }
     /// Bytes the entry takes in a blob.
     pub fn len(&self) -> usize {
@@ -126,16 +131,29 @@ pub fn plan_arena_with(q: &QModel, max_classes: usize, share: bool) -> ArenaPlan
     }
     let mut lower_bound = 0;
     for i in 0..n_ops.max(1) {
-        let live: usize = order.iter().filter(|&&t| start[t] <= i && i <= end[t]).map(|&t| size[t]).sum();
+        let live: usize = order
+            .iter()
+            .filter(|&&t| start[t] <= i && i <= end[t])
+            .map(|&t| size[t])
+            .sum();
         lower_bound = lower_bound.max(live);
     }
     let mut capacity = vec![0usize; n];
     for t in 0..n {
         let r = root(t);
         offsets[t] = offsets[r];
-        capacity[t] = if r == t { size[t] } else { q.tensors[t].shape.len() };
+        capacity[t] = if r == t {
+            size[t]
+        } else {
+            q.tensors[t].shape.len()
+        };
     }
-    ArenaPlan { offsets, capacity, arena_len, lower_bound }
+    ArenaPlan {
+        offsets,
+        capacity,
+        arena_len,
+        lower_bound,
+    }
 }
 
 fn u16s(v: &[u16]) -> Vec<u8> {
@@ -166,16 +184,41 @@ fn base_entries(q: &QModel) -> Vec<PatchEntry> {
     for (i, op) in q.ops.iter().enumerate() {
         let i = i as u16;
         if op.kind.has_weights() {
-            v.push(PatchEntry::new(EntryKind::ScaleCodes, EntryClass::ScaleBias, i, u16s(&op.scale_codes)));
-            v.push(PatchEntry::new(EntryKind::BiasCodes, EntryClass::ScaleBias, i, u16s(&op.bias_codes)));
+            v.push(PatchEntry::new(
+                EntryKind::ScaleCodes,
+                EntryClass::ScaleBias,
+                i,
+                u16s(&op.scale_codes),
+            ));
+            v.push(PatchEntry::new(
+                EntryKind::BiasCodes,
+                EntryClass::ScaleBias,
+                i,
+                u16s(&op.bias_codes),
+            ));
         }
         if let Some(t) = &op.lut {
-            v.push(PatchEntry::new(EntryKind::Lut, EntryClass::Activations, i, t.clone()));
+            v.push(PatchEntry::new(
+                EntryKind::Lut,
+                EntryClass::Activations,
+                i,
+                t.clone(),
+            ));
         }
     }
-    v.push(PatchEntry::new(EntryKind::TensorQuant, EntryClass::Activations, NONE, tensor_quant_payload(q)));
+    v.push(PatchEntry::new(
+        EntryKind::TensorQuant,
+        EntryClass::Activations,
+        NONE,
+        tensor_quant_payload(q),
+    ));
     if !q.labels.is_empty() {
-        v.push(PatchEntry::new(EntryKind::Labels, EntryClass::Meta, NONE, labels_payload(&q.labels)));
+        v.push(PatchEntry::new(
+            EntryKind::Labels,
+            EntryClass::Meta,
+            NONE,
+            labels_payload(&q.labels),
+        ));
     }
     v
 }
@@ -205,9 +248,17 @@ pub fn emit_backbone(q: &QModel, max_classes: usize) -> Result<BackboneBlob> {
 
 /// [`emit_backbone`]; `share_arena == false` gives every tensor its own
 /// arena bytes (see [`plan_arena_with`]).
-pub fn emit_backbone_with(q: &QModel, max_classes: usize, share_arena: bool) -> Result<BackboneBlob> {
+pub fn emit_backbone_with(
+    q: &QModel,
+    max_classes: usize,
+    share_arena: bool,
+) -> Result<BackboneBlob> {
     if q.tensors.len() >= NONE as usize || q.ops.len() >= NONE as usize {
-        bail!("the model has {} tensors and {} ops; the format holds at most 65534 of each", q.tensors.len(), q.ops.len());
+        bail!(
+            "the model has {} tensors and {} ops; the format holds at most 65534 of each",
+            q.tensors.len(),
+            q.ops.len()
+        );
     }
     let max_classes = max_classes.max(q.classes());
     if max_classes > u16::MAX as usize {
@@ -216,7 +267,10 @@ pub fn emit_backbone_with(q: &QModel, max_classes: usize, share_arena: bool) -> 
     for t in &q.tensors {
         let s = t.shape;
         if s.c > u16::MAX as usize || s.h > u16::MAX as usize || s.w > u16::MAX as usize {
-            bail!("tensor '{}' has shape {s}; each dimension must be below 65536", t.name);
+            bail!(
+                "tensor '{}' has shape {s}; each dimension must be below 65536",
+                t.name
+            );
         }
     }
     let plan = plan_arena_with(q, max_classes, share_arena);
@@ -256,11 +310,18 @@ pub fn emit_backbone_with(q: &QModel, max_classes: usize, share_arena: bool) -> 
     }
     for (i, op) in q.ops.iter().enumerate() {
         let rec = op_record(op, woff[i]);
-        let cout = if i == q.head_op { max_classes } else { q.tensors[op.out].shape.c };
+        let cout = if i == q.head_op {
+            max_classes
+        } else {
+            q.tensors[op.out].shape.c
+        };
         params_len += bbf::param_slots(&rec, cout);
         rec.emit(&mut blob[layout.ops_off + i * bbf::OP_LEN..]);
     }
-    write_entries(&entries, &mut blob[layout.task_off..layout.task_off + task_len]);
+    write_entries(
+        &entries,
+        &mut blob[layout.task_off..layout.task_off + task_len],
+    );
     blob[layout.weights_off..].copy_from_slice(&weights);
     let hdr = HeaderRepr {
         total_len: layout.total_len as u32,
@@ -284,7 +345,13 @@ pub fn emit_backbone_with(q: &QModel, max_classes: usize, share_arena: bool) -> 
     };
     hdr.emit(&mut blob);
     bbf::seal(&mut blob);
-    Ok(BackboneBlob { bytes: blob, plan, weights_len: weights.len(), task_len, params_len })
+    Ok(BackboneBlob {
+        bytes: blob,
+        plan,
+        weights_len: weights.len(),
+        task_len,
+        params_len,
+    })
 }
 
 fn op_record(op: &QOp, (weight_off, sums_off): (u32, u32)) -> OpInfo {
@@ -298,7 +365,12 @@ fn op_record(op: &QOp, (weight_off, sums_off): (u32, u32)) -> OpInfo {
         kw: op.kw as u8,
         sh: op.sh as u8,
         sw: op.sw as u8,
-        pads: [op.pads[0] as u8, op.pads[1] as u8, op.pads[2] as u8, op.pads[3] as u8],
+        pads: [
+            op.pads[0] as u8,
+            op.pads[1] as u8,
+            op.pads[2] as u8,
+            op.pads[3] as u8,
+        ],
         groups: op.groups as u16,
         flags: op.flags,
         weight_off,
@@ -342,14 +414,27 @@ fn channel_factor(t: &[f32], b: &[f32]) -> Option<f64> {
 /// Finds the patch that turns `base` into `task`: both are quantized models
 /// of the same architecture. Errors say where the task differs beyond what a
 /// patch may express.
-pub fn diff(base: &QModel, task: &QModel, policy: OtherPolicy, task_name: &str) -> Result<Vec<PatchEntry>> {
+pub fn diff(
+    base: &QModel,
+    task: &QModel,
+    policy: OtherPolicy,
+    task_name: &str,
+) -> Result<Vec<PatchEntry>> {
     let fail = |what: String| -> anyhow::Error {
-        anyhow::anyhow!("task '{task_name}' differs from the base beyond what a patch may express: {what}")
+        anyhow::anyhow!(
+            "task '{task_name}' differs from the base beyond what a patch may express: {what}"
+        )
     };
     if base.ops.len() != task.ops.len() || base.tensors.len() != task.tensors.len() {
         let n = base.ops.len().min(task.ops.len());
-        let at = (0..n).find(|&i| base.ops[i].kind != task.ops[i].kind || base.ops[i].in0 != task.ops[i].in0).unwrap_or(n);
-        let node = task.ops.get(at).or(base.ops.get(at)).map_or("<end>", |o| o.name.as_str());
+        let at = (0..n)
+            .find(|&i| base.ops[i].kind != task.ops[i].kind || base.ops[i].in0 != task.ops[i].in0)
+            .unwrap_or(n);
+        let node = task
+            .ops
+            .get(at)
+            .or(base.ops.get(at))
+            .map_or("<end>", |o| o.name.as_str());
         return Err(fail(format!(
             "the graphs have {} vs {} ops and {} vs {} tensors (first difference at op {at}, node '{node}')",
             base.ops.len(),
@@ -359,17 +444,33 @@ pub fn diff(base: &QModel, task: &QModel, policy: OtherPolicy, task_name: &str) 
         )));
     }
     if base.head_op != task.head_op || base.output != task.output || base.input != task.input {
-        return Err(fail("the classifier or the graph input/output is a different node".into()));
+        return Err(fail(
+            "the classifier or the graph input/output is a different node".into(),
+        ));
     }
     for (t, (a, b)) in base.tensors.iter().zip(&task.tensors).enumerate() {
         if (a.shape != b.shape && t != base.output) || a.alias_of != b.alias_of {
-            return Err(fail(format!("tensor {t} ('{}') has shape {} in the base and {} in the task", b.name, a.shape, b.shape)));
+            return Err(fail(format!(
+                "tensor {t} ('{}') has shape {} in the base and {} in the task",
+                b.name, a.shape, b.shape
+            )));
         }
     }
     let mut out = Vec::new();
     for (i, (b, t)) in base.ops.iter().zip(&task.ops).enumerate() {
-        let where_ = |what: &str| fail(format!("op {i} (node '{}', {}): {what}", t.name, t.kind.name()));
-        let geom = |o: &QOp| (o.kind, o.act, o.in0, o.in1, o.out, o.kh, o.kw, o.sh, o.sw, o.pads, o.groups, o.flags);
+        let where_ = |what: &str| {
+            fail(format!(
+                "op {i} (node '{}', {}): {what}",
+                t.name,
+                t.kind.name()
+            ))
+        };
+        let geom = |o: &QOp| {
+            (
+                o.kind, o.act, o.in0, o.in1, o.out, o.kh, o.kw, o.sh, o.sw, o.pads, o.groups,
+                o.flags,
+            )
+        };
         if geom(b) != geom(t) {
             return Err(where_("kind, connections or geometry differ"));
         }
@@ -382,7 +483,12 @@ pub fn diff(base: &QModel, task: &QModel, policy: OtherPolicy, task_name: &str) 
         let op = i as u16;
         if let (Some(lb), Some(lt)) = (&b.lut, &t.lut) {
             if lb != lt {
-                out.push(PatchEntry::new(EntryKind::Lut, EntryClass::Activations, op, lt.clone()));
+                out.push(PatchEntry::new(
+                    EntryKind::Lut,
+                    EntryClass::Activations,
+                    op,
+                    lt.clone(),
+                ));
             }
         }
         if !b.kind.has_weights() {
@@ -392,18 +498,47 @@ pub fn diff(base: &QModel, task: &QModel, policy: OtherPolicy, task_name: &str) 
         let same_shape = b.weights.len() == t.weights.len();
         let codes = |class: EntryClass, out: &mut Vec<PatchEntry>, scale: &[u16]| {
             if scale != b.scale_codes.as_slice() {
-                out.push(PatchEntry::new(EntryKind::ScaleCodes, class, op, u16s(scale)));
+                out.push(PatchEntry::new(
+                    EntryKind::ScaleCodes,
+                    class,
+                    op,
+                    u16s(scale),
+                ));
             }
             if t.bias_codes != b.bias_codes {
-                out.push(PatchEntry::new(EntryKind::BiasCodes, class, op, u16s(&t.bias_codes)));
+                out.push(PatchEntry::new(
+                    EntryKind::BiasCodes,
+                    class,
+                    op,
+                    u16s(&t.bias_codes),
+                ));
             }
         };
         if is_head {
-            if !same_shape || b.weights != t.weights || b.scale_codes != t.scale_codes || b.bias_codes != t.bias_codes {
-                out.push(PatchEntry::new(EntryKind::ScaleCodes, EntryClass::Head, op, u16s(&t.scale_codes)));
-                out.push(PatchEntry::new(EntryKind::BiasCodes, EntryClass::Head, op, u16s(&t.bias_codes)));
+            if !same_shape
+                || b.weights != t.weights
+                || b.scale_codes != t.scale_codes
+                || b.bias_codes != t.bias_codes
+            {
+                out.push(PatchEntry::new(
+                    EntryKind::ScaleCodes,
+                    EntryClass::Head,
+                    op,
+                    u16s(&t.scale_codes),
+                ));
+                out.push(PatchEntry::new(
+                    EntryKind::BiasCodes,
+                    EntryClass::Head,
+                    op,
+                    u16s(&t.bias_codes),
+                ));
                 if b.weights != t.weights {
-                    out.push(PatchEntry::new(EntryKind::Weights, EntryClass::Head, op, i8s(&t.weights)));
+                    out.push(PatchEntry::new(
+                        EntryKind::Weights,
+                        EntryClass::Head,
+                        op,
+                        i8s(&t.weights),
+                    ));
                 }
                 if t.cout() != b.cout() {
                     let mut p = (t.cout() as u16).to_le_bytes().to_vec();
@@ -421,7 +556,12 @@ pub fn diff(base: &QModel, task: &QModel, policy: OtherPolicy, task_name: &str) 
         let row = t.row_len();
         let cout = t.cout();
         let factors: Option<Vec<f64>> = (0..cout)
-            .map(|c| channel_factor(&t.float_rows[c * row..(c + 1) * row], &b.float_rows[c * row..(c + 1) * row]))
+            .map(|c| {
+                channel_factor(
+                    &t.float_rows[c * row..(c + 1) * row],
+                    &b.float_rows[c * row..(c + 1) * row],
+                )
+            })
             .collect();
         if let Some(k) = factors {
             // S/B: reuse the base's int8 weights, negated where k < 0; rows
@@ -448,11 +588,21 @@ pub fn diff(base: &QModel, task: &QModel, policy: OtherPolicy, task_name: &str) 
                 if !chans.is_empty() {
                     let mut p = vec![0u8; rows_len];
                     emit_rows(&mut p, &chans, &rows, row);
-                    out.push(PatchEntry::new(EntryKind::Rows, EntryClass::ScaleBias, op, p));
+                    out.push(PatchEntry::new(
+                        EntryKind::Rows,
+                        EntryClass::ScaleBias,
+                        op,
+                        p,
+                    ));
                 }
             } else {
                 codes(EntryClass::ScaleBias, &mut out, &t.scale_codes);
-                out.push(PatchEntry::new(EntryKind::Weights, EntryClass::ScaleBias, op, i8s(&t.weights)));
+                out.push(PatchEntry::new(
+                    EntryKind::Weights,
+                    EntryClass::ScaleBias,
+                    op,
+                    i8s(&t.weights),
+                ));
             }
             continue;
         }
@@ -466,20 +616,43 @@ pub fn diff(base: &QModel, task: &QModel, policy: OtherPolicy, task_name: &str) 
             ));
         };
         codes(class, &mut out, &t.scale_codes);
-        out.push(PatchEntry::new(EntryKind::Weights, class, op, i8s(&t.weights)));
+        out.push(PatchEntry::new(
+            EntryKind::Weights,
+            class,
+            op,
+            i8s(&t.weights),
+        ));
     }
-    out.push(PatchEntry::new(EntryKind::TensorQuant, EntryClass::Activations, NONE, tensor_quant_payload(task)));
+    out.push(PatchEntry::new(
+        EntryKind::TensorQuant,
+        EntryClass::Activations,
+        NONE,
+        tensor_quant_payload(task),
+    ));
     if !task.labels.is_empty() {
-        out.push(PatchEntry::new(EntryKind::Labels, EntryClass::Meta, NONE, labels_payload(&task.labels)));
+        out.push(PatchEntry::new(
+            EntryKind::Labels,
+            EntryClass::Meta,
+            NONE,
+            labels_payload(&task.labels),
+        ));
     }
     out.sort_by_key(|e| (e.op, e.kind as u8));
     Ok(out)
 }
 
 /// Writes a patch blob.
-pub fn emit_patch(name: &str, backbone_fingerprint: u64, classes: usize, entries: &[PatchEntry]) -> Result<Vec<u8>> {
+pub fn emit_patch(
+    name: &str,
+    backbone_fingerprint: u64,
+    classes: usize,
+    entries: &[PatchEntry],
+) -> Result<Vec<u8>> {
     if name.len() > pf::MAX_NAME_LEN {
-        bail!("task name '{name}' is longer than {} bytes", pf::MAX_NAME_LEN);
+        bail!(
+            "task name '{name}' is longer than {} bytes",
+            pf::MAX_NAME_LEN
+        );
     }
     let entries_off = pf::HeaderRepr::entries_off(name.len());
     let body: usize = entries.iter().map(|e| e.len()).sum();
@@ -504,6 +677,15 @@ pub fn emit_patch(name: &str, backbone_fingerprint: u64, classes: usize, entries
 pub fn bytes_by_class(entries: &[PatchEntry]) -> Vec<(EntryClass, usize)> {
     EntryClass::ALL
         .iter()
-        .map(|&c| (c, entries.iter().filter(|e| e.class == c).map(|e| e.len()).sum()))
+        .map(|&c| {
+            (
+                c,
+                entries
+                    .iter()
+                    .filter(|e| e.class == c)
+                    .map(|e| e.len())
+                    .sum(),
+            )
+        })
         .collect()
 }

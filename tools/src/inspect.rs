@@ -37,7 +37,12 @@ pub fn live_lower_bound(bb: &Backbone<'_>) -> usize {
     let out = root(bb.header().output as usize);
     end[out] = bb.n_ops();
     (0..bb.n_ops())
-        .map(|i| (0..n).filter(|&t| root(t) == t && start[t] <= i && i <= end[t]).map(|t| bb.tensor(t).capacity as usize).sum())
+        .map(|i| {
+            (0..n)
+                .filter(|&t| root(t) == t && start[t] <= i && i <= end[t])
+                .map(|t| bb.tensor(t).capacity as usize)
+                .sum()
+        })
         .max()
         .unwrap_or(0)
 }
@@ -69,11 +74,16 @@ pub fn inspect(file: &Path, backbone: Option<&Path>, json_out: bool) -> Result<(
     if bytes.len() >= 4 && bytes[..4] == BACKBONE_MAGIC {
         inspect_backbone(file, &bytes, json_out)
     } else if bytes.len() >= 4 && bytes[..4] == PATCH_MAGIC {
-        let bbp = backbone.map(Path::to_path_buf).unwrap_or_else(|| file.with_file_name("backbone.gnb"));
+        let bbp = backbone
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| file.with_file_name("backbone.gnb"));
         let bbb = std::fs::read(&bbp).ok();
         inspect_patch(file, &bytes, bbb.as_deref(), json_out)
     } else {
-        anyhow::bail!("{} is neither a graftnet backbone (.gnb) nor a patch (.gnp)", file.display())
+        anyhow::bail!(
+            "{} is neither a graftnet backbone (.gnb) nor a patch (.gnp)",
+            file.display()
+        )
     }
 }
 
@@ -81,8 +91,11 @@ fn inspect_backbone(file: &Path, bytes: &[u8], json_out: bool) -> Result<()> {
     let bb = Backbone::parse(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let mut arena = vec![0i8; bb.arena_len()];
     let mut params = vec![graftnet::Requant::default(); bb.params_len()];
-    let engine = graftnet::Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let e: Vec<(f32, i32)> = (0..bb.n_tensors()).map(|t| engine.tensor_quant(t)).collect();
+    let engine =
+        graftnet::Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let e: Vec<(f32, i32)> = (0..bb.n_tensors())
+        .map(|t| engine.tensor_quant(t))
+        .collect();
     let lb = live_lower_bound(&bb);
     let h = bb.header();
     let mut layers = Vec::new();
@@ -113,7 +126,12 @@ fn inspect_backbone(file: &Path, bytes: &[u8], json_out: bool) -> Result<()> {
         return Ok(());
     }
     let inp = bb.input();
-    println!("backbone {} ({} bytes), fingerprint {:016x}", file.display(), bytes.len(), bb.fingerprint());
+    println!(
+        "backbone {} ({} bytes), fingerprint {:016x}",
+        file.display(),
+        bytes.len(),
+        bb.fingerprint()
+    );
     println!(
         "  input {}x{}x{} (c,h,w), {} ops, {} tensors, {} classes (patches up to {}){}",
         inp.c,
@@ -135,7 +153,10 @@ fn inspect_backbone(file: &Path, bytes: &[u8], json_out: bool) -> Result<()> {
         h.params_len,
         h.params_len as usize * core::mem::size_of::<graftnet::Requant>()
     );
-    println!("  {:>4} {:<7} {:>14} {:>14} {:>9}  {:<28} {}", "#", "op", "input", "output", "weights", "geometry", "out quant (scale, zp)");
+    println!(
+        "  {:>4} {:<7} {:>14} {:>14} {:>9}  {:<28} {}",
+        "#", "op", "input", "output", "weights", "geometry", "out quant (scale, zp)"
+    );
     for (i, op, a, o, w, s, z) in layers {
         println!(
             "  {:>4} {:<7} {:>14} {:>14} {:>9}  {:<28} {:.6}, {}",
@@ -168,13 +189,21 @@ fn inspect_patch(file: &Path, bytes: &[u8], backbone: Option<&[u8]>, json_out: b
     let check = backbone.map(|b| -> Result<(), String> {
         let bb = Backbone::parse(b).map_err(|e| format!("backbone: {e}"))?;
         if bb.fingerprint() != p.backbone_fingerprint() {
-            return Err(format!("made for backbone {:016x}, not {:016x}", p.backbone_fingerprint(), bb.fingerprint()));
+            return Err(format!(
+                "made for backbone {:016x}, not {:016x}",
+                p.backbone_fingerprint(),
+                bb.fingerprint()
+            ));
         }
-        bb.validate_task(p.entry_bytes(), p.n_entries(), false).map(|_| ()).map_err(|e| e.to_string())
+        bb.validate_task(p.entry_bytes(), p.n_entries(), false)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
     if json_out {
-        let byj: serde_json::Map<String, serde_json::Value> =
-            by.iter().map(|(c, n, b)| (c.name().to_string(), json!({"entries": n, "bytes": b}))).collect();
+        let byj: serde_json::Map<String, serde_json::Value> = by
+            .iter()
+            .map(|(c, n, b)| (c.name().to_string(), json!({"entries": n, "bytes": b})))
+            .collect();
         let ents: Vec<_> = entries
             .iter()
             .map(|e| json!({"kind": e.kind.name(), "class": e.class.name(), "op": if e.op == NONE { None } else { Some(e.op) }, "bytes": e.payload.len()}))
@@ -219,7 +248,12 @@ fn inspect_patch(file: &Path, bytes: &[u8], backbone: Option<&[u8]>, json_out: b
     }
     println!("  by entry kind:");
     for (k, n, b) in per_kind {
-        println!("    {:<14} {:>4} entries {:>9} payload bytes", k.name(), n, b);
+        println!(
+            "    {:<14} {:>4} entries {:>9} payload bytes",
+            k.name(),
+            n,
+            b
+        );
     }
     Ok(())
 }

@@ -76,14 +76,22 @@ pub enum Unary {
     Relu,
     Clip(f32, f32),
     /// `max(0, min(1, alpha * x + beta))`
-    HardSigmoid { alpha: f32, beta: f32 },
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
     /// `x * HardSigmoid(x)` (ONNX HardSwish is alpha = 1/6, beta = 0.5)
-    HardSwish { alpha: f32, beta: f32 },
+    HardSwish {
+        alpha: f32,
+        beta: f32,
+    },
     Sigmoid,
     /// `x * sigmoid(x)`
     Swish,
     Tanh,
-    LeakyRelu { alpha: f32 },
+    LeakyRelu {
+        alpha: f32,
+    },
     /// Any composition of elementwise ops over one tensor and scalar constants
     /// (e.g. Paddle's HardSwish `x * clip(x + 3, 0, 6) / 6`).
     Expr(Expr),
@@ -196,7 +204,11 @@ pub enum Op {
     Conv(Conv),
     /// Per-channel `y = x * scale[c] + bias[c]`, then `act` (a BatchNormalization
     /// not preceded by a Conv).
-    ChannelAffine { scale: Vec<f32>, bias: Vec<f32>, act: Act },
+    ChannelAffine {
+        scale: Vec<f32>,
+        bias: Vec<f32>,
+        act: Act,
+    },
     /// `a + b`, same shape.
     Add,
     /// `a * b`: same shape, or `b` is `(c, 1, 1)` broadcast over `a`

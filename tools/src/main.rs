@@ -20,7 +20,11 @@ use graftnet_tools::pipeline::{self, ExportOptions};
 use graftnet_tools::reference::TractModel;
 
 #[derive(Parser)]
-#[command(name = "graftnet", version, about = "One frozen int8 backbone, many kilobyte task patches (K for the Price of 1)")]
+#[command(
+    name = "graftnet",
+    version,
+    about = "One frozen int8 backbone, many kilobyte task patches (K for the Price of 1)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -181,7 +185,9 @@ struct ExportArgs {
 }
 
 fn parse_kv(s: &str) -> Result<(String, PathBuf), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=PATH, got '{s}'"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PATH, got '{s}'"))?;
     Ok((k.to_string(), PathBuf::from(v)))
 }
 
@@ -225,18 +231,71 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Export(a) => cmd_export(a),
-        Cmd::Inspect { file, backbone, json } => inspect::inspect(&file, backbone.as_deref(), json),
-        Cmd::Run { dir, task, input, prep, json } => cmd_run(&dir, &task, &input, &prep, json),
-        Cmd::Eval { dir, task, data, labels, reference, limit, prep, json } => {
-            cmd_eval(&dir, &task, &data, labels.as_deref(), reference.as_deref(), limit, &prep, json)
-        }
-        Cmd::Demo { models, data, out, arch, json } => cmd_demo(models, data, &out, &arch, json),
-        Cmd::Fixture { arch, width, resolution, channels, classes, calib, seed, out } => {
-            cmd_fixture(&arch, width, resolution, channels, classes, calib, seed, &out)
-        }
-        Cmd::Bench { dir, task, threads, iters, kernels, json } => {
-            bench::run(&bench::BenchArgs { dir, task, threads, iters, json, kernels })
-        }
+        Cmd::Inspect {
+            file,
+            backbone,
+            json,
+        } => inspect::inspect(&file, backbone.as_deref(), json),
+        Cmd::Run {
+            dir,
+            task,
+            input,
+            prep,
+            json,
+        } => cmd_run(&dir, &task, &input, &prep, json),
+        Cmd::Eval {
+            dir,
+            task,
+            data,
+            labels,
+            reference,
+            limit,
+            prep,
+            json,
+        } => cmd_eval(
+            &dir,
+            &task,
+            &data,
+            labels.as_deref(),
+            reference.as_deref(),
+            limit,
+            &prep,
+            json,
+        ),
+        Cmd::Demo {
+            models,
+            data,
+            out,
+            arch,
+            json,
+        } => cmd_demo(models, data, &out, &arch, json),
+        Cmd::Fixture {
+            arch,
+            width,
+            resolution,
+            channels,
+            classes,
+            calib,
+            seed,
+            out,
+        } => cmd_fixture(
+            &arch, width, resolution, channels, classes, calib, seed, &out,
+        ),
+        Cmd::Bench {
+            dir,
+            task,
+            threads,
+            iters,
+            kernels,
+            json,
+        } => bench::run(&bench::BenchArgs {
+            dir,
+            task,
+            threads,
+            iters,
+            json,
+            kernels,
+        }),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -248,8 +307,12 @@ fn main() -> ExitCode {
 }
 
 fn read_labels(p: &Path) -> Result<Vec<String>> {
-    let s = std::fs::read_to_string(p).with_context(|| format!("reading labels {}", p.display()))?;
-    Ok(s.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+    let s =
+        std::fs::read_to_string(p).with_context(|| format!("reading labels {}", p.display()))?;
+    Ok(s.lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 fn cmd_export(a: ExportArgs) -> Result<()> {
@@ -266,7 +329,11 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         input_shape: a.input_shape,
         prep: a.prep.to_prep(None),
         calib_limit: a.calib_limit,
-        other: if a.other == "override" { OtherPolicy::Override } else { OtherPolicy::Reject },
+        other: if a.other == "override" {
+            OtherPolicy::Override
+        } else {
+            OtherPolicy::Reject
+        },
         labels,
         progress: !a.json,
     };
@@ -299,8 +366,19 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
             r.fingerprint
         );
         for t in r.tasks.iter().skip(1) {
-            let parts: Vec<String> = t.bytes_by_class.iter().filter(|(_, b)| *b > 0).map(|(c, b)| format!("{} {b}", c.name())).collect();
-            println!("  task {:<24} {:>3} classes  patch {:>8} bytes  ({})", t.name, t.classes, t.patch_bytes, parts.join(", "));
+            let parts: Vec<String> = t
+                .bytes_by_class
+                .iter()
+                .filter(|(_, b)| *b > 0)
+                .map(|(c, b)| format!("{} {b}", c.name()))
+                .collect();
+            println!(
+                "  task {:<24} {:>3} classes  patch {:>8} bytes  ({})",
+                t.name,
+                t.classes,
+                t.patch_bytes,
+                parts.join(", ")
+            );
         }
     }
     Ok(())
@@ -316,7 +394,12 @@ fn manifest_prep(dir: &ExportDir, prep: &PrepArgs, shape: (usize, usize, usize))
     let mut p = prep.to_prep(Some(shape));
     if let Some(m) = &dir.manifest {
         let get = |k: &str| -> Option<Vec<f32>> {
-            m.get("preprocess")?.get(k)?.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect())
+            m.get("preprocess")?.get(k)?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_f64())
+                    .map(|x| x as f32)
+                    .collect()
+            })
         };
         if prep.mean.is_empty() {
             if let Some(v) = get("mean").filter(|v| !v.is_empty()) {
@@ -338,7 +421,12 @@ fn cmd_run(dir: &Path, task: &str, input: &Path, prep: &PrepArgs, json_out: bool
     let p = manifest_prep(&d, prep, shape);
     let (s, x) = data::load_input(input, &p)?;
     if s != shape {
-        bail!("input {} has shape {:?} (c,h,w); the model takes {:?}", input.display(), s, shape);
+        bail!(
+            "input {} has shape {:?} (c,h,w); the model takes {:?}",
+            input.display(),
+            s,
+            shape
+        );
     }
     let labels = d.labels(task);
     let (scores, top) = d.with_engine(task, |e| {
@@ -348,11 +436,25 @@ fn cmd_run(dir: &Path, task: &str, input: &Path, prep: &PrepArgs, json_out: bool
         Ok((v, sc.argmax()))
     })?;
     if json_out {
-        println!("{}", json!({"task": task, "scores": scores, "top1": top, "label": labels.get(top)}));
+        println!(
+            "{}",
+            json!({"task": task, "scores": scores, "top1": top, "label": labels.get(top)})
+        );
     } else {
-        println!("task {task}: top-1 class {top}{}", labels.get(top).map(|l| format!(" ({l})")).unwrap_or_default());
+        println!(
+            "task {task}: top-1 class {top}{}",
+            labels
+                .get(top)
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default()
+        );
         for (i, s) in scores.iter().enumerate() {
-            println!("  {:>3} {:>10.4} {}", i, s, labels.get(i).map(String::as_str).unwrap_or(""));
+            println!(
+                "  {:>3} {:>10.4} {}",
+                i,
+                s,
+                labels.get(i).map(String::as_str).unwrap_or("")
+            );
         }
     }
     Ok(())
@@ -367,14 +469,29 @@ struct EvalResult {
     seconds: f64,
 }
 
-fn evaluate(d: &ExportDir, task: &str, ds: &data::Dataset, reference: Option<&TractModel>, limit: usize) -> Result<EvalResult> {
-    let labels = ds.labels.clone().context("the evaluation data has no labels (give --labels)")?;
-    let n = if limit == 0 { ds.len() } else { ds.len().min(limit) };
+fn evaluate(
+    d: &ExportDir,
+    task: &str,
+    ds: &data::Dataset,
+    reference: Option<&TractModel>,
+    limit: usize,
+) -> Result<EvalResult> {
+    let labels = ds
+        .labels
+        .clone()
+        .context("the evaluation data has no labels (give --labels)")?;
+    let n = if limit == 0 {
+        ds.len()
+    } else {
+        ds.len().min(limit)
+    };
     let t0 = Instant::now();
     let preds = d.with_engine(task, |e| {
         let mut v = Vec::with_capacity(n);
         for i in 0..n {
-            let s = e.run_f32(ds.sample(i)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let s = e
+                .run_f32(ds.sample(i))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             v.push(s.argmax());
         }
         Ok(v)
@@ -393,18 +510,38 @@ fn evaluate(d: &ExportDir, task: &str, ds: &data::Dataset, reference: Option<&Tr
         rc = Some(c);
         ag = Some(a);
     }
-    Ok(EvalResult { count: n, correct, reference_correct: rc, agreement: ag, seconds })
+    Ok(EvalResult {
+        count: n,
+        correct,
+        reference_correct: rc,
+        agreement: ag,
+        seconds,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
-fn cmd_eval(dir: &Path, task: &str, data_p: &Path, labels: Option<&Path>, reference: Option<&Path>, limit: usize, prep: &PrepArgs, json_out: bool) -> Result<()> {
+fn cmd_eval(
+    dir: &Path,
+    task: &str,
+    data_p: &Path,
+    labels: Option<&Path>,
+    reference: Option<&Path>,
+    limit: usize,
+    prep: &PrepArgs,
+    json_out: bool,
+) -> Result<()> {
     let d = ExportDir::open(dir)?;
     d.patch(task)?; // unknown task -> error before loading data
     let shape = input_shape_of(&d)?;
     let p = manifest_prep(&d, prep, shape);
     let ds = data::load_dataset(data_p, labels, &p)?;
     if ds.shape != shape {
-        bail!("data {} has samples of shape {:?} (c,h,w); the model takes {:?}", data_p.display(), ds.shape, shape);
+        bail!(
+            "data {} has samples of shape {:?} (c,h,w); the model takes {:?}",
+            data_p.display(),
+            ds.shape,
+            shape
+        );
     }
     let refm = match reference {
         Some(r) => Some(TractModel::load(r, Some(shape))?),
@@ -420,7 +557,12 @@ fn cmd_eval(dir: &Path, task: &str, data_p: &Path, labels: Option<&Path>, refere
         }
         println!("{o}");
     } else {
-        println!("task {task}: int8 top-1 {:.2} % ({}/{})", 100.0 * top1, r.correct, r.count);
+        println!(
+            "task {task}: int8 top-1 {:.2} % ({}/{})",
+            100.0 * top1,
+            r.correct,
+            r.count
+        );
         if let (Some(c), Some(a)) = (r.reference_correct, r.agreement) {
             println!(
                 "  float (tract) top-1 {:.2} %, int8-vs-float agreement {:.2} %",
@@ -436,10 +578,21 @@ fn repo_models() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models")
 }
 
-fn cmd_demo(models: Option<PathBuf>, data_dir: Option<PathBuf>, out: &Path, arch: &str, json_out: bool) -> Result<()> {
+fn cmd_demo(
+    models: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    out: &Path,
+    arch: &str,
+    json_out: bool,
+) -> Result<()> {
     let models = models.unwrap_or_else(repo_models);
     let generated = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/generated");
-    let data_dir = data_dir.or_else(|| generated.join("mnist_test_x.npy").exists().then_some(generated));
+    let data_dir = data_dir.or_else(|| {
+        generated
+            .join("mnist_test_x.npy")
+            .exists()
+            .then_some(generated)
+    });
     let archs: Vec<&str> = match arch {
         "all" => vec!["mnv2", "mnv3"],
         "mnv2" | "mnv3" => vec![arch],
@@ -451,9 +604,17 @@ fn cmd_demo(models: Option<PathBuf>, data_dir: Option<PathBuf>, out: &Path, arch
     for a in archs {
         // (task name, model file, data task)
         let tasks: Vec<(&str, &str)> = if a == "mnv2" {
-            vec![("mnist-sb", "mnist"), ("mnist-dw", "mnist"), ("fashion-updown-sb", "fashion-updown"), ("fashion-binary-logits", "fashion-binary")]
+            vec![
+                ("mnist-sb", "mnist"),
+                ("mnist-dw", "mnist"),
+                ("fashion-updown-sb", "fashion-updown"),
+                ("fashion-binary-logits", "fashion-binary"),
+            ]
         } else {
-            vec![("mnist-sb", "mnist"), ("fashion-updown-sb", "fashion-updown")]
+            vec![
+                ("mnist-sb", "mnist"),
+                ("fashion-updown-sb", "fashion-updown"),
+            ]
         };
         let outd = out.join(a);
         let mut opts = ExportOptions {
@@ -467,14 +628,29 @@ fn cmd_demo(models: Option<PathBuf>, data_dir: Option<PathBuf>, out: &Path, arch
             let l: &[&str] = match data_task {
                 "mnist" => &["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
                 "fashion-binary" => &["other", "footwear"],
-                _ => &["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+                _ => &[
+                    "T-shirt/top",
+                    "Trouser",
+                    "Pullover",
+                    "Dress",
+                    "Coat",
+                    "Sandal",
+                    "Shirt",
+                    "Sneaker",
+                    "Bag",
+                    "Ankle boot",
+                ],
             };
             l.iter().map(|s| s.to_string()).collect()
         };
         opts.labels.insert("base".into(), labels("fashion"));
         for (t, dt) in &tasks {
-            opts.tasks.push((t.to_string(), models.join(a).join(format!("{t}.folded.onnx"))));
-            opts.calib_tasks.insert(t.to_string(), fixture.join(format!("{dt}_calib_x.npy")));
+            opts.tasks.push((
+                t.to_string(),
+                models.join(a).join(format!("{t}.folded.onnx")),
+            ));
+            opts.calib_tasks
+                .insert(t.to_string(), fixture.join(format!("{dt}_calib_x.npy")));
             opts.labels.insert(t.to_string(), labels(dt));
         }
         let t0 = Instant::now();
@@ -492,9 +668,16 @@ fn cmd_demo(models: Option<PathBuf>, data_dir: Option<PathBuf>, out: &Path, arch
                 "task", "n", "patch B", "int8 %", "float %", "agree %", "ms/img"
             );
         }
-        let all: Vec<(String, PathBuf, &str)> = std::iter::once(("base".to_string(), opts.base.clone(), "fashion"))
-            .chain(tasks.iter().map(|(t, dt)| (t.to_string(), models.join(a).join(format!("{t}.folded.onnx")), *dt)))
-            .collect();
+        let all: Vec<(String, PathBuf, &str)> =
+            std::iter::once(("base".to_string(), opts.base.clone(), "fashion"))
+                .chain(tasks.iter().map(|(t, dt)| {
+                    (
+                        t.to_string(),
+                        models.join(a).join(format!("{t}.folded.onnx")),
+                        *dt,
+                    )
+                }))
+                .collect();
         for (task, onnx, dt) in all {
             let ds = data::load_dataset(
                 &test_dir.join(format!("{dt}_test_x.npy")),
@@ -504,13 +687,28 @@ fn cmd_demo(models: Option<PathBuf>, data_dir: Option<PathBuf>, out: &Path, arch
             let refm = TractModel::load(&onnx, None)?;
             let r = evaluate(&d, &task, &ds, Some(&refm), 0)?;
             let tr = rep.tasks.iter().find(|t| t.name == task).unwrap();
-            let by: Vec<String> = tr.bytes_by_class.iter().filter(|(_, b)| *b > 0).map(|(c, b)| format!("{} {b}", c.name())).collect();
+            let by: Vec<String> = tr
+                .bytes_by_class
+                .iter()
+                .filter(|(_, b)| *b > 0)
+                .map(|(c, b)| format!("{} {b}", c.name()))
+                .collect();
             let int8 = 100.0 * r.correct as f64 / r.count as f64;
             let fl = 100.0 * r.reference_correct.unwrap() as f64 / r.count as f64;
             let ag = 100.0 * r.agreement.unwrap() as f64 / r.count as f64;
             let ms = 1000.0 * r.seconds / r.count as f64;
             if !json_out {
-                println!("  {:<22} {:>5} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>7.3}  {}", task, r.count, tr.patch_bytes, int8, fl, ag, ms, by.join(", "));
+                println!(
+                    "  {:<22} {:>5} {:>9} {:>9.2} {:>9.2} {:>9.2} {:>7.3}  {}",
+                    task,
+                    r.count,
+                    tr.patch_bytes,
+                    int8,
+                    fl,
+                    ag,
+                    ms,
+                    by.join(", ")
+                );
             }
             rows.push(json!({"arch": a, "task": task, "count": r.count, "patch_bytes": tr.patch_bytes, "top1": int8 / 100.0,
                              "reference_top1": fl / 100.0, "agreement": ag / 100.0, "ms_per_image": ms,
@@ -518,7 +716,10 @@ fn cmd_demo(models: Option<PathBuf>, data_dir: Option<PathBuf>, out: &Path, arch
         }
     }
     if json_out {
-        println!("{}", json!({"rows": rows, "test_data": test_dir.to_string_lossy()}));
+        println!(
+            "{}",
+            json!({"rows": rows, "test_data": test_dir.to_string_lossy()})
+        );
     } else if data_dir.is_none() {
         println!("\n(test data: the 192-image fixtures; run tests/data/setup.sh for the full test splits)");
     }
@@ -535,23 +736,41 @@ fn switch_time_us(d: &ExportDir) -> Result<f64> {
     let bb = d.parse_backbone()?;
     let mut arena = vec![0i8; bb.arena_len()];
     let mut params = vec![graftnet::Requant::default(); bb.params_len()];
-    let mut e = graftnet::Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut e =
+        graftnet::Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
     let iters = 200;
     let t0 = Instant::now();
     for i in 0..iters {
         // A switch from flash: check the blob (checksum, framing), then apply.
-        let p = graftnet::Patch::parse(blobs[i % blobs.len()]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let p =
+            graftnet::Patch::parse(blobs[i % blobs.len()]).map_err(|e| anyhow::anyhow!("{e}"))?;
         e.apply(p).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     Ok(t0.elapsed().as_secs_f64() * 1e6 / iters as f64)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn cmd_fixture(arch: &str, width: f32, resolution: usize, channels: usize, classes: usize, calib: usize, seed: u64, out: &Path) -> Result<()> {
+fn cmd_fixture(
+    arch: &str,
+    width: f32,
+    resolution: usize,
+    channels: usize,
+    classes: usize,
+    calib: usize,
+    seed: u64,
+    out: &Path,
+) -> Result<()> {
     use graftnet_tools::fixtures::*;
     let stride = if resolution >= 96 { 2 } else { 1 };
     let base = match arch {
-        "mnv2" => mobilenet_v2(&MobileNetV2Config { width, resolution, in_channels: channels, classes, first_stride: stride, seed }),
+        "mnv2" => mobilenet_v2(&MobileNetV2Config {
+            width,
+            resolution,
+            in_channels: channels,
+            classes,
+            first_stride: stride,
+            seed,
+        }),
         "mnv3" => mobilenet_v3_small(&MobileNetV3Config {
             width,
             resolution,
@@ -567,16 +786,30 @@ fn cmd_fixture(arch: &str, width: f32, resolution: usize, channels: usize, class
     let style = ExportStyle::default();
     let models = [
         ("base", base.clone()),
-        ("sb", derive_task(&base, TaskKind::ScaleBias { classes }, seed + 1)),
-        ("dw", derive_task(&base, TaskKind::Depthwise { classes }, seed + 2)),
-        ("logits", derive_task(&base, TaskKind::Logits { classes }, seed + 3)),
+        (
+            "sb",
+            derive_task(&base, TaskKind::ScaleBias { classes }, seed + 1),
+        ),
+        (
+            "dw",
+            derive_task(&base, TaskKind::Depthwise { classes }, seed + 2),
+        ),
+        (
+            "logits",
+            derive_task(&base, TaskKind::Logits { classes }, seed + 3),
+        ),
     ];
     for (name, p) in &models {
         let path = out.join(format!("{name}.onnx"));
-        std::fs::write(&path, to_onnx(p, &style)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, to_onnx(p, &style))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     let [_, c, h, w] = base.input_shape();
-    data::write_npy_f32(out.join("calib.npy"), &[calib, c, h, w], &random_inputs(calib, c, h, w, seed + 10))?;
+    data::write_npy_f32(
+        out.join("calib.npy"),
+        &[calib, c, h, w],
+        &random_inputs(calib, c, h, w, seed + 10),
+    )?;
     println!(
         "wrote {}/{{base,sb,dw,logits}}.onnx and calib.npy ({} parameters, {} batch-norm channels); export with:\n  graftnet export --base {0}/base.onnx --task sb={0}/sb.onnx --task dw={0}/dw.onnx --task logits={0}/logits.onnx --calib {0}/calib.npy --out {0}/export",
         out.display(),

@@ -70,8 +70,18 @@ pub struct ExportReport {
 
 /// Reads a model and calibration data and quantizes it, exactly as every
 /// export does (a base, a task, or a task exported alone).
-pub fn quantize_model(graph: &Graph, calib: &Dataset, limit: usize, labels: Vec<String>, progress: Option<&ProgressBar>) -> Result<QModel> {
-    let n = if limit == 0 { calib.len() } else { calib.len().min(limit) };
+pub fn quantize_model(
+    graph: &Graph,
+    calib: &Dataset,
+    limit: usize,
+    labels: Vec<String>,
+    progress: Option<&ProgressBar>,
+) -> Result<QModel> {
+    let n = if limit == 0 {
+        calib.len()
+    } else {
+        calib.len().min(limit)
+    };
     let shape = graph.shape(graph.input);
     if (shape.c, shape.h, shape.w) != calib.shape {
         bail!(
@@ -109,7 +119,8 @@ fn bar(enabled: bool, msg: String) -> Option<ProgressBar> {
 
 /// Imports one ONNX model.
 pub fn import(path: &Path, input_shape: Option<(usize, usize, usize)>) -> Result<Graph> {
-    import_onnx_file(path, &ImportOptions { input_shape }).with_context(|| format!("importing {}", path.display()))
+    import_onnx_file(path, &ImportOptions { input_shape })
+        .with_context(|| format!("importing {}", path.display()))
 }
 
 fn load_calib(path: &Path, prep: &Preprocess, shape: (usize, usize, usize)) -> Result<Dataset> {
@@ -118,7 +129,8 @@ fn load_calib(path: &Path, prep: &Preprocess, shape: (usize, usize, usize)) -> R
         prep.size = Some((shape.1, shape.2));
     }
     prep.channels = shape.0;
-    data::load_dataset(path, None, &prep).with_context(|| format!("loading calibration data {}", path.display()))
+    data::load_dataset(path, None, &prep)
+        .with_context(|| format!("loading calibration data {}", path.display()))
 }
 
 /// Runs the export job.
@@ -138,7 +150,8 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             bail!("--calib-task names '{k}', which is not a task");
         }
     }
-    std::fs::create_dir_all(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
     let base_graph = import(&opts.base, opts.input_shape)?;
     let s = base_graph.shape(base_graph.input);
     let shape = (s.c, s.h, s.w);
@@ -153,7 +166,13 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     };
     let labels = |name: &str| opts.labels.get(name).cloned().unwrap_or_default();
     let pb = bar(opts.progress, format!("{BASE_TASK}"));
-    let base_q = quantize_model(&base_graph, &get_calib(calib_for(BASE_TASK))?, opts.calib_limit, labels(BASE_TASK), pb.as_ref())?;
+    let base_q = quantize_model(
+        &base_graph,
+        &get_calib(calib_for(BASE_TASK))?,
+        opts.calib_limit,
+        labels(BASE_TASK),
+        pb.as_ref(),
+    )?;
     if let Some(p) = pb {
         p.finish();
     }
@@ -161,19 +180,32 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     for (name, path) in &opts.tasks {
         let g = import(path, opts.input_shape)?;
         let pb = bar(opts.progress, name.clone());
-        let q = quantize_model(&g, &get_calib(calib_for(name))?, opts.calib_limit, labels(name), pb.as_ref())
-            .with_context(|| format!("quantizing task '{name}'"))?;
+        let q = quantize_model(
+            &g,
+            &get_calib(calib_for(name))?,
+            opts.calib_limit,
+            labels(name),
+            pb.as_ref(),
+        )
+        .with_context(|| format!("quantizing task '{name}'"))?;
         if let Some(p) = pb {
             p.finish();
         }
         tasks_q.push((name.clone(), path.clone(), q));
     }
-    let max_classes = tasks_q.iter().map(|(_, _, q)| q.classes()).chain([base_q.classes()]).max().unwrap_or(1);
+    let max_classes = tasks_q
+        .iter()
+        .map(|(_, _, q)| q.classes())
+        .chain([base_q.classes()])
+        .max()
+        .unwrap_or(1);
     let bb = export::emit_backbone(&base_q, max_classes)?;
-    let parsed = graftnet::Backbone::parse(&bb.bytes).map_err(|e| anyhow::anyhow!("internal error: the written backbone does not parse: {e}"))?;
+    let parsed = graftnet::Backbone::parse(&bb.bytes)
+        .map_err(|e| anyhow::anyhow!("internal error: the written backbone does not parse: {e}"))?;
     let fingerprint = parsed.fingerprint();
     let bb_path = opts.out.join("backbone.gnb");
-    std::fs::write(&bb_path, &bb.bytes).with_context(|| format!("writing {}", bb_path.display()))?;
+    std::fs::write(&bb_path, &bb.bytes)
+        .with_context(|| format!("writing {}", bb_path.display()))?;
     let mut reports = vec![TaskReport {
         name: BASE_TASK.into(),
         source: opts.base.clone(),
@@ -187,10 +219,13 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         let entries = export::diff(&base_q, q, opts.other, name)?;
         let blob = export::emit_patch(name, fingerprint, q.classes(), &entries)?;
         // Check the patch against the backbone now, not on the device.
-        let patch = graftnet::Patch::parse(&blob).map_err(|e| anyhow::anyhow!("internal error: patch '{name}' does not parse: {e}"))?;
+        let patch = graftnet::Patch::parse(&blob)
+            .map_err(|e| anyhow::anyhow!("internal error: patch '{name}' does not parse: {e}"))?;
         parsed
             .validate_task(patch.entry_bytes(), patch.n_entries(), false)
-            .map_err(|e| anyhow::anyhow!("internal error: patch '{name}' does not fit the backbone: {e}"))?;
+            .map_err(|e| {
+                anyhow::anyhow!("internal error: patch '{name}' does not fit the backbone: {e}")
+            })?;
         let p = opts.out.join(format!("{name}.gnp"));
         std::fs::write(&p, &blob).with_context(|| format!("writing {}", p.display()))?;
         reports.push(TaskReport {
@@ -242,6 +277,7 @@ fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<()> {
         "tasks": tasks,
     });
     let p = opts.out.join("manifest.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&m)?).with_context(|| format!("writing {}", p.display()))?;
+    std::fs::write(&p, serde_json::to_string_pretty(&m)?)
+        .with_context(|| format!("writing {}", p.display()))?;
     Ok(())
 }

@@ -170,19 +170,34 @@ fn lower(g: &Graph) -> Result<Lowered> {
     let mut source = Vec::new();
     // IR tensor -> runtime tensor
     let mut map: Vec<Option<usize>> = vec![None; g.tensors.len()];
-    let new_tensor = |tensors: &mut Vec<QTensor>, source: &mut Vec<usize>, ir: usize, alias: Option<usize>| {
-        tensors.push(QTensor { name: g.tensors[ir].name.clone(), shape: g.tensors[ir].shape, scale: 1.0, zp: 0, alias_of: alias });
-        source.push(ir);
-        tensors.len() - 1
-    };
+    let new_tensor =
+        |tensors: &mut Vec<QTensor>, source: &mut Vec<usize>, ir: usize, alias: Option<usize>| {
+            tensors.push(QTensor {
+                name: g.tensors[ir].name.clone(),
+                shape: g.tensors[ir].shape,
+                scale: 1.0,
+                zp: 0,
+                alias_of: alias,
+            });
+            source.push(ir);
+            tensors.len() - 1
+        };
     map[g.input] = Some(new_tensor(&mut tensors, &mut source, g.input, None));
     let mut ops = Vec::new();
     let mut conv_float = Vec::new();
     for node in &g.nodes {
         let name = node.name.as_str();
         let inp = |k: usize| -> Result<usize> {
-            let t = *node.inputs.get(k).with_context(|| format!("node '{name}' lacks input {k}"))?;
-            map[t].with_context(|| format!("node '{name}' reads tensor '{}' before it is produced", g.tensors[t].name))
+            let t = *node
+                .inputs
+                .get(k)
+                .with_context(|| format!("node '{name}' lacks input {k}"))?;
+            map[t].with_context(|| {
+                format!(
+                    "node '{name}' reads tensor '{}' before it is produced",
+                    g.tensors[t].name
+                )
+            })
         };
         match &node.op {
             Op::Reshape => {
@@ -193,7 +208,12 @@ fn lower(g: &Graph) -> Result<Lowered> {
                     bail!("node '{name}' (Reshape {a} -> {o}) changes the memory order; only reshapes between (c,1,1) vectors can run in place");
                 }
                 let root = tensors[src].alias_of.unwrap_or(src);
-                map[node.output] = Some(new_tensor(&mut tensors, &mut source, node.output, Some(root)));
+                map[node.output] = Some(new_tensor(
+                    &mut tensors,
+                    &mut source,
+                    node.output,
+                    Some(root),
+                ));
                 continue;
             }
             Op::Concat => {
@@ -201,7 +221,12 @@ fn lower(g: &Graph) -> Result<Lowered> {
                 if n < 2 {
                     let src = inp(0)?;
                     let root = tensors[src].alias_of.unwrap_or(src);
-                    map[node.output] = Some(new_tensor(&mut tensors, &mut source, node.output, Some(root)));
+                    map[node.output] = Some(new_tensor(
+                        &mut tensors,
+                        &mut source,
+                        node.output,
+                        Some(root),
+                    ));
                     continue;
                 }
                 let mut acc = inp(0)?;
@@ -224,17 +249,30 @@ fn lower(g: &Graph) -> Result<Lowered> {
             _ => {}
         }
         let in0 = inp(0)?;
-        let in1 = if node.inputs.len() > 1 { Some(inp(1)?) } else { None };
+        let in1 = if node.inputs.len() > 1 {
+            Some(inp(1)?)
+        } else {
+            None
+        };
         let out = new_tensor(&mut tensors, &mut source, node.output, None);
         map[node.output] = Some(out);
         let mut fl = None;
         let op = match &node.op {
             Op::Conv(c) => {
                 if c.dilation != (1, 1) {
-                    bail!("node '{name}' (Conv): dilation {:?} is not supported", c.dilation);
+                    bail!(
+                        "node '{name}' (Conv): dilation {:?} is not supported",
+                        c.dilation
+                    );
                 }
                 let dw = c.is_depthwise();
-                let mut q = QOp::new(name, if dw { OpKind::DwConv } else { OpKind::Conv }, in0, None, out);
+                let mut q = QOp::new(
+                    name,
+                    if dw { OpKind::DwConv } else { OpKind::Conv },
+                    in0,
+                    None,
+                    out,
+                );
                 q.kh = check_u8(c.kh, "kernel height", name)?;
                 q.kw = check_u8(c.kw, "kernel width", name)?;
                 q.sh = check_u8(c.stride.0, "stride", name)?;
@@ -268,7 +306,17 @@ fn lower(g: &Graph) -> Result<Lowered> {
             Op::GlobalAvgPool => QOp::new(name, OpKind::GlobalAvgPool, in0, None, out),
             Op::AvgPool(p) | Op::MaxPool(p) => {
                 let avg = matches!(node.op, Op::AvgPool(_));
-                let mut q = QOp::new(name, if avg { OpKind::AvgPool } else { OpKind::MaxPool }, in0, None, out);
+                let mut q = QOp::new(
+                    name,
+                    if avg {
+                        OpKind::AvgPool
+                    } else {
+                        OpKind::MaxPool
+                    },
+                    in0,
+                    None,
+                    out,
+                );
                 q.kh = check_u8(p.kh, "window height", name)?;
                 q.kw = check_u8(p.kw, "window width", name)?;
                 q.sh = check_u8(p.stride.0, "stride", name)?;
@@ -291,7 +339,14 @@ fn lower(g: &Graph) -> Result<Lowered> {
     }
     let output = map[g.output].context("graph output is never produced")?;
     let input = map[g.input].unwrap_or(0);
-    Ok(Lowered { tensors, source, ops, conv_float, input, output })
+    Ok(Lowered {
+        tensors,
+        source,
+        ops,
+        conv_float,
+        input,
+        output,
+    })
 }
 
 /// Per-IR-tensor value ranges over a calibration set.
@@ -318,7 +373,11 @@ const SHRINK: [f64; 12] = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.
 /// squared error (clipping error plus rounding noise, `step^2 / 12`). The
 /// graph input and output keep their full observed range (the output's top
 /// values decide the class).
-pub fn calibrate<'s>(g: &Graph, samples: impl IntoIterator<Item = &'s [f32]>, progress: &dyn Fn(usize)) -> Result<Ranges> {
+pub fn calibrate<'s>(
+    g: &Graph,
+    samples: impl IntoIterator<Item = &'s [f32]>,
+    progress: &dyn Fn(usize),
+) -> Result<Ranges> {
     let n = g.tensors.len();
     let samples: Vec<&[f32]> = samples.into_iter().collect();
     let mut r = Ranges {
@@ -334,7 +393,12 @@ pub fn calibrate<'s>(g: &Graph, samples: impl IntoIterator<Item = &'s [f32]>, pr
     let want = g.shape(g.input).len();
     for x in &samples {
         if x.len() != want {
-            bail!("calibration sample has {} values, the model input {} takes {}", x.len(), g.shape(g.input), want);
+            bail!(
+                "calibration sample has {} values, the model input {} takes {}",
+                x.len(),
+                g.shape(g.input),
+                want
+            );
         }
     }
     for x in &samples {
@@ -351,8 +415,16 @@ pub fn calibrate<'s>(g: &Graph, samples: impl IntoIterator<Item = &'s [f32]>, pr
         progress(r.samples);
     }
     for t in 0..n {
-        r.min[t] = if r.min[t].is_finite() { r.min[t].min(0.0) } else { 0.0 };
-        r.max[t] = if r.max[t].is_finite() { r.max[t].max(0.0) } else { 0.0 };
+        r.min[t] = if r.min[t].is_finite() {
+            r.min[t].min(0.0)
+        } else {
+            0.0
+        };
+        r.max[t] = if r.max[t].is_finite() {
+            r.max[t].max(0.0)
+        } else {
+            0.0
+        };
     }
     let mut hist = vec![vec![0u64; BINS]; n];
     for x in &samples {
@@ -484,7 +556,9 @@ pub fn quantize(g: &Graph, ranges: &Ranges, labels: Vec<String>) -> Result<QMode
         if low.ops[i].kind == OpKind::Concat {
             let out = low.ops[i].out;
             let a = low.ops[i].in0;
-            let produced_by_concat = low.ops[..i].iter().any(|o| o.kind == OpKind::Concat && o.out == a && o.name == low.ops[i].name);
+            let produced_by_concat = low.ops[..i]
+                .iter()
+                .any(|o| o.kind == OpKind::Concat && o.out == a && o.name == low.ops[i].name);
             if produced_by_concat {
                 low.tensors[a].scale = low.tensors[out].scale;
                 low.tensors[a].zp = low.tensors[out].zp;
@@ -506,14 +580,23 @@ pub fn quantize(g: &Graph, ranges: &Ranges, labels: Vec<String>) -> Result<QMode
                 let cin_g = a.c / op.groups;
                 let (kh, kw) = (op.kh, op.kw);
                 let row = cin_g * kh * kw;
-                let affine = w.len() == cout && op.kind == OpKind::DwConv && kh == 1 && kw == 1 && b.len() == cout && row == 1;
+                let affine = w.len() == cout
+                    && op.kind == OpKind::DwConv
+                    && kh == 1
+                    && kw == 1
+                    && b.len() == cout
+                    && row == 1;
                 let mut rows = vec![0f32; cout * row];
                 for co in 0..cout {
                     for ci in 0..cin_g {
                         for y in 0..kh {
                             for x in 0..kw {
                                 // OIHW -> row order [kh][kw][cin_g]
-                                let v = if affine { w[co] } else { w[((co * cin_g + ci) * kh + y) * kw + x] };
+                                let v = if affine {
+                                    w[co]
+                                } else {
+                                    w[((co * cin_g + ci) * kh + y) * kw + x]
+                                };
                                 rows[co * row + (y * kw + x) * cin_g + ci] = v;
                             }
                         }
@@ -534,15 +617,28 @@ pub fn quantize(g: &Graph, ranges: &Ranges, labels: Vec<String>) -> Result<QMode
                 }
                 op.weights = q;
                 op.float_rows = rows;
-                op.bias_codes = (0..cout).map(|c| encode_bias(b.get(c).copied().unwrap_or(0.0) as f64)).collect();
+                op.bias_codes = (0..cout)
+                    .map(|c| encode_bias(b.get(c).copied().unwrap_or(0.0) as f64))
+                    .collect();
                 if row > graftnet::format::backbone::MAX_ROW_LEN {
-                    bail!("node '{}': {} weights per output channel exceed the runtime's limit of {}", op.name, row, graftnet::format::backbone::MAX_ROW_LEN);
+                    bail!(
+                        "node '{}': {} weights per output channel exceed the runtime's limit of {}",
+                        op.name,
+                        row,
+                        graftnet::format::backbone::MAX_ROW_LEN
+                    );
                 }
             }
             OpKind::Lut => {
                 let u = op.unary.clone().unwrap();
-                let (si, zi) = (low.tensors[op.in0].scale as f64, low.tensors[op.in0].zp as i32);
-                let (so, zo) = (low.tensors[op.out].scale as f64, low.tensors[op.out].zp as i32);
+                let (si, zi) = (
+                    low.tensors[op.in0].scale as f64,
+                    low.tensors[op.in0].zp as i32,
+                );
+                let (so, zo) = (
+                    low.tensors[op.out].scale as f64,
+                    low.tensors[op.out].zp as i32,
+                );
                 let mut t = vec![0u8; 256];
                 for qv in -128i32..=127 {
                     let x = (si * (qv - zi) as f64) as f32;

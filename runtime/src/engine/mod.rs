@@ -25,7 +25,9 @@ use crate::kernels::{scalar, ConvGeom, Kernels, OutQ};
 #[cfg(feature = "std")]
 mod parallel;
 
-use crate::quant::{decode_bias, decode_scale, quantize_multiplier, quantize_value, round_half_away, Multiplier};
+use crate::quant::{
+    decode_bias, decode_scale, quantize_multiplier, quantize_value, round_half_away, Multiplier,
+};
 
 /// One entry of the parameter table: a fixed-point multiplier and an int32
 /// bias (for conv channels; other ops store zero points in `bias`). The
@@ -67,7 +69,10 @@ impl<'a> Cursor<'a> {
         Cursor { it, next }
     }
     fn empty() -> Self {
-        Cursor { it: EntryIter::new(&[], 0), next: None }
+        Cursor {
+            it: EntryIter::new(&[], 0),
+            next: None,
+        }
     }
     /// Entries of op `i` (ops must be asked in increasing order).
     fn take(&mut self, i: u16) -> OpEntries<'a> {
@@ -93,7 +98,9 @@ impl<'a> Cursor<'a> {
 }
 
 fn tensor_quant(iter: EntryIter<'_>) -> Option<&[u8]> {
-    iter.filter(|e| e.kind == EntryKind::TensorQuant).map(|e| e.payload).next()
+    iter.filter(|e| e.kind == EntryKind::TensorQuant)
+        .map(|e| e.payload)
+        .next()
 }
 
 /// Class scores of one inference, borrowed from the arena.
@@ -124,7 +131,9 @@ impl<'e> Scores<'e> {
     }
     /// Dequantized score (logit) of class `i`.
     pub fn get(&self, i: usize) -> f32 {
-        self.q.get(i).map_or(0.0, |&q| self.scale * (q as i32 - self.zp) as f32)
+        self.q
+            .get(i)
+            .map_or(0.0, |&q| self.scale * (q as i32 - self.zp) as f32)
     }
     /// The model ends in softmax (see [`Scores::probabilities`]).
     pub fn has_softmax(&self) -> bool {
@@ -165,15 +174,34 @@ pub struct Engine<'a, 'm> {
 
 impl<'a, 'm> Engine<'a, 'm> {
     /// Sets up the engine with the base task active.
-    pub fn new(bb: &Backbone<'a>, arena: &'m mut [i8], params: &'m mut [Requant]) -> Result<Self, RunError> {
+    pub fn new(
+        bb: &Backbone<'a>,
+        arena: &'m mut [i8],
+        params: &'m mut [Requant],
+    ) -> Result<Self, RunError> {
         if arena.len() < bb.arena_len() {
-            return Err(RunError::ArenaTooSmall { need: bb.arena_len() as u32, have: arena.len() as u32 });
+            return Err(RunError::ArenaTooSmall {
+                need: bb.arena_len() as u32,
+                have: arena.len() as u32,
+            });
         }
         if params.len() < bb.params_len() {
-            return Err(RunError::ParamsTooSmall { need: bb.params_len() as u32, have: params.len() as u32 });
+            return Err(RunError::ParamsTooSmall {
+                need: bb.params_len() as u32,
+                have: params.len() as u32,
+            });
         }
         let tq = tensor_quant(bb.base_entries()).unwrap_or(&[]);
-        let mut e = Engine { bb: *bb, arena, params, patch: None, tq, classes: bb.base_classes(), kernels: Kernels::best(), threads: 1 };
+        let mut e = Engine {
+            bb: *bb,
+            arena,
+            params,
+            patch: None,
+            tq,
+            classes: bb.base_classes(),
+            kernels: Kernels::best(),
+            threads: 1,
+        };
         e.derive()?;
         Ok(e)
     }
@@ -226,18 +254,29 @@ impl<'a, 'm> Engine<'a, 'm> {
     /// Switches to the task in `patch`. On error nothing changes.
     pub fn apply(&mut self, patch: Patch<'a>) -> Result<(), FormatError> {
         if patch.backbone_fingerprint() != self.bb.fingerprint() {
-            return Err(FormatError::WrongBackbone { expected: self.bb.fingerprint(), found: patch.backbone_fingerprint() });
+            return Err(FormatError::WrongBackbone {
+                expected: self.bb.fingerprint(),
+                found: patch.backbone_fingerprint(),
+            });
         }
-        let summary = self.bb.validate_task(patch.entry_bytes(), patch.n_entries(), false)?;
+        let summary = self
+            .bb
+            .validate_task(patch.entry_bytes(), patch.n_entries(), false)?;
         let prev = (self.patch, self.tq, self.classes);
         self.patch = Some(patch);
-        self.tq = tensor_quant(patch.entries()).or_else(|| tensor_quant(self.bb.base_entries())).unwrap_or(&[]);
+        self.tq = tensor_quant(patch.entries())
+            .or_else(|| tensor_quant(self.bb.base_entries()))
+            .unwrap_or(&[]);
         self.classes = summary.classes;
         if let Err(RunError::BadQuantization { op }) = self.derive() {
             (self.patch, self.tq, self.classes) = prev;
             // The previous task derived before, so it derives again.
             let _ = self.derive();
-            return Err(FormatError::BadEntry { entry: 0, op, what: "quantization parameters out of range" });
+            return Err(FormatError::BadEntry {
+                entry: 0,
+                op,
+                what: "quantization parameters out of range",
+            });
         }
         Ok(())
     }
@@ -259,7 +298,11 @@ impl<'a, 'm> Engine<'a, 'm> {
     /// debugging and per-layer comparisons.
     pub fn tensor_data(&self, t: usize) -> &[i8] {
         let info = self.bb.tensor(t);
-        let len = if t == self.bb.header().output as usize { self.classes as usize } else { info.len() };
+        let len = if t == self.bb.header().output as usize {
+            self.classes as usize
+        } else {
+            info.len()
+        };
         let s = info.arena_off as usize;
         self.arena.get(s..s + len).unwrap_or(&[])
     }
@@ -275,7 +318,10 @@ impl<'a, 'm> Engine<'a, 'm> {
         let t = self.bb.input();
         let n = t.len();
         if x_chw.len() != n || out.len() != n {
-            return Err(RunError::InputSize { expected: n as u32, got: x_chw.len() as u32 });
+            return Err(RunError::InputSize {
+                expected: n as u32,
+                got: x_chw.len() as u32,
+            });
         }
         let (s, zp) = self.input_quant();
         let (c, hw) = (t.c as usize, t.h as usize * t.w as usize);
@@ -293,7 +339,10 @@ impl<'a, 'm> Engine<'a, 'm> {
         let off = t.arena_off as usize;
         let n = t.len();
         if x_chw.len() != n {
-            return Err(RunError::InputSize { expected: n as u32, got: x_chw.len() as u32 });
+            return Err(RunError::InputSize {
+                expected: n as u32,
+                got: x_chw.len() as u32,
+            });
         }
         let (s, zp) = self.input_quant();
         let (c, hw) = (t.c as usize, t.h as usize * t.w as usize);
@@ -311,7 +360,10 @@ impl<'a, 'm> Engine<'a, 'm> {
         let t = self.bb.input();
         let n = t.len();
         if input.len() != n {
-            return Err(RunError::InputSize { expected: n as u32, got: input.len() as u32 });
+            return Err(RunError::InputSize {
+                expected: n as u32,
+                got: input.len() as u32,
+            });
         }
         let off = t.arena_off as usize;
         self.arena[off..off + n].copy_from_slice(input);
@@ -343,7 +395,6 @@ impl<'a, 'm> Engine<'a, 'm> {
         out_q_of(self.tq, op)
     }
 
-
     /// Derives the parameter table of the active task.
     fn derive(&mut self) -> Result<(), RunError> {
         let (mut base, mut patch) = self.cursors();
@@ -352,15 +403,30 @@ impl<'a, 'm> Engine<'a, 'm> {
             let op = self.bb.op(i);
             let ent = Self::merged(&mut base, &mut patch, i as u16);
             let cout = self.bb.cout(i, &op, self.classes);
-            let slots_cap = param_slots(&op, if i == self.bb.head_op() { self.bb.max_classes() as usize } else { cout });
+            let slots_cap = param_slots(
+                &op,
+                if i == self.bb.head_op() {
+                    self.bb.max_classes() as usize
+                } else {
+                    cout
+                },
+            );
             let q = self.out_q(&op);
             let (s_in, zp_in) = self.tensor_quant(op.in0 as usize);
             let (s_out, _) = self.tensor_quant(op.out as usize);
-            let (s_b, zp_b) = if op.in1 != NONE { self.tensor_quant(op.in1 as usize) } else { (1.0, 0) };
+            let (s_b, zp_b) = if op.in1 != NONE {
+                self.tensor_quant(op.in1 as usize)
+            } else {
+                (1.0, 0)
+            };
             let mq_same = self.tensor_quant(op.in0 as usize) == self.tensor_quant(op.out as usize);
             let bad = RunError::BadQuantization { op: i as u16 };
             let block = &mut self.params[off..off + slots_cap];
-            block[0] = Requant { mult: q.lo, shift: q.hi, bias: q.zp };
+            block[0] = Requant {
+                mult: q.lo,
+                shift: q.hi,
+                bias: q.zp,
+            };
             let mq = |m: f64| quantize_multiplier(m).ok_or(bad);
             match op.kind {
                 OpKind::Conv | OpKind::DwConv => {
@@ -380,7 +446,9 @@ impl<'a, 'm> Engine<'a, 'm> {
                         let real = s_in * s_w;
                         let m = real / s_out;
                         let Multiplier { mult, shift } = mq(if neg { -m } else { m })?;
-                        let mut bias_acc = round_half_away((b / real).clamp(-(BIAS_LIMIT as f64), BIAS_LIMIT as f64));
+                        let mut bias_acc = round_half_away(
+                            (b / real).clamp(-(BIAS_LIMIT as f64), BIAS_LIMIT as f64),
+                        );
                         if neg {
                             bias_acc = -bias_acc;
                         }
@@ -398,10 +466,15 @@ impl<'a, 'm> Engine<'a, 'm> {
                         } else if let Some(w) = ent.weights {
                             row_sum(op.kind, w, c, cout, row)
                         } else {
-                            sums.get(4 * c..4 * c + 4).map_or(0, |x| i32::from_le_bytes([x[0], x[1], x[2], x[3]]) as i64)
+                            sums.get(4 * c..4 * c + 4)
+                                .map_or(0, |x| i32::from_le_bytes([x[0], x[1], x[2], x[3]]) as i64)
                         };
                         let bias = (bias_acc - zp_in * sum).clamp(-BIAS_LIMIT, BIAS_LIMIT);
-                        *slot = Requant { mult, shift, bias: bias as i32 };
+                        *slot = Requant {
+                            mult,
+                            shift,
+                            bias: bias as i32,
+                        };
                     }
                 }
                 OpKind::Add | OpKind::Concat => {
@@ -411,31 +484,67 @@ impl<'a, 'm> Engine<'a, 'm> {
                         let big = mq(if ma >= mb { ma } else { mb })?;
                         let small = if ma >= mb { mb } else { ma };
                         let other = round_half_away(small * crate::quant::pow2(big.shift));
-                        let (pa, pb) = if ma >= mb { (big.mult, other as i32) } else { (other as i32, big.mult) };
-                        block[1] = Requant { mult: pa, shift: big.shift, bias: zp_in };
-                        block[2] = Requant { mult: pb, shift: big.shift, bias: zp_b };
+                        let (pa, pb) = if ma >= mb {
+                            (big.mult, other as i32)
+                        } else {
+                            (other as i32, big.mult)
+                        };
+                        block[1] = Requant {
+                            mult: pa,
+                            shift: big.shift,
+                            bias: zp_in,
+                        };
+                        block[2] = Requant {
+                            mult: pb,
+                            shift: big.shift,
+                            bias: zp_b,
+                        };
                     } else {
                         let a = mq(ma)?;
                         let b = mq(mb)?;
-                        block[1] = Requant { mult: a.mult, shift: a.shift, bias: zp_in };
-                        block[2] = Requant { mult: b.mult, shift: b.shift, bias: zp_b };
+                        block[1] = Requant {
+                            mult: a.mult,
+                            shift: a.shift,
+                            bias: zp_in,
+                        };
+                        block[2] = Requant {
+                            mult: b.mult,
+                            shift: b.shift,
+                            bias: zp_b,
+                        };
                     }
                 }
                 OpKind::Mul => {
                     let m = mq(s_in as f64 * s_b as f64 / s_out as f64)?;
-                    block[1] = Requant { mult: m.mult, shift: m.shift, bias: zp_in };
-                    block[2] = Requant { mult: 0, shift: 0, bias: zp_b };
+                    block[1] = Requant {
+                        mult: m.mult,
+                        shift: m.shift,
+                        bias: zp_in,
+                    };
+                    block[2] = Requant {
+                        mult: 0,
+                        shift: 0,
+                        bias: zp_b,
+                    };
                 }
                 OpKind::GlobalAvgPool => {
                     let a = self.bb.tensor(op.in0 as usize);
                     let hw = a.h as f64 * a.w as f64;
                     let m = mq(s_in as f64 / (s_out as f64 * hw))?;
-                    block[1] = Requant { mult: m.mult, shift: m.shift, bias: zp_in };
+                    block[1] = Requant {
+                        mult: m.mult,
+                        shift: m.shift,
+                        bias: zp_in,
+                    };
                 }
                 OpKind::AvgPool => {
                     for n in 1..slots_cap {
                         let m = mq(s_in as f64 / (s_out as f64 * n as f64))?;
-                        block[n] = Requant { mult: m.mult, shift: m.shift, bias: zp_in };
+                        block[n] = Requant {
+                            mult: m.mult,
+                            shift: m.shift,
+                            bias: zp_in,
+                        };
                     }
                 }
                 OpKind::MaxPool => {
@@ -459,7 +568,12 @@ impl<'a, 'm> Engine<'a, 'm> {
         let (mut base, mut patch) = self.cursors();
         let mut off = 0usize;
         let kernels = self.kernels;
-        let view = TaskView { bb: &self.bb, tq: self.tq, classes: self.classes, params: self.params };
+        let view = TaskView {
+            bb: &self.bb,
+            tq: self.tq,
+            classes: self.classes,
+            params: self.params,
+        };
         for i in 0..self.bb.n_ops() {
             let (run, slots) = view.prepare(i, &mut base, &mut patch, off);
             let (a, b, out) = split_io(self.arena, &run.ta, run.tb.as_ref(), &run.to, run.out_len);
@@ -473,7 +587,12 @@ impl<'a, 'm> Engine<'a, 'm> {
         let t = self.bb.output();
         let (scale, zp) = self.tensor_quant(self.bb.header().output as usize);
         let o = t.arena_off as usize;
-        Scores { q: &self.arena[o..o + self.classes as usize], scale, zp, softmax: self.bb.softmax() }
+        Scores {
+            q: &self.arena[o..o + self.classes as usize],
+            scale,
+            zp,
+            softmax: self.bb.softmax(),
+        }
     }
 }
 
@@ -528,7 +647,13 @@ struct TaskView<'x, 'a> {
 
 impl<'x, 'a: 'x> TaskView<'x, 'a> {
     /// Resolves everything op `i` needs under the active task.
-    fn prepare(&self, i: usize, base: &mut Cursor<'a>, patch: &mut Cursor<'a>, off: usize) -> (OpRun<'x>, usize) {
+    fn prepare(
+        &self,
+        i: usize,
+        base: &mut Cursor<'a>,
+        patch: &mut Cursor<'a>,
+        off: usize,
+    ) -> (OpRun<'x>, usize) {
         let bb = self.bb;
         let op = bb.op(i);
         let b = base.take(i as u16);
@@ -541,10 +666,25 @@ impl<'x, 'a: 'x> TaskView<'x, 'a> {
             lut: p.lut.or(b.lut),
         };
         let cout = bb.cout(i, &op, self.classes);
-        let slots = param_slots(&op, if i == bb.head_op() { bb.max_classes() as usize } else { cout });
+        let slots = param_slots(
+            &op,
+            if i == bb.head_op() {
+                bb.max_classes() as usize
+            } else {
+                cout
+            },
+        );
         let to = bb.tensor(op.out as usize);
-        let out_len = if i == bb.head_op() { cout * to.h as usize * to.w as usize } else { to.len() };
-        let weights = if op.kind.has_weights() { ent.weights.unwrap_or_else(|| bb.op_weights(&op)) } else { &[] };
+        let out_len = if i == bb.head_op() {
+            cout * to.h as usize * to.w as usize
+        } else {
+            to.len()
+        };
+        let weights = if op.kind.has_weights() {
+            ent.weights.unwrap_or_else(|| bb.op_weights(&op))
+        } else {
+            &[]
+        };
         let run = OpRun {
             op,
             ent,
@@ -554,7 +694,11 @@ impl<'x, 'a: 'x> TaskView<'x, 'a> {
             q: out_q_of(self.tq, &op),
             zp_in: tq_of(self.tq, op.in0 as usize).1,
             ta: bb.tensor(op.in0 as usize),
-            tb: if op.in1 != NONE { Some(bb.tensor(op.in1 as usize)) } else { None },
+            tb: if op.in1 != NONE {
+                Some(bb.tensor(op.in1 as usize))
+            } else {
+                None
+            },
             to,
             out_len,
             cout,
@@ -585,8 +729,20 @@ struct OpRun<'x> {
 #[cfg(feature = "std")]
 fn row_slab(g: &ConvGeom, oy0: usize, oy1: usize) -> (ConvGeom, usize) {
     let start = (oy0 * g.sh) as isize - g.pt as isize;
-    let (r0, pt) = if start < 0 { (0, (-start) as usize) } else { (start as usize, 0) };
-    (ConvGeom { ih: g.ih - r0, oh: oy1 - oy0, pt, ..*g }, r0 * g.iw * g.cin)
+    let (r0, pt) = if start < 0 {
+        (0, (-start) as usize)
+    } else {
+        (start as usize, 0)
+    };
+    (
+        ConvGeom {
+            ih: g.ih - r0,
+            oh: oy1 - oy0,
+            pt,
+            ..*g
+        },
+        r0 * g.iw * g.cin,
+    )
 }
 
 /// Runs a conv op's kernel, then its replaced rows, on `a` -> `out` with
@@ -622,12 +778,37 @@ fn run_op(k: &Kernels, r: &OpRun<'_>, a: &[i8], b: &[i8], out: &mut [i8]) {
     let (block, q) = (r.block, r.q);
     match r.op.kind {
         OpKind::Conv | OpKind::DwConv => run_conv(k, r, &r.g, a, out),
-        OpKind::Add => scalar::add(a, b, block[1].bias, block[1].mult, block[2].bias, block[2].mult, block[1].shift, q, out),
-        OpKind::Mul => scalar::mul(a, b, r.to.c as usize, block[1].bias, block[2].bias, block[1].mult, block[1].shift, q, out),
+        OpKind::Add => scalar::add(
+            a,
+            b,
+            block[1].bias,
+            block[1].mult,
+            block[2].bias,
+            block[2].mult,
+            block[1].shift,
+            q,
+            out,
+        ),
+        OpKind::Mul => scalar::mul(
+            a,
+            b,
+            r.to.c as usize,
+            block[1].bias,
+            block[2].bias,
+            block[1].mult,
+            block[1].shift,
+            q,
+            out,
+        ),
         OpKind::Lut => scalar::lut(a, r.ent.lut.unwrap_or(&[0; 256]), out),
-        OpKind::GlobalAvgPool => {
-            scalar::global_avg_pool(a, r.ta.h as usize * r.ta.w as usize, r.ta.c as usize, &block[1], q, out)
-        }
+        OpKind::GlobalAvgPool => scalar::global_avg_pool(
+            a,
+            r.ta.h as usize * r.ta.w as usize,
+            r.ta.c as usize,
+            &block[1],
+            q,
+            out,
+        ),
         OpKind::AvgPool => {
             let include = r.op.flags & crate::format::backbone::OP_FLAG_COUNT_INCLUDE_PAD != 0;
             scalar::pool(a, &r.g, Some((&block[1..], include)), q, out)
@@ -643,15 +824,24 @@ fn run_op(k: &Kernels, r: &OpRun<'_>, a: &[i8], b: &[i8], out: &mut [i8]) {
 /// Sum of output channel `c`'s weights in a weight tensor of `kind`'s layout.
 fn row_sum(kind: OpKind, w: &[u8], c: usize, cout: usize, row: usize) -> i64 {
     if kind == OpKind::DwConv {
-        (0..row).map(|k| w.get(k * cout + c).map_or(0, |&x| x as i8 as i64)).sum()
+        (0..row)
+            .map(|k| w.get(k * cout + c).map_or(0, |&x| x as i8 as i64))
+            .sum()
     } else {
-        w.get(c * row..(c + 1) * row).map_or(0, |r| r.iter().map(|&x| x as i8 as i64).sum())
+        w.get(c * row..(c + 1) * row)
+            .map_or(0, |r| r.iter().map(|&x| x as i8 as i64).sum())
     }
 }
 
 /// Borrows the inputs and the output of an op from the arena at once. The
 /// backbone's validation guarantees the output overlaps neither input.
-fn split_io<'x>(arena: &'x mut [i8], a: &TensorInfo, b: Option<&TensorInfo>, o: &TensorInfo, out_len: usize) -> (&'x [i8], &'x [i8], &'x mut [i8]) {
+fn split_io<'x>(
+    arena: &'x mut [i8],
+    a: &TensorInfo,
+    b: Option<&TensorInfo>,
+    o: &TensorInfo,
+    out_len: usize,
+) -> (&'x [i8], &'x [i8], &'x mut [i8]) {
     let o0 = o.arena_off as usize;
     let o1 = o0 + o.capacity as usize;
     let (lo, hi) = arena.split_at_mut(o0);

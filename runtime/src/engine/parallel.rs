@@ -42,7 +42,11 @@ struct SpinBarrier {
 
 impl SpinBarrier {
     fn new(n: usize) -> Self {
-        SpinBarrier { n, count: AtomicUsize::new(0), generation: AtomicUsize::new(0) }
+        SpinBarrier {
+            n,
+            count: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+        }
     }
 
     fn wait(&self) {
@@ -109,8 +113,16 @@ fn slab(t: usize, n: usize, oh: usize) -> (usize, usize) {
 
 /// Runs one inference on `n` threads.
 pub(super) fn execute(e: &mut Engine<'_, '_>, n: usize) {
-    let arena = ArenaPtr { ptr: e.arena.as_mut_ptr(), len: e.arena.len() };
-    let view = TaskView { bb: &e.bb, tq: e.tq, classes: e.classes, params: e.params };
+    let arena = ArenaPtr {
+        ptr: e.arena.as_mut_ptr(),
+        len: e.arena.len(),
+    };
+    let view = TaskView {
+        bb: &e.bb,
+        tq: e.tq,
+        classes: e.classes,
+        params: e.params,
+    };
     let kernels = e.kernels;
     let (base0, patch0) = e.cursors();
     let barrier = SpinBarrier::new(n);
@@ -139,7 +151,10 @@ pub(super) fn execute(e: &mut Engine<'_, '_>, n: usize) {
                     let (a, out) = unsafe {
                         (
                             arena.view(run.ta.arena_off as usize + in_off, run.ta.len() - in_off),
-                            arena.view_mut(run.to.arena_off as usize + oy0 * row_bytes, (oy1 - oy0) * row_bytes),
+                            arena.view_mut(
+                                run.to.arena_off as usize + oy0 * row_bytes,
+                                (oy1 - oy0) * row_bytes,
+                            ),
                         )
                     };
                     run_conv(&kernels, &run, &sub, a, out);

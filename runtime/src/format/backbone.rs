@@ -11,10 +11,12 @@
 //! bounds, every tensor and op record, the base task's entries); afterwards
 //! no accessor panics and the weights are used in place.
 
-use super::entry::{read_raw, EntryClass, EntryIter, EntryKind, Rows, HEADER_LEN as ENTRY_HEADER_LEN};
+use super::entry::{
+    read_raw, EntryClass, EntryIter, EntryKind, Rows, HEADER_LEN as ENTRY_HEADER_LEN,
+};
 use super::{
-    align_up, blob_checksum, in_bounds, rd_f32, rd_u16, rd_u32, rd_u64, wr_u16, wr_u32, wr_u64, Act,
-    OpKind, BACKBONE_MAGIC, NONE, VERSION, WEIGHT_ALIGN,
+    align_up, blob_checksum, in_bounds, rd_f32, rd_u16, rd_u32, rd_u64, wr_u16, wr_u32, wr_u64,
+    Act, OpKind, BACKBONE_MAGIC, NONE, VERSION, WEIGHT_ALIGN,
 };
 use crate::error::FormatError;
 
@@ -258,7 +260,13 @@ impl Layout {
         let ops_off = tensors_off + n_tensors * TENSOR_LEN;
         let task_off = align_up(ops_off + n_ops * OP_LEN, 4);
         let weights_off = align_up(task_off + task_len, WEIGHT_ALIGN);
-        Layout { tensors_off, ops_off, task_off, weights_off, total_len: weights_off + weights_len }
+        Layout {
+            tensors_off,
+            ops_off,
+            task_off,
+            weights_off,
+            total_len: weights_off + weights_len,
+        }
     }
 }
 
@@ -354,23 +362,35 @@ impl<'a> Backbone<'a> {
     pub fn parse(blob: &'a [u8]) -> Result<Self, FormatError> {
         let have = blob.len() as u32;
         if blob.len() < HEADER_LEN {
-            return Err(FormatError::Truncated { need: HEADER_LEN as u32, have });
+            return Err(FormatError::Truncated {
+                need: HEADER_LEN as u32,
+                have,
+            });
         }
         let mut magic = [0u8; 4];
         magic.copy_from_slice(&blob[field::MAGIC]);
         if magic != BACKBONE_MAGIC {
-            return Err(FormatError::BadMagic { expected: BACKBONE_MAGIC, found: magic });
+            return Err(FormatError::BadMagic {
+                expected: BACKBONE_MAGIC,
+                found: magic,
+            });
         }
         let version = rd_u16(blob, field::VERSION);
         if version != VERSION {
-            return Err(FormatError::UnsupportedVersion { found: version, supported: VERSION });
+            return Err(FormatError::UnsupportedVersion {
+                found: version,
+                supported: VERSION,
+            });
         }
         if rd_u16(blob, field::HEADER_LEN) as usize != HEADER_LEN {
             return Err(FormatError::BadLayout { section: "header" });
         }
         let hdr = HeaderRepr::parse(blob);
         if hdr.total_len as usize > blob.len() {
-            return Err(FormatError::Truncated { need: hdr.total_len, have });
+            return Err(FormatError::Truncated {
+                need: hdr.total_len,
+                have,
+            });
         }
         let blob = &blob[..hdr.total_len as usize];
         let stored = rd_u32(blob, field::CHECKSUM);
@@ -398,7 +418,11 @@ impl<'a> Backbone<'a> {
         if layout.total_len != blob.len() {
             return Err(FormatError::BadLayout { section: "weights" });
         }
-        let mut bb = Backbone { blob, hdr, base: TaskSummary { classes: 0 } };
+        let mut bb = Backbone {
+            blob,
+            hdr,
+            base: TaskSummary { classes: 0 },
+        };
         bb.validate_graph()?;
         let task = bb.section(hdr.task_off, hdr.task_len);
         bb.base = bb.validate_task(task, hdr.n_task_entries, true)?;
@@ -466,7 +490,14 @@ impl<'a> Backbone<'a> {
         let off = self.hdr.tensors_off as usize + i * TENSOR_LEN;
         match self.blob.get(off..off + TENSOR_LEN) {
             Some(b) => TensorInfo::parse(b),
-            None => TensorInfo { c: 0, h: 0, w: 0, alias_of: NONE, arena_off: 0, capacity: 0 },
+            None => TensorInfo {
+                c: 0,
+                h: 0,
+                w: 0,
+                alias_of: NONE,
+                arena_off: 0,
+                capacity: 0,
+            },
         }
     }
     /// Op `i` (`i < n_ops()`; validated at parse).
@@ -500,7 +531,10 @@ impl<'a> Backbone<'a> {
     }
     /// The base task's entries.
     pub fn base_entries(&self) -> EntryIter<'a> {
-        EntryIter::new(self.section(self.hdr.task_off, self.hdr.task_len), self.hdr.n_task_entries)
+        EntryIter::new(
+            self.section(self.hdr.task_off, self.hdr.task_len),
+            self.hdr.n_task_entries,
+        )
     }
 
     /// Weight-row length (`cin/groups * kh * kw`) of a conv op.
@@ -524,7 +558,8 @@ impl<'a> Backbone<'a> {
         }
         let n = self.tensor(op.out as usize).c as usize * self.row_len(op);
         let w = self.weights();
-        w.get(op.weight_off as usize..op.weight_off as usize + n).unwrap_or(&[])
+        w.get(op.weight_off as usize..op.weight_off as usize + n)
+            .unwrap_or(&[])
     }
     /// The per-channel int32 weight sums of a conv op (little-endian).
     pub fn op_weight_sums(&self, op: &OpInfo) -> &'a [u8] {
@@ -533,7 +568,8 @@ impl<'a> Backbone<'a> {
         }
         let n = 4 * self.tensor(op.out as usize).c as usize;
         let w = self.weights();
-        w.get(op.sums_off as usize..op.sums_off as usize + n).unwrap_or(&[])
+        w.get(op.sums_off as usize..op.sums_off as usize + n)
+            .unwrap_or(&[])
     }
     /// Sum of the backbone weights of output channel `c` of a conv op.
     pub fn weight_sum(&self, op: &OpInfo, c: usize) -> i32 {
@@ -570,7 +606,10 @@ impl<'a> Backbone<'a> {
         }
         let out = self.output();
         if out.h != 1 || out.w != 1 || (out.capacity as usize) < self.hdr.max_classes as usize {
-            return Err(FormatError::BadTensor { tensor: self.hdr.output, what: "output must be (classes,1,1) with room for max_classes" });
+            return Err(FormatError::BadTensor {
+                tensor: self.hdr.output,
+                what: "output must be (classes,1,1) with room for max_classes",
+            });
         }
         let mut params = 0usize;
         let wlen = self.hdr.weights_len as usize;
@@ -586,12 +625,22 @@ impl<'a> Backbone<'a> {
             }
             let a = self.tensor(op.in0 as usize);
             let o = self.tensor(op.out as usize);
-            let b = if op.in1 != NONE { Some(self.tensor(op.in1 as usize)) } else { None };
+            let b = if op.in1 != NONE {
+                Some(self.tensor(op.in1 as usize))
+            } else {
+                None
+            };
             // Output storage must not overlap any input: kernels read inputs
             // while writing the output.
             let ov = |x: &TensorInfo| {
-                let (s0, e0) = (x.arena_off as usize, x.arena_off as usize + x.capacity as usize);
-                let (s1, e1) = (o.arena_off as usize, o.arena_off as usize + o.capacity as usize);
+                let (s0, e0) = (
+                    x.arena_off as usize,
+                    x.arena_off as usize + x.capacity as usize,
+                );
+                let (s1, e1) = (
+                    o.arena_off as usize,
+                    o.arena_off as usize + o.capacity as usize,
+                );
                 s0 < e1 && s1 < e0
             };
             if ov(&a) || b.as_ref().is_some_and(ov) {
@@ -633,7 +682,9 @@ impl<'a> Backbone<'a> {
                     if !in_bounds(op.weight_off as usize, n, wlen) {
                         return bad("weights lie outside the weight section");
                     }
-                    if op.sums_off % 4 != 0 || !in_bounds(op.sums_off as usize, 4 * o.c as usize, wlen) {
+                    if op.sums_off % 4 != 0
+                        || !in_bounds(op.sums_off as usize, 4 * o.c as usize, wlen)
+                    {
                         return bad("weight sums lie outside the weight section");
                     }
                     if is_head && (g != 1 || op.kind != OpKind::Conv) {
@@ -663,7 +714,9 @@ impl<'a> Backbone<'a> {
                             return bad("lookup-table input and output must have the same shape");
                         }
                     } else if a.c != o.c || !geometry_ok(&o) {
-                        return bad("pooling output shape does not follow from window, stride and padding");
+                        return bad(
+                            "pooling output shape does not follow from window, stride and padding",
+                        );
                     }
                 }
                 OpKind::GlobalAvgPool => {
@@ -673,7 +726,12 @@ impl<'a> Backbone<'a> {
                 }
                 OpKind::Concat => {
                     let b = b.unwrap_or(a);
-                    if a.h != o.h || a.w != o.w || b.h != o.h || b.w != o.w || a.c as usize + b.c as usize != o.c as usize {
+                    if a.h != o.h
+                        || a.w != o.w
+                        || b.h != o.h
+                        || b.w != o.w
+                        || a.c as usize + b.c as usize != o.c as usize
+                    {
                         return bad("concat shapes do not add up");
                     }
                 }
@@ -681,11 +739,17 @@ impl<'a> Backbone<'a> {
             if is_head && (op.out != self.hdr.output || op.kind != OpKind::Conv) {
                 return bad("the head op must be the conv that writes the output");
             }
-            let cout = if is_head { self.hdr.max_classes as usize } else { o.c as usize };
+            let cout = if is_head {
+                self.hdr.max_classes as usize
+            } else {
+                o.c as usize
+            };
             params += param_slots(&op, cout);
         }
         if params != self.hdr.params_len as usize {
-            return Err(FormatError::BadLayout { section: "params_len" });
+            return Err(FormatError::BadLayout {
+                section: "params_len",
+            });
         }
         Ok(())
     }
@@ -693,7 +757,12 @@ impl<'a> Backbone<'a> {
     /// Validates a task section (the base task, or a patch body) against this
     /// graph. `base` requires every per-op entry the runtime needs; a patch
     /// may carry any subset, in strictly increasing (op, kind) order.
-    pub fn validate_task(&self, bytes: &[u8], count: u32, base: bool) -> Result<TaskSummary, FormatError> {
+    pub fn validate_task(
+        &self,
+        bytes: &[u8],
+        count: u32,
+        base: bool,
+    ) -> Result<TaskSummary, FormatError> {
         let n_ops = self.hdr.n_ops;
         // Pass 1: headers, order, classes.
         let mut pos = 0usize;
@@ -701,13 +770,23 @@ impl<'a> Backbone<'a> {
         let mut classes: Option<u16> = None;
         let mut has_tq = false;
         for e in 0..count {
-            let raw = read_raw(bytes, pos).ok_or(FormatError::BadEntry { entry: e, op: NONE, what: "entry runs past the end of its section" })?;
-            let bad = |what| FormatError::BadEntry { entry: e, op: raw.op, what };
+            let raw = read_raw(bytes, pos).ok_or(FormatError::BadEntry {
+                entry: e,
+                op: NONE,
+                what: "entry runs past the end of its section",
+            })?;
+            let bad = |what| FormatError::BadEntry {
+                entry: e,
+                op: raw.op,
+                what,
+            };
             let kind = EntryKind::from_u8(raw.kind).ok_or(bad("unknown entry kind"))?;
             EntryClass::from_u8(raw.class).ok_or(bad("unknown entry class"))?;
             let key = (raw.op, raw.kind);
             if prev.is_some_and(|p| p >= key) {
-                return Err(bad("entries are not in strictly increasing (op, kind) order"));
+                return Err(bad(
+                    "entries are not in strictly increasing (op, kind) order",
+                ));
             }
             prev = Some(key);
             match kind {
@@ -724,14 +803,19 @@ impl<'a> Backbone<'a> {
             }
             if kind == EntryKind::Classes {
                 if raw.op != self.hdr.head_op || raw.payload.len() != 4 {
-                    return Err(bad("classes entry must target the head op with a 4-byte payload"));
+                    return Err(bad(
+                        "classes entry must target the head op with a 4-byte payload",
+                    ));
                 }
                 let c = rd_u16(raw.payload, 0);
                 if c == 0 {
                     return Err(bad("zero classes"));
                 }
                 if c > self.hdr.max_classes {
-                    return Err(FormatError::TooManyClasses { classes: c, max: self.hdr.max_classes });
+                    return Err(FormatError::TooManyClasses {
+                        classes: c,
+                        max: self.hdr.max_classes,
+                    });
                 }
                 classes = Some(c);
             }
@@ -750,15 +834,25 @@ impl<'a> Backbone<'a> {
             pos = raw.next;
         }
         if pos != bytes.len() {
-            return Err(FormatError::BadLayout { section: "task entries" });
+            return Err(FormatError::BadLayout {
+                section: "task entries",
+            });
         }
         if !has_tq && base {
-            return Err(FormatError::BadEntry { entry: 0, op: NONE, what: "base task lacks tensor quantization" });
+            return Err(FormatError::BadEntry {
+                entry: 0,
+                op: NONE,
+                what: "base task lacks tensor quantization",
+            });
         }
         let head_out = self.tensor(self.hdr.output as usize).c;
         let classes = classes.unwrap_or(head_out);
         if base && classes != head_out {
-            return Err(FormatError::BadEntry { entry: 0, op: self.hdr.head_op, what: "base task class count differs from the output tensor" });
+            return Err(FormatError::BadEntry {
+                entry: 0,
+                op: self.hdr.head_op,
+                what: "base task class count differs from the output tensor",
+            });
         }
         let head_changes = classes != head_out;
         // Pass 2: payload sizes per target op, and completeness.
@@ -768,7 +862,11 @@ impl<'a> Backbone<'a> {
         for i in 0..n_ops {
             let op = self.op(i as usize);
             let cout = self.cout(i as usize, &op, classes);
-            let row = if op.kind.has_weights() { self.row_len(&op) } else { 0 };
+            let row = if op.kind.has_weights() {
+                self.row_len(&op)
+            } else {
+                0
+            };
             let (mut sc, mut bc, mut wt, mut lut) = (false, false, false, false);
             while let Some(ent) = next {
                 if ent.op == NONE || ent.op < i {
@@ -779,7 +877,11 @@ impl<'a> Backbone<'a> {
                 if ent.op > i {
                     break;
                 }
-                let bad = |what| FormatError::BadEntry { entry: e_idx, op: i, what };
+                let bad = |what| FormatError::BadEntry {
+                    entry: e_idx,
+                    op: i,
+                    what,
+                };
                 let conv = op.kind.has_weights();
                 match ent.kind {
                     EntryKind::ScaleCodes | EntryKind::BiasCodes => {
@@ -787,7 +889,9 @@ impl<'a> Backbone<'a> {
                             return Err(bad("per-channel codes target an op without weights"));
                         }
                         if ent.payload.len() != 2 * cout {
-                            return Err(bad("per-channel codes must hold 2 bytes per output channel"));
+                            return Err(bad(
+                                "per-channel codes must hold 2 bytes per output channel",
+                            ));
                         }
                         if ent.kind == EntryKind::ScaleCodes {
                             sc = true
@@ -800,7 +904,9 @@ impl<'a> Backbone<'a> {
                             return Err(bad("weights target an op without weights"));
                         }
                         if ent.payload.len() != cout * row {
-                            return Err(bad("weights payload size differs from the op's weight tensor"));
+                            return Err(bad(
+                                "weights payload size differs from the op's weight tensor",
+                            ));
                         }
                         wt = true;
                     }
@@ -808,7 +914,8 @@ impl<'a> Backbone<'a> {
                         if !conv {
                             return Err(bad("rows target an op without weights"));
                         }
-                        let rows = Rows::new_checked(ent.payload, row).ok_or(bad("malformed rows payload"))?;
+                        let rows = Rows::new_checked(ent.payload, row)
+                            .ok_or(bad("malformed rows payload"))?;
                         let mut last: Option<u16> = None;
                         for r in 0..rows.len() {
                             let c = rows.channel(r);
@@ -820,12 +927,16 @@ impl<'a> Backbone<'a> {
                     }
                     EntryKind::Lut => {
                         if op.kind != OpKind::Lut || ent.payload.len() != 256 {
-                            return Err(bad("lookup table must target a lut op and hold 256 bytes"));
+                            return Err(bad(
+                                "lookup table must target a lut op and hold 256 bytes",
+                            ));
                         }
                         lut = true;
                     }
                     EntryKind::Classes => {}
-                    EntryKind::TensorQuant | EntryKind::Labels => return Err(bad("misplaced entry")),
+                    EntryKind::TensorQuant | EntryKind::Labels => {
+                        return Err(bad("misplaced entry"))
+                    }
                 }
                 next = it.next();
                 e_idx += 1;
@@ -834,13 +945,25 @@ impl<'a> Backbone<'a> {
             if base || (is_head && head_changes) {
                 let need_codes = op.kind.has_weights();
                 if need_codes && !(sc && bc) {
-                    return Err(FormatError::BadEntry { entry: e_idx, op: i, what: "missing scale or bias codes for a conv op" });
+                    return Err(FormatError::BadEntry {
+                        entry: e_idx,
+                        op: i,
+                        what: "missing scale or bias codes for a conv op",
+                    });
                 }
                 if is_head && head_changes && !wt {
-                    return Err(FormatError::BadEntry { entry: e_idx, op: i, what: "a new class count needs new classifier weights" });
+                    return Err(FormatError::BadEntry {
+                        entry: e_idx,
+                        op: i,
+                        what: "a new class count needs new classifier weights",
+                    });
                 }
                 if base && op.kind == OpKind::Lut && !lut {
-                    return Err(FormatError::BadEntry { entry: e_idx, op: i, what: "missing lookup table" });
+                    return Err(FormatError::BadEntry {
+                        entry: e_idx,
+                        op: i,
+                        what: "missing lookup table",
+                    });
                 }
             }
         }

@@ -154,7 +154,11 @@ pub struct EntryIter<'a> {
 impl<'a> EntryIter<'a> {
     /// Walks `count` entries in `bytes`.
     pub fn new(bytes: &'a [u8], count: u32) -> Self {
-        EntryIter { bytes, pos: 0, left: count }
+        EntryIter {
+            bytes,
+            pos: 0,
+            left: count,
+        }
     }
 }
 
@@ -211,7 +215,13 @@ pub const fn entry_len(payload_len: usize) -> usize {
 
 /// Writes one entry at the start of `out` (which must hold
 /// `entry_len(payload.len())` bytes) and returns the bytes written.
-pub fn emit_entry(out: &mut [u8], kind: EntryKind, class: EntryClass, op: u16, payload: &[u8]) -> usize {
+pub fn emit_entry(
+    out: &mut [u8],
+    kind: EntryKind,
+    class: EntryClass,
+    op: u16,
+    payload: &[u8],
+) -> usize {
     let n = entry_len(payload.len());
     let out = &mut out[..n];
     out.fill(0);
@@ -246,7 +256,11 @@ impl<'a> Rows<'a> {
         if payload.len() != rows_payload_len(count, row_len) {
             return None;
         }
-        Some(Rows { payload, count, row_len })
+        Some(Rows {
+            payload,
+            count,
+            row_len,
+        })
     }
     /// Number of rows.
     pub fn len(&self) -> usize {
@@ -267,7 +281,9 @@ impl<'a> Rows<'a> {
     }
     /// Row for `channel`, if replaced.
     pub fn find(&self, channel: u16) -> Option<&'a [u8]> {
-        (0..self.count).find(|&i| self.channel(i) == channel).map(|i| self.row(i))
+        (0..self.count)
+            .find(|&i| self.channel(i) == channel)
+            .map(|i| self.row(i))
     }
 }
 

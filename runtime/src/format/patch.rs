@@ -10,7 +10,9 @@
 //! place: from flash, or streamed into a caller buffer by [`Patch::read`].
 
 use super::entry::{read_raw, EntryIter};
-use super::{align_up, blob_checksum, rd_u16, rd_u32, rd_u64, wr_u16, wr_u32, wr_u64, PATCH_MAGIC, VERSION};
+use super::{
+    align_up, blob_checksum, rd_u16, rd_u32, rd_u64, wr_u16, wr_u32, wr_u64, PATCH_MAGIC, VERSION,
+};
 use crate::error::FormatError;
 
 /// Header field offsets.
@@ -99,7 +101,9 @@ impl<'a> Patch<'a> {
         }
         let name = &blob[HEADER_LEN..HEADER_LEN + hdr.name_len as usize];
         if core::str::from_utf8(name).is_err() {
-            return Err(FormatError::BadLayout { section: "name (not UTF-8)" });
+            return Err(FormatError::BadLayout {
+                section: "name (not UTF-8)",
+            });
         }
         // Framing: exactly n_entries entries fill the rest.
         let body = &blob[hdr.entries_off as usize..];
@@ -119,17 +123,30 @@ impl<'a> Patch<'a> {
     }
 
     /// Streams a patch from `reader` into `buf` and parses it there.
-    pub fn read<R: embedded_io::Read>(reader: &mut R, buf: &'a mut [u8]) -> Result<Self, FormatError> {
+    pub fn read<R: embedded_io::Read>(
+        reader: &mut R,
+        buf: &'a mut [u8],
+    ) -> Result<Self, FormatError> {
         let have = buf.len() as u32;
         if buf.len() < HEADER_LEN {
-            return Err(FormatError::BufferTooSmall { need: HEADER_LEN as u32, have });
+            return Err(FormatError::BufferTooSmall {
+                need: HEADER_LEN as u32,
+                have,
+            });
         }
-        reader.read_exact(&mut buf[..HEADER_LEN]).map_err(|_| FormatError::Io)?;
+        reader
+            .read_exact(&mut buf[..HEADER_LEN])
+            .map_err(|_| FormatError::Io)?;
         let total = check_fixed(&buf[..HEADER_LEN])?.total_len as usize;
         if total > buf.len() {
-            return Err(FormatError::BufferTooSmall { need: total as u32, have });
+            return Err(FormatError::BufferTooSmall {
+                need: total as u32,
+                have,
+            });
         }
-        reader.read_exact(&mut buf[HEADER_LEN..total]).map_err(|_| FormatError::Io)?;
+        reader
+            .read_exact(&mut buf[HEADER_LEN..total])
+            .map_err(|_| FormatError::Io)?;
         let buf: &'a [u8] = buf;
         Patch::parse(&buf[..total])
     }
@@ -178,16 +195,25 @@ impl<'a> Patch<'a> {
 fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
     let have = b.len() as u32;
     if b.len() < HEADER_LEN {
-        return Err(FormatError::Truncated { need: HEADER_LEN as u32, have });
+        return Err(FormatError::Truncated {
+            need: HEADER_LEN as u32,
+            have,
+        });
     }
     let mut magic = [0u8; 4];
     magic.copy_from_slice(&b[field::MAGIC]);
     if magic != PATCH_MAGIC {
-        return Err(FormatError::BadMagic { expected: PATCH_MAGIC, found: magic });
+        return Err(FormatError::BadMagic {
+            expected: PATCH_MAGIC,
+            found: magic,
+        });
     }
     let version = rd_u16(b, field::VERSION);
     if version != VERSION {
-        return Err(FormatError::UnsupportedVersion { found: version, supported: VERSION });
+        return Err(FormatError::UnsupportedVersion {
+            found: version,
+            supported: VERSION,
+        });
     }
     if rd_u16(b, field::HEADER_LEN) as usize != HEADER_LEN {
         return Err(FormatError::BadLayout { section: "header" });
@@ -200,7 +226,9 @@ fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
         name_len: rd_u16(b, field::NAME_LEN),
         entries_off: rd_u32(b, field::ENTRIES_OFF),
     };
-    if hdr.name_len as usize > MAX_NAME_LEN || hdr.entries_off as usize != HeaderRepr::entries_off(hdr.name_len as usize) {
+    if hdr.name_len as usize > MAX_NAME_LEN
+        || hdr.entries_off as usize != HeaderRepr::entries_off(hdr.name_len as usize)
+    {
         return Err(FormatError::BadLayout { section: "name" });
     }
     if (hdr.total_len as usize) < hdr.entries_off as usize {
@@ -212,7 +240,10 @@ fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
 fn check_header(b: &[u8]) -> Result<HeaderRepr, FormatError> {
     let hdr = check_fixed(b)?;
     if hdr.total_len as usize > b.len() {
-        return Err(FormatError::Truncated { need: hdr.total_len, have: b.len() as u32 });
+        return Err(FormatError::Truncated {
+            need: hdr.total_len,
+            have: b.len() as u32,
+        });
     }
     Ok(hdr)
 }

@@ -48,15 +48,39 @@ pub(super) fn table(_t: Avx2) -> Kernels {
 // table built from an `Avx2` token, which is what makes the `unsafe` calls
 // to `#[target_feature(enable = "avx2")]` functions below sound.
 
-fn avx2_pointwise_i8i32_3x8(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn avx2_pointwise_i8i32_3x8(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, gemm, 8);
 }
 
-fn avx2_conv_i8i32_3x8(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn avx2_conv_i8i32_3x8(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, gemm, 8);
 }
 
-fn avx2_fc_i8i32_1x8(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn avx2_fc_i8i32_1x8(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, gemm, 8);
 }
 
@@ -67,7 +91,15 @@ fn gemm(p: &Gemm<'_>, out: &mut [i8], ldo: usize) {
     unsafe { gemm_impl(p, out.as_mut_ptr(), ldo) }
 }
 
-fn avx2_dwconv_i8i32_16(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn avx2_dwconv_i8i32_16(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     check_dwconv(input, w, g, rq, out);
     let taps = g.kh * g.kw;
     if taps == 0 || taps > DW_MAX_TAPS {
@@ -75,7 +107,17 @@ fn avx2_dwconv_i8i32_16(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[R
         return;
     }
     // SAFETY: as in `gemm`; `check_dwconv` proved the bounds.
-    unsafe { dw_impl(input.as_ptr(), w.as_ptr(), g, zp_in, rq, q, out.as_mut_ptr()) }
+    unsafe {
+        dw_impl(
+            input.as_ptr(),
+            w.as_ptr(),
+            g,
+            zp_in,
+            rq,
+            q,
+            out.as_mut_ptr(),
+        )
+    }
 }
 
 /// Requantization parameters of 8 channels for [`requant8`].
@@ -140,9 +182,15 @@ impl Rq8 {
 #[inline(always)]
 unsafe fn requant8(v: __m256i, r: &Rq8) -> __m256i {
     let x = _mm256_add_epi32(v, r.bias);
-    let pe = _mm256_srlv_epi64(_mm256_add_epi64(_mm256_mul_epi32(x, r.mult), r.rnd_e), r.sh_e);
+    let pe = _mm256_srlv_epi64(
+        _mm256_add_epi64(_mm256_mul_epi32(x, r.mult), r.rnd_e),
+        r.sh_e,
+    );
     let xo = _mm256_srli_epi64::<32>(x);
-    let po = _mm256_srlv_epi64(_mm256_add_epi64(_mm256_mul_epi32(xo, r.mult_odd), r.rnd_o), r.sh_o);
+    let po = _mm256_srlv_epi64(
+        _mm256_add_epi64(_mm256_mul_epi32(xo, r.mult_odd), r.rnd_o),
+        r.sh_o,
+    );
     let y = _mm256_blend_epi32::<0b1010_1010>(pe, _mm256_slli_epi64::<32>(po));
     _mm256_sub_epi32(y, r.off)
 }
@@ -161,7 +209,11 @@ impl OutV {
     /// AVX2.
     #[inline(always)]
     unsafe fn new(q: OutQ) -> Self {
-        OutV { zp: _mm256_set1_epi16(q.zp as i16), lo: _mm256_set1_epi16(q.lo as i16), hi: _mm256_set1_epi16(q.hi as i16) }
+        OutV {
+            zp: _mm256_set1_epi16(q.zp as i16),
+            lo: _mm256_set1_epi16(q.lo as i16),
+            hi: _mm256_set1_epi16(q.hi as i16),
+        }
     }
 }
 
@@ -174,7 +226,10 @@ impl OutV {
 unsafe fn pack8(y: __m256i, o: &OutV) -> __m128i {
     let s = _mm_packs_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256::<1>(y));
     let s = _mm_adds_epi16(s, _mm256_castsi256_si128(o.zp));
-    let s = _mm_min_epi16(_mm_max_epi16(s, _mm256_castsi256_si128(o.lo)), _mm256_castsi256_si128(o.hi));
+    let s = _mm_min_epi16(
+        _mm_max_epi16(s, _mm256_castsi256_si128(o.lo)),
+        _mm256_castsi256_si128(o.hi),
+    );
     _mm_packs_epi16(s, s)
 }
 
@@ -231,7 +286,11 @@ const MR: usize = 3;
 ///
 /// AVX2; `k8` bytes readable at every pointer.
 #[inline(always)]
-unsafe fn tile<const R: usize>(ap: &[*const u8; R], rows: &[*const u8; 8], k8: usize) -> [__m256i; R] {
+unsafe fn tile<const R: usize>(
+    ap: &[*const u8; R],
+    rows: &[*const u8; 8],
+    k8: usize,
+) -> [__m256i; R] {
     let z = _mm256_setzero_si256();
     let mut acc = [[z; 4]; R];
     let mut k = 0;
@@ -241,7 +300,10 @@ unsafe fn tile<const R: usize>(ap: &[*const u8; R], rows: &[*const u8; 8], k8: u
             av[i] = _mm256_cvtepi8_epi16(_mm_set1_epi64x(rd64(ap[i].add(k))));
         }
         for j in 0..4 {
-            let wv = _mm256_cvtepi8_epi16(_mm_set_epi64x(rd64(rows[j + 4].add(k)), rd64(rows[j].add(k))));
+            let wv = _mm256_cvtepi8_epi16(_mm_set_epi64x(
+                rd64(rows[j + 4].add(k)),
+                rd64(rows[j].add(k)),
+            ));
             for i in 0..R {
                 acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(av[i], wv));
             }
@@ -263,7 +325,15 @@ unsafe fn tile<const R: usize>(ap: &[*const u8; R], rows: &[*const u8; 8], k8: u
 ///
 /// AVX2; `dst..dst+nr` writable; `rq` holds `nr` entries.
 #[inline(always)]
-unsafe fn finish_pixel(dst: *mut i8, s: __m256i, nr: usize, r: &Rq8, o: &OutV, rq: &[Requant], q: OutQ) {
+unsafe fn finish_pixel(
+    dst: *mut i8,
+    s: __m256i,
+    nr: usize,
+    r: &Rq8,
+    o: &OutV,
+    rq: &[Requant],
+    q: OutQ,
+) {
     if r.fast {
         store_n(dst, pack8(requant8(s, r), o), nr);
     } else {
@@ -289,7 +359,11 @@ unsafe fn gemm_impl(p: &Gemm<'_>, out: *mut i8, ldo: usize) {
     while n0 < n {
         let nr = (n - n0).min(8);
         let mut rows = [w0; 8];
-        let mut chq = [Requant { mult: 0, shift: 31, bias: 0 }; 8];
+        let mut chq = [Requant {
+            mult: 0,
+            shift: 31,
+            bias: 0,
+        }; 8];
         for j in 0..8 {
             rows[j] = w0.add((n0 + j.min(nr - 1)) * p.ldw);
             if j < nr {
@@ -313,12 +387,16 @@ unsafe fn gemm_impl(p: &Gemm<'_>, out: *mut i8, ldo: usize) {
             }
             for i in 0..mr {
                 if k8 < k {
-                    let a = core::slice::from_raw_parts(a0.add((m0 + i) * p.lda + k8) as *const i8, k - k8);
+                    let a = core::slice::from_raw_parts(
+                        a0.add((m0 + i) * p.lda + k8) as *const i8,
+                        k - k8,
+                    );
                     let mut t = [0i32; 8];
                     for j in 0..nr {
                         t[j] = tail_dot(a, core::slice::from_raw_parts(rows[j].add(k8), k - k8));
                     }
-                    sums[i] = _mm256_add_epi32(sums[i], _mm256_loadu_si256(t.as_ptr() as *const __m256i));
+                    sums[i] =
+                        _mm256_add_epi32(sums[i], _mm256_loadu_si256(t.as_ptr() as *const __m256i));
                 }
                 finish_pixel(out.add((m0 + i) * ldo + n0), sums[i], nr, &r, &o, rq, p.q);
             }
@@ -331,7 +409,10 @@ unsafe fn gemm_impl(p: &Gemm<'_>, out: *mut i8, ldo: usize) {
 /// Scalar dot product of a row tail.
 #[inline(always)]
 fn tail_dot(a: &[i8], w: &[u8]) -> i32 {
-    a.iter().zip(w).map(|(&x, &y)| x as i32 * y as i8 as i32).sum()
+    a.iter()
+        .zip(w)
+        .map(|(&x, &y)| x as i32 * y as i8 as i32)
+        .sum()
 }
 
 /// Taps the SIMD depthwise kernels handle (more: scalar).
@@ -359,7 +440,15 @@ unsafe fn ld_tap(input: *const i8, off: isize, ch: usize, n: usize, zpv: __m256i
 ///
 /// AVX2; slices as checked by `check_dwconv`; `1 <= kh·kw <= DW_MAX_TAPS`.
 #[target_feature(enable = "avx2")]
-unsafe fn dw_impl(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: *mut i8) {
+unsafe fn dw_impl(
+    input: *const i8,
+    w: *const u8,
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: *mut i8,
+) {
     // Constant tap counts unroll the tap loop.
     match g.kh * g.kw {
         9 => dw_body(input, w, g, zp_in, rq, q, out, 9),
@@ -373,14 +462,29 @@ unsafe fn dw_impl(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &
 /// As [`dw_impl`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_body(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: *mut i8, taps: usize) {
+unsafe fn dw_body(
+    input: *const i8,
+    w: *const u8,
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: *mut i8,
+    taps: usize,
+) {
     let c = g.cout;
     let pairs = taps.div_ceil(2);
     let z = _mm256_setzero_si256();
     let o = OutV::new(q);
     let zpv = _mm256_set1_epi16(zp_in as i16);
     let mut wt = [[z; 2]; DW_MAX_TAPS / 2 * DW_BLOCKS];
-    let zero_rq = Rq8::new(&[Requant { mult: 0, shift: 31, bias: 0 }; 8]);
+    let zero_rq = Rq8::new(
+        &[Requant {
+            mult: 0,
+            shift: 31,
+            bias: 0,
+        }; 8],
+    );
     let mut rqs = [[zero_rq; 2]; DW_BLOCKS];
     let mut offs = [0isize; DW_MAX_TAPS];
     let mut toff = [0isize; DW_MAX_TAPS];
@@ -396,11 +500,19 @@ unsafe fn dw_body(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &
             let n = (c - ch).min(16);
             for pi in 0..pairs {
                 let w0 = _mm256_cvtepi8_epi16(load_n(w.add(2 * pi * c + ch), n));
-                let w1 = if 2 * pi + 1 < taps { _mm256_cvtepi8_epi16(load_n(w.add((2 * pi + 1) * c + ch), n)) } else { z };
+                let w1 = if 2 * pi + 1 < taps {
+                    _mm256_cvtepi8_epi16(load_n(w.add((2 * pi + 1) * c + ch), n))
+                } else {
+                    z
+                };
                 wt[pi * nb + b] = [_mm256_unpacklo_epi16(w0, w1), _mm256_unpackhi_epi16(w0, w1)];
             }
             // vpunpck{l,h}wd order: lo holds channels 0-3, 8-11; hi 4-7, 12-15.
-            let mut lo = [Requant { mult: 0, shift: 31, bias: 0 }; 8];
+            let mut lo = [Requant {
+                mult: 0,
+                shift: 31,
+                bias: 0,
+            }; 8];
             let mut hi = lo;
             for j in 0..8 {
                 let (cl, chh) = ((j & 3) + (j >> 2) * 8, (j & 3) + 4 + (j >> 2) * 8);
@@ -440,24 +552,41 @@ unsafe fn dw_body(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &
                     for pi in 0..pairs {
                         let (x0, x1);
                         if interior && n == 16 {
-                            x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(input.offset(offs[2 * pi]).add(ch) as *const __m128i));
+                            x0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                input.offset(offs[2 * pi]).add(ch) as *const __m128i,
+                            ));
                             x1 = if 2 * pi + 1 < taps {
-                                _mm256_cvtepi8_epi16(_mm_loadu_si128(input.offset(offs[2 * pi + 1]).add(ch) as *const __m128i))
+                                _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                    input.offset(offs[2 * pi + 1]).add(ch) as *const __m128i,
+                                ))
                             } else {
                                 z
                             };
                         } else {
                             x0 = ld_tap(input, offs[2 * pi], ch, n, zpv);
-                            x1 = if 2 * pi + 1 < taps { ld_tap(input, offs[2 * pi + 1], ch, n, zpv) } else { z };
+                            x1 = if 2 * pi + 1 < taps {
+                                ld_tap(input, offs[2 * pi + 1], ch, n, zpv)
+                            } else {
+                                z
+                            };
                         }
                         let [wl, wh] = wt[pi * nb + b];
-                        al = _mm256_add_epi32(al, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl));
-                        ah = _mm256_add_epi32(ah, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), wh));
+                        al = _mm256_add_epi32(
+                            al,
+                            _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl),
+                        );
+                        ah = _mm256_add_epi32(
+                            ah,
+                            _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), wh),
+                        );
                     }
                     let [rl, rh] = &rqs[b];
                     if rl.fast && rh.fast {
                         let s = _mm256_packs_epi32(requant8(al, rl), requant8(ah, rh));
-                        let s = _mm256_min_epi16(_mm256_max_epi16(_mm256_adds_epi16(s, o.zp), o.lo), o.hi);
+                        let s = _mm256_min_epi16(
+                            _mm256_max_epi16(_mm256_adds_epi16(s, o.zp), o.lo),
+                            o.hi,
+                        );
                         let s = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi16(s, s));
                         store_n(dst.add(ch), _mm256_castsi256_si128(s), n);
                     } else {

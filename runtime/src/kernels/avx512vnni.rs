@@ -55,15 +55,39 @@ pub(super) fn table(t: Avx512Vnni) -> Kernels {
 // Private entries: reachable only through a table built from an
 // `Avx512Vnni` token, which makes the `unsafe` calls below sound.
 
-fn avx512vnni_pointwise_u8i8i32_6x16(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn avx512vnni_pointwise_u8i8i32_6x16(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, gemm, 16);
 }
 
-fn avx512vnni_conv_u8i8i32_6x16(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn avx512vnni_conv_u8i8i32_6x16(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, gemm, 16);
 }
 
-fn avx512vnni_fc_u8i8i32_1x16(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn avx512vnni_fc_u8i8i32_1x16(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, gemm, 16);
 }
 
@@ -74,7 +98,15 @@ fn gemm(p: &Gemm<'_>, out: &mut [i8], ldo: usize) {
     unsafe { gemm_impl(p, out.as_mut_ptr(), ldo) }
 }
 
-fn avx512vnni_dwconv_i16i32_32(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn avx512vnni_dwconv_i16i32_32(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     check_dwconv(input, w, g, rq, out);
     let taps = g.kh * g.kw;
     if taps == 0 || taps > DW_MAX_TAPS {
@@ -82,7 +114,17 @@ fn avx512vnni_dwconv_i16i32_32(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, 
         return;
     }
     // SAFETY: as in `gemm`; `check_dwconv` proved the bounds.
-    unsafe { dw_impl(input.as_ptr(), w.as_ptr(), g, zp_in, rq, q, out.as_mut_ptr()) }
+    unsafe {
+        dw_impl(
+            input.as_ptr(),
+            w.as_ptr(),
+            g,
+            zp_in,
+            rq,
+            q,
+            out.as_mut_ptr(),
+        )
+    }
 }
 
 /// Requantization parameters of 16 channels: i32 lanes for the bias and
@@ -189,7 +231,11 @@ unsafe fn row_sum(row: *const u8, k: usize) -> i32 {
     }
     if kk < k {
         let mask: __mmask64 = (1u64 << (k - kk)) - 1;
-        acc = _mm512_dpbusd_epi32(acc, ones, _mm512_maskz_loadu_epi8(mask, row.add(kk) as *const i8));
+        acc = _mm512_dpbusd_epi32(
+            acc,
+            ones,
+            _mm512_maskz_loadu_epi8(mask, row.add(kk) as *const i8),
+        );
     }
     _mm512_reduce_add_epi32(acc)
 }
@@ -202,9 +248,18 @@ unsafe fn row_sum(row: *const u8, k: usize) -> i32 {
 #[inline(always)]
 unsafe fn wvec(rows: &[*const u8; 16], g: usize, k: usize, mask: __mmask16) -> __m512i {
     let v = _mm512_castsi128_si512(_mm_maskz_loadu_epi8(mask, rows[g].add(k) as *const i8));
-    let v = _mm512_inserti32x4::<1>(v, _mm_maskz_loadu_epi8(mask, rows[4 + g].add(k) as *const i8));
-    let v = _mm512_inserti32x4::<2>(v, _mm_maskz_loadu_epi8(mask, rows[8 + g].add(k) as *const i8));
-    _mm512_inserti32x4::<3>(v, _mm_maskz_loadu_epi8(mask, rows[12 + g].add(k) as *const i8))
+    let v = _mm512_inserti32x4::<1>(
+        v,
+        _mm_maskz_loadu_epi8(mask, rows[4 + g].add(k) as *const i8),
+    );
+    let v = _mm512_inserti32x4::<2>(
+        v,
+        _mm_maskz_loadu_epi8(mask, rows[8 + g].add(k) as *const i8),
+    );
+    _mm512_inserti32x4::<3>(
+        v,
+        _mm_maskz_loadu_epi8(mask, rows[12 + g].add(k) as *const i8),
+    )
 }
 
 const MR: usize = 6;
@@ -216,13 +271,21 @@ const MR: usize = 6;
 ///
 /// AVX-512 VNNI/F/BW/VL; `k` bytes readable at every pointer.
 #[inline(always)]
-unsafe fn tile<const R: usize>(ap: &[*const u8; R], rows: &[*const u8; 16], k: usize) -> [__m512i; R] {
+unsafe fn tile<const R: usize>(
+    ap: &[*const u8; R],
+    rows: &[*const u8; 16],
+    k: usize,
+) -> [__m512i; R] {
     let z = _mm512_setzero_si512();
     let x80 = _mm512_set1_epi8(0x80u8 as i8);
     let mut acc = [[z; 4]; R];
     let mut kk = 0;
     while kk < k {
-        let mask: __mmask16 = if k - kk >= 16 { 0xffff } else { ((1u32 << (k - kk)) - 1) as u16 };
+        let mask: __mmask16 = if k - kk >= 16 {
+            0xffff
+        } else {
+            ((1u32 << (k - kk)) - 1) as u16
+        };
         let mut av = [z; R];
         for i in 0..R {
             let a = _mm_maskz_loadu_epi8(mask, ap[i].add(kk) as *const i8);
@@ -259,13 +322,19 @@ unsafe fn gemm_impl(p: &Gemm<'_>, out: *mut i8, ldo: usize) {
     while n0 < n {
         let nr = (n - n0).min(16);
         let mut rows = [w0; 16];
-        let mut chq = [Requant { mult: 0, shift: 31, bias: 0 }; 16];
+        let mut chq = [Requant {
+            mult: 0,
+            shift: 31,
+            bias: 0,
+        }; 16];
         for j in 0..16 {
             rows[j] = w0.add((n0 + j.min(nr - 1)) * p.ldw);
             if j < nr {
                 chq[j] = p.rq[n0 + j];
                 // x·w = (x + 128)·w − 128·w
-                chq[j].bias = chq[j].bias.wrapping_sub(row_sum(rows[j], k).wrapping_mul(128));
+                chq[j].bias = chq[j]
+                    .bias
+                    .wrapping_sub(row_sum(rows[j], k).wrapping_mul(128));
             }
         }
         let r = Rq16::new(&chq);
@@ -313,7 +382,15 @@ const DW_BLOCKS: usize = DW_CHUNK / 32;
 /// AVX-512 VNNI/F/BW/VL; slices as checked by `check_dwconv`;
 /// `1 <= kh·kw <= DW_MAX_TAPS`.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dw_impl(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: *mut i8) {
+unsafe fn dw_impl(
+    input: *const i8,
+    w: *const u8,
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: *mut i8,
+) {
     // Constant tap counts unroll the tap loops.
     match g.kh * g.kw {
         9 => dw_body(input, w, g, zp_in, rq, q, out, 9),
@@ -333,14 +410,24 @@ fn dw_lane_channel(j: usize, hi: bool) -> usize {
 /// As [`dw_impl`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_body(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: *mut i8, taps: usize) {
+unsafe fn dw_body(
+    input: *const i8,
+    w: *const u8,
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: *mut i8,
+    taps: usize,
+) {
     let c = g.cout;
     let pairs = taps.div_ceil(2);
     let z = _mm512_setzero_si512();
     let o = OutV::new(q);
     let zpv = _mm512_set1_epi16(zp_in as i16);
     // Written for every (pair, block) of a chunk before it is read.
-    let mut wt: [MaybeUninit<[__m512i; 2]>; DW_MAX_TAPS / 2 * DW_BLOCKS] = [const { MaybeUninit::uninit() }; DW_MAX_TAPS / 2 * DW_BLOCKS];
+    let mut wt: [MaybeUninit<[__m512i; 2]>; DW_MAX_TAPS / 2 * DW_BLOCKS] =
+        [const { MaybeUninit::uninit() }; DW_MAX_TAPS / 2 * DW_BLOCKS];
     let mut rqs: [MaybeUninit<[Rq16; 2]>; DW_BLOCKS] = [const { MaybeUninit::uninit() }; DW_BLOCKS];
     let mut toff = [0isize; DW_MAX_TAPS];
     let mut offs = [0isize; DW_MAX_TAPS];
@@ -355,15 +442,26 @@ unsafe fn dw_body(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &
             let ch = c0 + 32 * b;
             let mask = lane_mask(c - ch);
             for pi in 0..pairs {
-                let w0 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, w.add(2 * pi * c + ch) as *const i8));
+                let w0 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(
+                    mask,
+                    w.add(2 * pi * c + ch) as *const i8,
+                ));
                 let w1 = if 2 * pi + 1 < taps {
-                    _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, w.add((2 * pi + 1) * c + ch) as *const i8))
+                    _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(
+                        mask,
+                        w.add((2 * pi + 1) * c + ch) as *const i8,
+                    ))
                 } else {
                     z
                 };
-                wt[pi * nb + b].write([_mm512_unpacklo_epi16(w0, w1), _mm512_unpackhi_epi16(w0, w1)]);
+                wt[pi * nb + b]
+                    .write([_mm512_unpacklo_epi16(w0, w1), _mm512_unpackhi_epi16(w0, w1)]);
             }
-            let mut lo = [Requant { mult: 0, shift: 31, bias: 0 }; 16];
+            let mut lo = [Requant {
+                mult: 0,
+                shift: 31,
+                bias: 0,
+            }; 16];
             let mut hi = lo;
             for j in 0..16 {
                 let (cl, chh) = (dw_lane_channel(j, false), dw_lane_channel(j, true));
@@ -386,7 +484,12 @@ unsafe fn dw_body(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &
                 if !interior {
                     for t in 0..taps {
                         let (iy, ix) = (iy0 + (t / g.kw) as isize, ix0 + (t % g.kw) as isize);
-                        offs[t] = if iy < 0 || ix < 0 || iy >= g.ih as isize || ix >= g.iw as isize { -1 } else { base + toff[t] };
+                        offs[t] = if iy < 0 || ix < 0 || iy >= g.ih as isize || ix >= g.iw as isize
+                        {
+                            -1
+                        } else {
+                            base + toff[t]
+                        };
                     }
                 }
                 let dst = out.add((oy * g.ow + ox) * c);
@@ -399,16 +502,36 @@ unsafe fn dw_body(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &
                         let (t0, t1) = (2 * pi, 2 * pi + 1);
                         let (x0, x1);
                         if interior {
-                            x0 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, src.offset(base + toff[t0])));
-                            x1 = if t1 < taps { _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, src.offset(base + toff[t1]))) } else { z };
+                            x0 = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(
+                                mask,
+                                src.offset(base + toff[t0]),
+                            ));
+                            x1 = if t1 < taps {
+                                _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(
+                                    mask,
+                                    src.offset(base + toff[t1]),
+                                ))
+                            } else {
+                                z
+                            };
                         } else {
-                            x0 = if offs[t0] < 0 { zpv } else { _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, src.offset(offs[t0]))) };
+                            x0 = if offs[t0] < 0 {
+                                zpv
+                            } else {
+                                _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(
+                                    mask,
+                                    src.offset(offs[t0]),
+                                ))
+                            };
                             x1 = if t1 >= taps {
                                 z
                             } else if offs[t1] < 0 {
                                 zpv
                             } else {
-                                _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, src.offset(offs[t1])))
+                                _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(
+                                    mask,
+                                    src.offset(offs[t1]),
+                                ))
                             };
                         }
                         let [wl, wh] = wt[pi * nb + b].assume_init();

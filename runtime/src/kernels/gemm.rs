@@ -44,10 +44,22 @@ impl Gemm<'_> {
         if self.m == 0 || self.n == 0 {
             return;
         }
-        assert!(self.a.len() >= (self.m - 1) * self.lda + self.k, "gemm: a too short");
-        assert!(self.w.len() >= (self.n - 1) * self.ldw + self.k, "gemm: w too short");
-        assert!(self.rq.len() >= self.n, "gemm: too few requantization parameters");
-        assert!(ldo >= self.n && out.len() >= (self.m - 1) * ldo + self.n, "gemm: out too short");
+        assert!(
+            self.a.len() >= (self.m - 1) * self.lda + self.k,
+            "gemm: a too short"
+        );
+        assert!(
+            self.w.len() >= (self.n - 1) * self.ldw + self.k,
+            "gemm: w too short"
+        );
+        assert!(
+            self.rq.len() >= self.n,
+            "gemm: too few requantization parameters"
+        );
+        assert!(
+            ldo >= self.n && out.len() >= (self.m - 1) * ldo + self.n,
+            "gemm: out too short"
+        );
     }
 }
 
@@ -59,7 +71,17 @@ const WPAD_BYTES: usize = 8 * 1024;
 /// A dense / grouped conv through `gemm`; `unit` is the `k` granularity the
 /// ISA GEMM runs without a scalar tail (im2col rows are padded to it).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn conv(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8], gemm: GemmFn, unit: usize) {
+pub(crate) fn conv(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+    gemm: GemmFn,
+    unit: usize,
+) {
     super::check_conv(input, w, g, rq, out);
     let (cg, ng, row) = (g.cin / g.groups, g.cout / g.groups, g.row_len());
     let pixels = g.oh * g.ow;
@@ -67,7 +89,17 @@ pub(crate) fn conv(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requan
         return;
     }
     if g.is_fully_connected() {
-        let p = Gemm { a: input, lda: row, m: 1, k: row, w, ldw: row, n: g.cout, rq, q };
+        let p = Gemm {
+            a: input,
+            lda: row,
+            m: 1,
+            k: row,
+            w,
+            ldw: row,
+            n: g.cout,
+            rq,
+            q,
+        };
         gemm(&p, out, g.cout);
         return;
     }
@@ -77,12 +109,32 @@ pub(crate) fn conv(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requan
             let wg = &w[grp * ng * row..];
             let rqg = &rq[grp * ng..];
             if g.sh == 1 && g.sw == 1 && g.ow == g.iw {
-                let p = Gemm { a: &input[grp * cg..], lda: g.cin, m: pixels, k: cg, w: wg, ldw: row, n: ng, rq: rqg, q };
+                let p = Gemm {
+                    a: &input[grp * cg..],
+                    lda: g.cin,
+                    m: pixels,
+                    k: cg,
+                    w: wg,
+                    ldw: row,
+                    n: ng,
+                    rq: rqg,
+                    q,
+                };
                 gemm(&p, &mut out[grp * ng..], g.cout);
             } else {
                 for oy in 0..g.oh {
                     let a = &input[(oy * g.sh * g.iw) * g.cin + grp * cg..];
-                    let p = Gemm { a, lda: g.sw * g.cin, m: g.ow, k: cg, w: wg, ldw: row, n: ng, rq: rqg, q };
+                    let p = Gemm {
+                        a,
+                        lda: g.sw * g.cin,
+                        m: g.ow,
+                        k: cg,
+                        w: wg,
+                        ldw: row,
+                        n: ng,
+                        rq: rqg,
+                        q,
+                    };
                     gemm(&p, &mut out[oy * g.ow * g.cout + grp * ng..], g.cout);
                 }
             }
@@ -146,7 +198,17 @@ pub(crate) fn conv(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requan
                 }
                 buf[d0 + row..d0 + rowpad].fill(0);
             }
-            let p = Gemm { a: &buf[..np * rowpad], lda: rowpad, m: np, k, w: wk, ldw, n: ng, rq: &rq[grp * ng..], q };
+            let p = Gemm {
+                a: &buf[..np * rowpad],
+                lda: rowpad,
+                m: np,
+                k,
+                w: wk,
+                ldw,
+                n: ng,
+                rq: &rq[grp * ng..],
+                q,
+            };
             gemm(&p, &mut out[p0 * g.cout + grp * ng..], g.cout);
             p0 += np;
         }

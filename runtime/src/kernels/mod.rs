@@ -31,7 +31,10 @@ pub mod cpu;
 pub mod scalar;
 
 // The SIMD drivers; unused on targets with only the scalar table.
-#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 mod gemm;
 
 #[cfg(target_arch = "x86_64")]
@@ -81,13 +84,25 @@ pub struct ConvGeom {
 impl ConvGeom {
     /// A 1x1, stride-1, unpadded, dense conv: a GEMM over pixels.
     pub fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pt == 0 && self.pl == 0 && self.groups == 1
+        self.kh == 1
+            && self.kw == 1
+            && self.sh == 1
+            && self.sw == 1
+            && self.pt == 0
+            && self.pl == 0
+            && self.groups == 1
     }
     /// A dense conv whose kernel covers the whole, unpadded input and gives
     /// one output pixel: a fully connected layer (one dot product per output
     /// channel over the `[h][w][c]` input, which is the weight row's layout).
     pub fn is_fully_connected(&self) -> bool {
-        self.kh == self.ih && self.kw == self.iw && self.oh == 1 && self.ow == 1 && self.pt == 0 && self.pl == 0 && self.groups == 1
+        self.kh == self.ih
+            && self.kw == self.iw
+            && self.oh == 1
+            && self.ow == 1
+            && self.pt == 0
+            && self.pl == 0
+            && self.groups == 1
     }
     /// Weights per output channel.
     pub fn row_len(&self) -> usize {
@@ -107,7 +122,8 @@ pub struct OutQ {
 }
 
 /// Dense / grouped convolution; weights `[cout][kh][kw][cin/groups]`.
-pub type ConvFn = fn(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]);
+pub type ConvFn =
+    fn(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]);
 /// Depthwise convolution; weights `[kh][kw][c]`.
 pub type DwConvFn = ConvFn;
 
@@ -144,7 +160,10 @@ pub struct Kernels {
 
 impl core::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Kernels").field("name", &self.name).field("names", &self.names).finish()
+        f.debug_struct("Kernels")
+            .field("name", &self.name)
+            .field("names", &self.names)
+            .finish()
     }
 }
 
@@ -255,18 +274,30 @@ impl Kernels {
 
 /// Panics unless the slices hold what a dense / grouped conv of geometry `g`
 /// reads and writes. The SIMD kernels call this before any unchecked access.
-#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 pub(crate) fn check_conv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], out: &[i8]) {
-    assert!(g.groups >= 1 && g.cin % g.groups == 0 && g.cout % g.groups == 0, "conv: groups must divide the channels");
+    assert!(
+        g.groups >= 1 && g.cin % g.groups == 0 && g.cout % g.groups == 0,
+        "conv: groups must divide the channels"
+    );
     assert!(input.len() >= g.ih * g.iw * g.cin, "conv: input too short");
     assert!(w.len() >= g.cout * g.row_len(), "conv: weights too short");
-    assert!(rq.len() >= g.cout, "conv: too few requantization parameters");
+    assert!(
+        rq.len() >= g.cout,
+        "conv: too few requantization parameters"
+    );
     assert!(out.len() >= g.oh * g.ow * g.cout, "conv: output too short");
 }
 
 /// Panics unless the slices hold what a depthwise conv of geometry `g` reads
 /// and writes (channels `g.cout`, weights `[kh][kw][c]`).
-#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 pub(crate) fn check_dwconv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], out: &[i8]) {
     let c = g.cout;
     assert!(input.len() >= g.ih * g.iw * c, "dwconv: input too short");

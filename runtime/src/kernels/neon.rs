@@ -68,22 +68,70 @@ pub(super) fn dotprod_table(t: Dotprod) -> Kernels {
 // Private entries: reachable only through tables built from `Neon` /
 // `Dotprod` tokens, which makes the `unsafe` calls below sound.
 
-fn neon_pointwise_i8i32_4x4(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn neon_pointwise_i8i32_4x4(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, neon_gemm, 16);
 }
-fn neon_conv_i8i32_4x4(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn neon_conv_i8i32_4x4(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, neon_gemm, 16);
 }
-fn neon_fc_i8i32_1x4(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn neon_fc_i8i32_1x4(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, neon_gemm, 16);
 }
-fn dotprod_pointwise_i8i32_4x4(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn dotprod_pointwise_i8i32_4x4(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, dotprod_gemm, 16);
 }
-fn dotprod_conv_i8i32_4x4(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn dotprod_conv_i8i32_4x4(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, dotprod_gemm, 16);
 }
-fn dotprod_fc_i8i32_1x4(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn dotprod_fc_i8i32_1x4(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     gemm::conv(input, w, g, zp_in, rq, q, out, dotprod_gemm, 16);
 }
 
@@ -101,7 +149,15 @@ fn dotprod_gemm(p: &Gemm<'_>, out: &mut [i8], ldo: usize) {
     unsafe { gemm_dotprod(p, out.as_mut_ptr(), ldo) }
 }
 
-fn neon_dwconv_i8i32_16(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+fn neon_dwconv_i8i32_16(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     check_dwconv(input, w, g, rq, out);
     let taps = g.kh * g.kw;
     if taps == 0 || taps > DW_MAX_TAPS {
@@ -109,7 +165,17 @@ fn neon_dwconv_i8i32_16(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[R
         return;
     }
     // SAFETY: as in `neon_gemm`; `check_dwconv` proved the bounds.
-    unsafe { dw_neon(input.as_ptr(), w.as_ptr(), g, zp_in, rq, q, out.as_mut_ptr()) }
+    unsafe {
+        dw_neon(
+            input.as_ptr(),
+            w.as_ptr(),
+            g,
+            zp_in,
+            rq,
+            q,
+            out.as_mut_ptr(),
+        )
+    }
 }
 
 /// 16-byte multiply-accumulate into 4 i32 lanes (each lane: 4 products).
@@ -179,8 +245,18 @@ impl Rq4 {
     unsafe fn new(ch: &[Requant; 4]) -> Self {
         let bias = [ch[0].bias, ch[1].bias, ch[2].bias, ch[3].bias];
         let mult = [ch[0].mult, ch[1].mult, ch[2].mult, ch[3].mult];
-        let nsh = [-(ch[0].shift as i64), -(ch[1].shift as i64), -(ch[2].shift as i64), -(ch[3].shift as i64)];
-        Rq4 { bias: vld1q_s32(bias.as_ptr()), mult: vld1q_s32(mult.as_ptr()), nsh_lo: vld1q_s64(nsh.as_ptr()), nsh_hi: vld1q_s64(nsh.as_ptr().add(2)) }
+        let nsh = [
+            -(ch[0].shift as i64),
+            -(ch[1].shift as i64),
+            -(ch[2].shift as i64),
+            -(ch[3].shift as i64),
+        ];
+        Rq4 {
+            bias: vld1q_s32(bias.as_ptr()),
+            mult: vld1q_s32(mult.as_ptr()),
+            nsh_lo: vld1q_s64(nsh.as_ptr()),
+            nsh_hi: vld1q_s64(nsh.as_ptr().add(2)),
+        }
     }
 }
 
@@ -211,7 +287,11 @@ impl OutV {
     /// NEON.
     #[inline(always)]
     unsafe fn new(q: OutQ) -> Self {
-        OutV { zp: vdupq_n_s16(q.zp as i16), lo: vdupq_n_s16(q.lo as i16), hi: vdupq_n_s16(q.hi as i16) }
+        OutV {
+            zp: vdupq_n_s16(q.zp as i16),
+            lo: vdupq_n_s16(q.lo as i16),
+            hi: vdupq_n_s16(q.hi as i16),
+        }
     }
 }
 
@@ -282,7 +362,11 @@ unsafe fn load_tail(src: *const i8, n: usize) -> int8x16_t {
 ///
 /// The CPU runs `M`; `k` bytes readable at every pointer.
 #[inline(always)]
-unsafe fn tile<M: Mac, const R: usize>(ap: &[*const i8; R], rows: &[*const i8; 4], k: usize) -> [int32x4_t; R] {
+unsafe fn tile<M: Mac, const R: usize>(
+    ap: &[*const i8; R],
+    rows: &[*const i8; 4],
+    k: usize,
+) -> [int32x4_t; R] {
     let k16 = k & !15;
     let z = vdupq_n_s32(0);
     let mut acc = [[z; 4]; R];
@@ -315,7 +399,10 @@ unsafe fn tile<M: Mac, const R: usize>(ap: &[*const i8; R], rows: &[*const i8; 4
     }
     let mut s = [z; R];
     for i in 0..R {
-        s[i] = vpaddq_s32(vpaddq_s32(acc[i][0], acc[i][1]), vpaddq_s32(acc[i][2], acc[i][3]));
+        s[i] = vpaddq_s32(
+            vpaddq_s32(acc[i][0], acc[i][1]),
+            vpaddq_s32(acc[i][2], acc[i][3]),
+        );
     }
     s
 }
@@ -376,7 +463,11 @@ unsafe fn gemm_body<F: Mac, M: Mac>(p: &Gemm<'_>, out: *mut i8, ldo: usize) {
     while n0 < n {
         let nr = (n - n0).min(4);
         let mut rows = [w0; 4];
-        let mut chq = [Requant { mult: 0, shift: 31, bias: 0 }; 4];
+        let mut chq = [Requant {
+            mult: 0,
+            shift: 31,
+            bias: 0,
+        }; 4];
         for j in 0..4 {
             rows[j] = w0.add((n0 + j.min(nr - 1)) * p.ldw);
             if j < nr {
@@ -394,16 +485,28 @@ unsafe fn gemm_body<F: Mac, M: Mac>(p: &Gemm<'_>, out: *mut i8, ldo: usize) {
                 for i in 0..MR {
                     ap[i] = a0.add((m0 + i) * p.lda);
                 }
-                sums = if fast { tile::<F, MR>(&ap, &rows, k) } else { tile::<M, MR>(&ap, &rows, k) };
+                sums = if fast {
+                    tile::<F, MR>(&ap, &rows, k)
+                } else {
+                    tile::<M, MR>(&ap, &rows, k)
+                };
             } else {
                 let a = [a0.add(m0 * p.lda)];
-                sums[0] = if fast { tile::<F, 1>(&a, &rows, k)[0] } else { tile::<M, 1>(&a, &rows, k)[0] };
+                sums[0] = if fast {
+                    tile::<F, 1>(&a, &rows, k)[0]
+                } else {
+                    tile::<M, 1>(&a, &rows, k)[0]
+                };
             }
             // Two pixels share the narrowing, zero point and clamp.
             let mut i = 0;
             while i < mr {
                 let y0 = requant4(sums[i], &r);
-                let y1 = if i + 1 < mr { requant4(sums[i + 1], &r) } else { y0 };
+                let y1 = if i + 1 < mr {
+                    requant4(sums[i + 1], &r)
+                } else {
+                    y0
+                };
                 let b = vreinterpret_u32_s8(pack8(y0, y1, &o));
                 let d0 = out.add((m0 + i) * ldo + n0);
                 let d1 = out.add((m0 + i + 1) * ldo + n0);
@@ -438,7 +541,15 @@ const DW_BLOCKS: usize = DW_CHUNK / 16;
 ///
 /// NEON; slices as checked by `check_dwconv`; `1 <= kh·kw <= DW_MAX_TAPS`.
 #[target_feature(enable = "neon")]
-unsafe fn dw_neon(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: *mut i8) {
+unsafe fn dw_neon(
+    input: *const i8,
+    w: *const u8,
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: *mut i8,
+) {
     match g.kh * g.kw {
         9 => dw_body(input, w, g, zp_in, rq, q, out, 9),
         25 => dw_body(input, w, g, zp_in, rq, q, out, 25),
@@ -451,12 +562,27 @@ unsafe fn dw_neon(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &
 /// As [`dw_neon`].
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_body(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: *mut i8, taps: usize) {
+unsafe fn dw_body(
+    input: *const i8,
+    w: *const u8,
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: *mut i8,
+    taps: usize,
+) {
     let c = g.cout;
     let w = w as *const i8;
     let o = OutV::new(q);
     let zpv = vdupq_n_s8(zp_in);
-    let zero_rq = Rq4::new(&[Requant { mult: 0, shift: 31, bias: 0 }; 4]);
+    let zero_rq = Rq4::new(
+        &[Requant {
+            mult: 0,
+            shift: 31,
+            bias: 0,
+        }; 4],
+    );
     let mut rqs = [[zero_rq; 4]; DW_BLOCKS];
     let mut offs = [0isize; DW_MAX_TAPS];
     let mut toff = [0isize; DW_MAX_TAPS];
@@ -470,7 +596,11 @@ unsafe fn dw_body(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &
         for b in 0..nb {
             let ch = c0 + 16 * b;
             for v in 0..4 {
-                let mut four = [Requant { mult: 0, shift: 31, bias: 0 }; 4];
+                let mut four = [Requant {
+                    mult: 0,
+                    shift: 31,
+                    bias: 0,
+                }; 4];
                 for j in 0..4 {
                     let cj = ch + 4 * v + j;
                     if cj < c {
@@ -507,10 +637,18 @@ unsafe fn dw_body(input: *const i8, w: *const u8, g: &ConvGeom, zp_in: i8, rq: &
                     let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
                     for t in 0..taps {
                         let (x, wv) = if n == 16 {
-                            let x = if interior || offs[t] >= 0 { vld1q_s8(input.offset(offs[t]).add(ch)) } else { zpv };
+                            let x = if interior || offs[t] >= 0 {
+                                vld1q_s8(input.offset(offs[t]).add(ch))
+                            } else {
+                                zpv
+                            };
                             (x, vld1q_s8(w.add(t * c + ch)))
                         } else {
-                            let x = if offs[t] >= 0 { load_n(input.offset(offs[t]).add(ch), n) } else { zpv };
+                            let x = if offs[t] >= 0 {
+                                load_n(input.offset(offs[t]).add(ch), n)
+                            } else {
+                                zpv
+                            };
                             (x, load_n(w.add(t * c + ch), n))
                         };
                         let pl = vmull_s8(vget_low_s8(x), vget_low_s8(wv));

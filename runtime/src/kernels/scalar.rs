@@ -21,17 +21,43 @@ fn dot(x: &[i8], w: &[u8]) -> i32 {
 }
 
 /// Dense or grouped convolution, weights `[cout][kh][kw][cin/groups]`.
-pub fn conv(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+pub fn conv(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     let row = g.row_len();
     for co in 0..g.cout {
-        conv_channel(input, &w[co * row..(co + 1) * row], g, co, zp_in, &rq[co], q, out);
+        conv_channel(
+            input,
+            &w[co * row..(co + 1) * row],
+            g,
+            co,
+            zp_in,
+            &rq[co],
+            q,
+            out,
+        );
     }
 }
 
 /// Computes output channel `co` of a dense/grouped conv with weight row
 /// `row` (`[kh][kw][cin/groups]`), writing `out[.., co]`.
 #[allow(clippy::too_many_arguments)]
-pub fn conv_channel(input: &[i8], row: &[u8], g: &ConvGeom, co: usize, zp_in: i8, r: &Requant, q: OutQ, out: &mut [i8]) {
+pub fn conv_channel(
+    input: &[i8],
+    row: &[u8],
+    g: &ConvGeom,
+    co: usize,
+    zp_in: i8,
+    r: &Requant,
+    q: OutQ,
+    out: &mut [i8],
+) {
     let cg = g.cin / g.groups;
     let ci0 = (co / (g.cout / g.groups)) * cg;
     for oy in 0..g.oh {
@@ -57,7 +83,15 @@ pub fn conv_channel(input: &[i8], row: &[u8], g: &ConvGeom, co: usize, zp_in: i8
 }
 
 /// Depthwise convolution, weights `[kh][kw][c]`.
-pub fn dwconv(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]) {
+pub fn dwconv(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
     const BLOCK: usize = 64;
     let c = g.cout;
     let mut acc = [0i32; BLOCK];
@@ -98,7 +132,16 @@ pub fn dwconv(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q
 /// Computes channel `ch` of a depthwise conv with its own kernel `row`
 /// (`[kh][kw]`), writing `out[.., ch]`.
 #[allow(clippy::too_many_arguments)]
-pub fn dwconv_channel(input: &[i8], row: &[u8], g: &ConvGeom, ch: usize, zp_in: i8, r: &Requant, q: OutQ, out: &mut [i8]) {
+pub fn dwconv_channel(
+    input: &[i8],
+    row: &[u8],
+    g: &ConvGeom,
+    ch: usize,
+    zp_in: i8,
+    r: &Requant,
+    q: OutQ,
+    out: &mut [i8],
+) {
     let c = g.cout;
     for oy in 0..g.oh {
         for ox in 0..g.ow {
@@ -123,7 +166,17 @@ pub fn dwconv_channel(input: &[i8], row: &[u8], g: &ConvGeom, ch: usize, zp_in: 
 
 /// `y = zp_out + round((a - za) * ma + (b - zb) * mb) >> shift`, clamped.
 #[allow(clippy::too_many_arguments)]
-pub fn add(a: &[i8], b: &[i8], za: i32, ma: i32, zb: i32, mb: i32, shift: i32, q: OutQ, out: &mut [i8]) {
+pub fn add(
+    a: &[i8],
+    b: &[i8],
+    za: i32,
+    ma: i32,
+    zb: i32,
+    mb: i32,
+    shift: i32,
+    q: OutQ,
+    out: &mut [i8],
+) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
         let s = (x as i64 - za as i64) * ma as i64 + (y as i64 - zb as i64) * mb as i64;
         let v = ((s + (1i64 << (shift - 1))) >> shift) + q.zp as i64;
@@ -134,7 +187,17 @@ pub fn add(a: &[i8], b: &[i8], za: i32, ma: i32, zb: i32, mb: i32, shift: i32, q
 /// `y = zp_out + round((a - za) * (b - zb) * M)`; `b` is either the same
 /// size as `a` or one value per channel (`c` values, broadcast over pixels).
 #[allow(clippy::too_many_arguments)]
-pub fn mul(a: &[i8], b: &[i8], c: usize, za: i32, zb: i32, mult: i32, shift: i32, q: OutQ, out: &mut [i8]) {
+pub fn mul(
+    a: &[i8],
+    b: &[i8],
+    c: usize,
+    za: i32,
+    zb: i32,
+    mult: i32,
+    shift: i32,
+    q: OutQ,
+    out: &mut [i8],
+) {
     let bcast = b.len() != a.len();
     for (i, (o, &x)) in out.iter_mut().zip(a).enumerate() {
         let y = if bcast { b[i % c] } else { b[i] };
@@ -192,7 +255,8 @@ pub fn pool(a: &[i8], g: &ConvGeom, avg: Option<(&[Requant], bool)>, q: OutQ, ou
                     Some((rq, include_pad)) => {
                         let div = if include_pad { g.kh * g.kw } else { n.max(1) };
                         let r = &rq[div - 1];
-                        let v = apply_multiplier(s - r.bias as i64 * n as i64, r.mult, r.shift) + q.zp as i64;
+                        let v = apply_multiplier(s - r.bias as i64 * n as i64, r.mult, r.shift)
+                            + q.zp as i64;
                         *o = v.clamp(q.lo as i64, q.hi as i64) as i8;
                     }
                     None => *o = m,
@@ -206,16 +270,27 @@ pub fn pool(a: &[i8], g: &ConvGeom, avg: Option<(&[Requant], bool)>, q: OutQ, ou
 /// `[a channels | b channels]`). Each `Requant` holds `mult, shift` and the
 /// input zero point in `bias`.
 #[allow(clippy::too_many_arguments)]
-pub fn concat(a: &[i8], ca: usize, ra: &Requant, b: &[i8], cb: usize, rb: &Requant, q: OutQ, out: &mut [i8]) {
+pub fn concat(
+    a: &[i8],
+    ca: usize,
+    ra: &Requant,
+    b: &[i8],
+    cb: usize,
+    rb: &Requant,
+    q: OutQ,
+    out: &mut [i8],
+) {
     let c = ca + cb;
     let pixels = if c == 0 { 0 } else { out.len() / c };
     for p in 0..pixels {
         for j in 0..ca {
-            let v = apply_multiplier(a[p * ca + j] as i64 - ra.bias as i64, ra.mult, ra.shift) + q.zp as i64;
+            let v = apply_multiplier(a[p * ca + j] as i64 - ra.bias as i64, ra.mult, ra.shift)
+                + q.zp as i64;
             out[p * c + j] = v.clamp(q.lo as i64, q.hi as i64) as i8;
         }
         for j in 0..cb {
-            let v = apply_multiplier(b[p * cb + j] as i64 - rb.bias as i64, rb.mult, rb.shift) + q.zp as i64;
+            let v = apply_multiplier(b[p * cb + j] as i64 - rb.bias as i64, rb.mult, rb.shift)
+                + q.zp as i64;
             out[p * c + ca + j] = v.clamp(q.lo as i64, q.hi as i64) as i8;
         }
     }

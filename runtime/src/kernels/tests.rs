@@ -35,14 +35,23 @@ impl Rng {
         // Mostly uniform; every 4th buffer leans on the extremes (-128, 127).
         let extreme = self.next() % 4 == 0;
         (0..n)
-            .map(|_| if extreme && self.next() % 2 == 0 { self.pick(&[-128i8, 127, -127, 0]) } else { self.next() as i8 })
+            .map(|_| {
+                if extreme && self.next() % 2 == 0 {
+                    self.pick(&[-128i8, 127, -127, 0])
+                } else {
+                    self.next() as i8
+                }
+            })
             .collect()
     }
     /// Weights: every other buffer in the exporter's range [−127, 127]
     /// (kernels may take faster paths then), the others any int8.
     fn weights(&mut self, n: usize) -> Vec<u8> {
         let symmetric = self.next() % 2 == 0;
-        self.bytes(n).into_iter().map(|b| if symmetric { b.max(-127) } else { b } as u8).collect()
+        self.bytes(n)
+            .into_iter()
+            .map(|b| if symmetric { b.max(-127) } else { b } as u8)
+            .collect()
     }
 }
 
@@ -75,11 +84,23 @@ fn random_rq(r: &mut Rng, n: usize, wild: bool) -> Vec<Requant> {
 fn random_q(r: &mut Rng) -> OutQ {
     let zp = r.range(-128, 127) as i32;
     match r.next() % 3 {
-        0 => OutQ { zp, lo: -128, hi: 127 },
-        1 => OutQ { zp, lo: zp.max(-128), hi: r.range(zp as i64, 127) as i32 },
+        0 => OutQ {
+            zp,
+            lo: -128,
+            hi: 127,
+        },
+        1 => OutQ {
+            zp,
+            lo: zp.max(-128),
+            hi: r.range(zp as i64, 127) as i32,
+        },
         _ => {
             let lo = r.range(-128, 127) as i32;
-            OutQ { zp, lo, hi: r.range(lo as i64, 127) as i32 }
+            OutQ {
+                zp,
+                lo,
+                hi: r.range(lo as i64, 127) as i32,
+            }
         }
     }
 }
@@ -89,7 +110,18 @@ const GUARD: usize = 67;
 
 /// Runs `k` and the reference on one case and compares.
 #[allow(clippy::too_many_arguments)]
-fn check(what: &str, table: &str, k: ConvFn, reference: ConvFn, g: &ConvGeom, input: &[i8], w: &[u8], zp: i8, rq: &[Requant], q: OutQ) {
+fn check(
+    what: &str,
+    table: &str,
+    k: ConvFn,
+    reference: ConvFn,
+    g: &ConvGeom,
+    input: &[i8],
+    w: &[u8],
+    zp: i8,
+    rq: &[Requant],
+    q: OutQ,
+) {
     let n = g.oh * g.ow * g.cout;
     let mut want = std::vec![CANARY; n + GUARD];
     let mut got = std::vec![CANARY; n + GUARD];
@@ -97,7 +129,11 @@ fn check(what: &str, table: &str, k: ConvFn, reference: ConvFn, g: &ConvGeom, in
     k(input, w, g, zp, rq, q, &mut got);
     if got != want {
         let i = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
-        let (p, c) = if g.cout == 0 { (0, 0) } else { (i / g.cout, i % g.cout) };
+        let (p, c) = if g.cout == 0 {
+            (0, 0)
+        } else {
+            (i / g.cout, i % g.cout)
+        };
         panic!(
             "{table} {what}: mismatch at byte {i} (pixel {p}, channel {c}): got {} want {}\n{g:?} zp_in {zp} {q:?} rq[c] {:?}",
             got[i],
@@ -108,11 +144,42 @@ fn check(what: &str, table: &str, k: ConvFn, reference: ConvFn, g: &ConvGeom, in
 }
 
 #[allow(clippy::too_many_arguments)]
-fn geom(ih: usize, iw: usize, cin: usize, cout: usize, k: (usize, usize), s: (usize, usize), pad: [usize; 4], groups: usize) -> ConvGeom {
+fn geom(
+    ih: usize,
+    iw: usize,
+    cin: usize,
+    cout: usize,
+    k: (usize, usize),
+    s: (usize, usize),
+    pad: [usize; 4],
+    groups: usize,
+) -> ConvGeom {
     let [pt, pl, pb, pr] = pad;
-    let oh = if ih + pt + pb >= k.0 { (ih + pt + pb - k.0) / s.0 + 1 } else { 0 };
-    let ow = if iw + pl + pr >= k.1 { (iw + pl + pr - k.1) / s.1 + 1 } else { 0 };
-    ConvGeom { ih, iw, cin, oh, ow, cout, kh: k.0, kw: k.1, sh: s.0, sw: s.1, pt, pl, groups }
+    let oh = if ih + pt + pb >= k.0 {
+        (ih + pt + pb - k.0) / s.0 + 1
+    } else {
+        0
+    };
+    let ow = if iw + pl + pr >= k.1 {
+        (iw + pl + pr - k.1) / s.1 + 1
+    } else {
+        0
+    };
+    ConvGeom {
+        ih,
+        iw,
+        cin,
+        oh,
+        ow,
+        cout,
+        kh: k.0,
+        kw: k.1,
+        sh: s.0,
+        sw: s.1,
+        pt,
+        pl,
+        groups,
+    }
 }
 
 /// One random case of a dense conv.
@@ -122,7 +189,18 @@ fn dense_case(r: &mut Rng, table: &str, what: &str, k: ConvFn, g: &ConvGeom, wil
     let rq = random_rq(r, g.cout, wild);
     let q = random_q(r);
     let zp = r.next() as i8;
-    check(what, table, k, super::scalar::conv, g, &input, &w, zp, &rq, q);
+    check(
+        what,
+        table,
+        k,
+        super::scalar::conv,
+        g,
+        &input,
+        &w,
+        zp,
+        &rq,
+        q,
+    );
 }
 
 fn dw_case(r: &mut Rng, table: &str, k: ConvFn, g: &ConvGeom, wild: bool) {
@@ -131,14 +209,37 @@ fn dw_case(r: &mut Rng, table: &str, k: ConvFn, g: &ConvGeom, wild: bool) {
     let rq = random_rq(r, g.cout, wild);
     let q = random_q(r);
     let zp = r.next() as i8;
-    check("dwconv", table, k, super::scalar::dwconv, g, &input, &w, zp, &rq, q);
+    check(
+        "dwconv",
+        table,
+        k,
+        super::scalar::dwconv,
+        g,
+        &input,
+        &w,
+        zp,
+        &rq,
+        q,
+    );
 }
 
 // Tiles: AVX2 3x8 (k 8), AVX-512 VNNI 6x16 (k 16), NEON / dotprod 4x4 (k
 // 16), depthwise 16 channels in chunks of 128.
 const CIN: &[usize] = &[0, 1, 3, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 47, 64, 96];
 const COUT: &[usize] = &[0, 1, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33];
-const PIXELS: &[(usize, usize)] = &[(1, 1), (1, 2), (1, 3), (2, 2), (1, 5), (2, 3), (3, 3), (4, 4), (1, 7), (5, 5), (1, 13)];
+const PIXELS: &[(usize, usize)] = &[
+    (1, 1),
+    (1, 2),
+    (1, 3),
+    (2, 2),
+    (1, 5),
+    (2, 3),
+    (3, 3),
+    (4, 4),
+    (1, 7),
+    (5, 5),
+    (1, 13),
+];
 
 fn pointwise_shapes(k: Kernels) {
     let mut r = Rng(1);
@@ -152,14 +253,25 @@ fn pointwise_shapes(k: Kernels) {
         }
     }
     // zero pixels
-    let g = ConvGeom { oh: 0, ow: 0, ..geom(1, 1, 8, 8, (1, 1), (1, 1), [0; 4], 1) };
+    let g = ConvGeom {
+        oh: 0,
+        ow: 0,
+        ..geom(1, 1, 8, 8, (1, 1), (1, 1), [0; 4], 1)
+    };
     dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, false);
 }
 
 fn conv_shapes(k: Kernels) {
     let mut r = Rng(2);
     // (cin, cout, kernel, stride, pads t l b r, groups)
-    type Case = (usize, usize, (usize, usize), (usize, usize), [usize; 4], usize);
+    type Case = (
+        usize,
+        usize,
+        (usize, usize),
+        (usize, usize),
+        [usize; 4],
+        usize,
+    );
     let cases: &[Case] = &[
         (3, 32, (3, 3), (2, 2), [1, 1, 1, 1], 1), // MobileNet stem
         (3, 16, (3, 3), (2, 2), [0, 0, 1, 1], 1), // TF "same" padding
@@ -176,7 +288,7 @@ fn conv_shapes(k: Kernels) {
         (12, 12, (1, 1), (1, 1), [0, 0, 0, 0], 4),
         (8, 16, (3, 3), (1, 1), [1, 1, 1, 1], 2), // grouped 3x3
         (9, 6, (3, 3), (2, 2), [1, 1, 1, 1], 3),
-        (6, 6, (1, 1), (1, 1), [1, 1, 1, 1], 1),  // padded 1x1
+        (6, 6, (1, 1), (1, 1), [1, 1, 1, 1], 1), // padded 1x1
         (64, 40, (3, 3), (1, 1), [1, 1, 1, 1], 1),
         (513, 3, (3, 3), (1, 1), [1, 1, 1, 1], 1), // weights too big to pad: scalar k tail
         (4000, 2, (3, 3), (1, 1), [1, 1, 1, 1], 1), // row 36000 > im2col block: reference path
@@ -247,7 +359,11 @@ fn dwconv_shapes(k: Kernels) {
             }
         }
     }
-    let g = ConvGeom { oh: 0, ow: 0, ..geom(3, 3, 16, 16, (3, 3), (1, 1), [1; 4], 16) };
+    let g = ConvGeom {
+        oh: 0,
+        ow: 0,
+        ..geom(3, 3, 16, 16, (3, 3), (1, 1), [1; 4], 16)
+    };
     dw_case(&mut r, k.name, k.dwconv, &g, false);
 }
 
@@ -279,7 +395,11 @@ fn random_dw(k: Kernels, seed: u64, cases: usize) {
     for _ in 0..cases {
         let c = r.range(1, 300) as usize;
         let kh = r.pick(&[1, 3, 3, 3, 5]);
-        let kw = if r.next() % 4 == 0 { r.range(1, 5) as usize } else { kh };
+        let kw = if r.next() % 4 == 0 {
+            r.range(1, 5) as usize
+        } else {
+            kh
+        };
         let s = r.pick(&[(1, 1), (2, 2), (1, 2)]);
         let pad = [0; 4].map(|_| r.range(0, 2) as usize);
         let (ih, iw) = (r.range(1, 10) as usize, r.range(1, 10) as usize);
@@ -340,7 +460,10 @@ fn tables_and_names() {
     assert!(all.contains(&best.name));
     for k in Kernels::available() {
         for n in [k.names.pointwise, k.names.conv, k.names.dwconv, k.names.fc] {
-            assert!(n.starts_with(k.name) || n.starts_with("avx2") || n.starts_with("neon"), "{n}");
+            assert!(
+                n.starts_with(k.name) || n.starts_with("avx2") || n.starts_with("neon"),
+                "{n}"
+            );
         }
     }
     #[cfg(target_arch = "aarch64")]

@@ -101,7 +101,11 @@ pub fn encode_bias(b: f64) -> u16 {
     if b.is_nan() {
         return 0;
     }
-    let sign: u16 = if b < 0.0 || (b == 0.0 && b.is_sign_negative()) { 0x8000 } else { 0 };
+    let sign: u16 = if b < 0.0 || (b == 0.0 && b.is_sign_negative()) {
+        0x8000
+    } else {
+        0
+    };
     let a = if b < 0.0 { -b } else { b };
     if a >= 65504.0 {
         return sign | 0x7bff;
@@ -161,7 +165,10 @@ pub fn quantize_multiplier(m: f64) -> Option<Multiplier> {
         return Some(Multiplier { mult: 0, shift: 31 });
     }
     let q = q as i32;
-    Some(Multiplier { mult: if neg { -q } else { q }, shift })
+    Some(Multiplier {
+        mult: if neg { -q } else { q },
+        shift,
+    })
 }
 
 /// `round(x * m / 2^shift)` by the crate's one rounding rule (half toward
@@ -253,7 +260,10 @@ mod tests {
             let (v, _) = decode_scale(encode_scale_nearest(s, false));
             assert!((v - s).abs() <= s / 1024.0, "{s} -> {v}");
         }
-        assert_eq!(encode_scale_nearest(1.0, true), encode_scale_ceil(1.0, true));
+        assert_eq!(
+            encode_scale_nearest(1.0, true),
+            encode_scale_ceil(1.0, true)
+        );
         assert_eq!(decode_scale(0).0, pow2(-48));
     }
 
@@ -278,9 +288,21 @@ mod tests {
     #[test]
     fn multipliers() {
         let m = quantize_multiplier(0.5).unwrap();
-        assert_eq!(m, Multiplier { mult: 1 << 30, shift: 31 });
+        assert_eq!(
+            m,
+            Multiplier {
+                mult: 1 << 30,
+                shift: 31
+            }
+        );
         let m = quantize_multiplier(-0.75).unwrap();
-        assert_eq!(m, Multiplier { mult: -(3 << 29), shift: 31 });
+        assert_eq!(
+            m,
+            Multiplier {
+                mult: -(3 << 29),
+                shift: 31
+            }
+        );
         assert!(quantize_multiplier(2f64.powi(30)).is_none());
         assert!(quantize_multiplier(f64::NAN).is_none());
         let m = quantize_multiplier(3.0).unwrap();
