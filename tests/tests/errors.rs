@@ -44,6 +44,12 @@ fn small_export(tag: &str) -> (PathBuf, Vec<u8>, Vec<u8>, Vec<u8>) {
     (dir.clone(), r("backbone.gnb"), r("sb.gnp"), r("dw.gnp"))
 }
 
+/// One random input of the backbone's shape.
+fn input_for(back: &Backbone<'_>) -> Vec<f32> {
+    let t = back.input();
+    random_inputs(1, t.c as usize, t.h as usize, t.w as usize, 8)
+}
+
 fn reseal(blob: &mut [u8]) {
     let c = blob_checksum(blob);
     blob[12..16].copy_from_slice(&c.to_le_bytes());
@@ -212,13 +218,7 @@ fn resealed_corruption_never_panics() {
 fn failed_apply_leaves_the_previous_task_active() {
     let (dir, bb, sb, dw) = small_export("failed-apply");
     let back = Backbone::parse(&bb).unwrap();
-    let input = random_inputs(
-        1,
-        back.input().c as usize,
-        back.input().h as usize,
-        back.input().w as usize,
-        8,
-    );
+    let input = input_for(&back);
     let mut arena = vec![0i8; back.arena_len()];
     let mut params = vec![Requant::default(); back.params_len()];
     let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
@@ -334,13 +334,7 @@ fn unknown_task_name_lists_the_tasks() {
 fn patches_stream_through_embedded_io() {
     let (dir, bb, sb, _) = small_export("stream");
     let back = Backbone::parse(&bb).unwrap();
-    let input = random_inputs(
-        1,
-        back.input().c as usize,
-        back.input().h as usize,
-        back.input().w as usize,
-        8,
-    );
+    let input = input_for(&back);
     let want = scores(&bb, Some(&sb), &npy_from(&dir, &back, &input), 1)[0].clone();
     let mut buf = vec![0u8; sb.len()];
     let mut reader: &[u8] = &sb;
