@@ -10,17 +10,48 @@ fn main() -> anyhow::Result<()> {
     let g = pipeline::import(std::path::Path::new(&a[1]), Some(shape))?;
     let mean = [0.485, 0.456, 0.406];
     let std = [0.229, 0.224, 0.225];
-    let calib =
-        graftnet_tests::fashion_pictures("train", 0..48, shape.0, shape.1, shape.2, &mean, &std);
-    let q = pipeline::quantize_model(&g, &calib, 0, vec![], None)?;
+    // GRAFTNET_PAGES=1: handwritten digit pages (square inputs) instead of
+    // Fashion-MNIST pictures; GRAFTNET_BIAS_CORRECTION=N: correct on N samples.
+    let pages = std::env::var_os("GRAFTNET_PAGES").is_some();
+    let digits = if pages {
+        graftnet_tests::mnist_digits()
+    } else {
+        vec![]
+    };
+    let data = |train: bool, n: usize| {
+        if pages {
+            graftnet_tests::digit_pages(
+                &digits,
+                n,
+                if train { 1 } else { 2 },
+                shape.0,
+                shape.1,
+                &mean,
+                &std,
+            )
+        } else {
+            let split = if train { "train" } else { "t10k" };
+            graftnet_tests::fashion_pictures(split, 0..n, shape.0, shape.1, shape.2, &mean, &std)
+        }
+    };
+    let calib = data(true, 48);
+    let bc = std::env::var("GRAFTNET_BIAS_CORRECTION")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(|samples| graftnet_tools::bias_correction::BiasCorrection { samples });
+    let q = pipeline::quantize_model_with(&g, &calib, 0, vec![], None, bc)?;
     let bb_blob = graftnet_tools::export::emit_backbone_with(&q, q.classes(), false)?;
     let bb = Backbone::parse(&bb_blob.bytes).unwrap();
     let mut arena = vec![0i8; bb.arena_len()];
     let mut params = vec![Requant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
-    let test =
-        graftnet_tests::fashion_pictures("t10k", 0..1, shape.0, shape.1, shape.2, &mean, &std);
-    let x = test.sample(0);
+    let test = data(false, 4);
+    let x = test.sample(
+        std::env::var("GRAFTNET_SAMPLE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     let fl = float_eval::run(&g, x);
     e.run_f32(x).unwrap();
     for (t, qt) in q.tensors.iter().enumerate() {

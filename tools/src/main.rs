@@ -12,6 +12,7 @@ use serde_json::json;
 
 mod bench;
 
+use graftnet_tools::bias_correction::BiasCorrection;
 use graftnet_tools::data::{self, Preprocess};
 use graftnet_tools::export::OtherPolicy;
 use graftnet_tools::host::{argmax, ExportDir};
@@ -178,6 +179,12 @@ struct ExportArgs {
     /// NAME=FILE with one class label per line, repeatable
     #[arg(long = "labels", value_parser = parse_kv)]
     labels: Vec<(String, PathBuf)>,
+    /// move every conv bias by its mean int8 error on the first N calibration
+    /// samples (empirical bias correction; 0 = off). Helps models whose int8
+    /// error drifts, e.g. PP-LCNet; applied to the base and every task, so
+    /// task patches carry their biases and grow.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    bias_correction: usize,
     #[command(flatten)]
     prep: PrepArgs,
     #[arg(long)]
@@ -336,6 +343,9 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         },
         labels,
         progress: !a.json,
+        bias_correction: (a.bias_correction > 0).then_some(BiasCorrection {
+            samples: a.bias_correction,
+        }),
     };
     let r = pipeline::export(&opts)?;
     if a.json {

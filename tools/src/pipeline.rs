@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use graftnet::format::EntryClass;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::bias_correction::{correct_biases, BiasCorrection};
 use crate::data::{self, Dataset, Preprocess};
 use crate::export::{self, OtherPolicy, PatchEntry};
 use crate::ir::Graph;
@@ -39,6 +40,9 @@ pub struct ExportOptions {
     pub labels: BTreeMap<String, Vec<String>>,
     /// show progress bars
     pub progress: bool,
+    /// empirical bias correction (see [`crate::bias_correction`]) for the
+    /// base and every task; `None` = off
+    pub bias_correction: Option<BiasCorrection>,
 }
 
 /// One exported task.
@@ -77,6 +81,18 @@ pub fn quantize_model(
     labels: Vec<String>,
     progress: Option<&ProgressBar>,
 ) -> Result<QModel> {
+    quantize_model_with(graph, calib, limit, labels, progress, None)
+}
+
+/// [`quantize_model`], then the empirical bias correction when asked.
+pub fn quantize_model_with(
+    graph: &Graph,
+    calib: &Dataset,
+    limit: usize,
+    labels: Vec<String>,
+    progress: Option<&ProgressBar>,
+    bias_correction: Option<BiasCorrection>,
+) -> Result<QModel> {
     let n = if limit == 0 {
         calib.len()
     } else {
@@ -100,7 +116,29 @@ pub fn quantize_model(
         p.set_position(0);
     }
     let ranges = quantize::calibrate(graph, (0..n).map(|i| calib.sample(i)), &tick)?;
-    quantize::quantize(graph, &ranges, labels)
+    let mut q = quantize::quantize(graph, &ranges, labels)?;
+    if let Some(bc) = bias_correction {
+        let bc = BiasCorrection {
+            samples: bc.samples.min(n),
+        };
+        if let Some(p) = progress {
+            p.set_length(
+                q.ops
+                    .iter()
+                    .filter(|o| {
+                        matches!(
+                            o.kind,
+                            graftnet::format::OpKind::Conv | graftnet::format::OpKind::DwConv
+                        )
+                    })
+                    .count() as u64,
+            );
+            p.set_position(0);
+            p.set_message(format!("{} (bias correction)", p.message()));
+        }
+        correct_biases(graph, &mut q, calib, bc, &tick).context("bias correction")?;
+    }
+    Ok(q)
 }
 
 fn bar(enabled: bool, msg: String) -> Option<ProgressBar> {
@@ -166,12 +204,13 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     };
     let labels = |name: &str| opts.labels.get(name).cloned().unwrap_or_default();
     let pb = bar(opts.progress, format!("{BASE_TASK}"));
-    let base_q = quantize_model(
+    let base_q = quantize_model_with(
         &base_graph,
         &get_calib(calib_for(BASE_TASK))?,
         opts.calib_limit,
         labels(BASE_TASK),
         pb.as_ref(),
+        opts.bias_correction,
     )?;
     if let Some(p) = pb {
         p.finish();
@@ -180,12 +219,13 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     for (name, path) in &opts.tasks {
         let g = import(path, opts.input_shape)?;
         let pb = bar(opts.progress, name.clone());
-        let q = quantize_model(
+        let q = quantize_model_with(
             &g,
             &get_calib(calib_for(name))?,
             opts.calib_limit,
             labels(name),
             pb.as_ref(),
+            opts.bias_correction,
         )
         .with_context(|| format!("quantizing task '{name}'"))?;
         if let Some(p) = pb {

@@ -426,6 +426,36 @@ pub fn calibrate<'s>(
             0.0
         };
     }
+    // A tensor read only by elementwise functions that are constant below
+    // some `a` (HardSwish, ReLU) or above some `b` (HardSigmoid, Clip) needs
+    // no int8 steps out there: clamping its range to [a, b] changes no
+    // function value and gives the rest finer steps.
+    for t in 0..n {
+        if t == g.input || t == g.output {
+            continue;
+        }
+        let mut readers = g
+            .nodes
+            .iter()
+            .filter(|nd| nd.inputs.contains(&t))
+            .peekable();
+        if readers.peek().is_none() {
+            continue;
+        }
+        let (mut a, mut b) = (f32::INFINITY, f32::NEG_INFINITY);
+        for nd in readers {
+            let Op::Unary(u) = &nd.op else {
+                a = r.min[t];
+                b = r.max[t];
+                break;
+            };
+            let (ua, ub) = varying_interval(u, r.min[t], r.max[t]);
+            a = a.min(ua);
+            b = b.max(ub);
+        }
+        r.min[t] = r.min[t].max(a.min(0.0));
+        r.max[t] = r.max[t].min(b.max(0.0));
+    }
     let mut hist = vec![vec![0u64; BINS]; n];
     for x in &samples {
         let vals = float_eval::run(g, x);
@@ -487,6 +517,35 @@ pub fn calibrate<'s>(
         r.hi[t] = best.2 as f32;
     }
     Ok(r)
+}
+
+/// The part of `[lo, hi]` outside which `u` is constant: `[a, b]` with
+/// `u(x) == u(lo)` for every `x` in `[lo, a]` and `u(x) == u(hi)` on
+/// `[b, hi]`, found on a grid of 8192 steps (conservatively: the true
+/// breakpoints lie within one step outside `[a, b]`).
+fn varying_interval(u: &Unary, lo: f32, hi: f32) -> (f32, f32) {
+    const STEPS: usize = 8192;
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
+        return (lo, hi);
+    }
+    let x = |i: usize| {
+        if i == STEPS {
+            hi
+        } else {
+            (lo as f64 + (hi as f64 - lo as f64) * i as f64 / STEPS as f64) as f32
+        }
+    };
+    let same = |p: f32, q: f32| p == q || (p.is_nan() && q.is_nan());
+    let (f0, f1) = (u.apply(lo), u.apply(hi));
+    let mut a = 0;
+    while a < STEPS && same(u.apply(x(a + 1)), f0) {
+        a += 1;
+    }
+    let mut b = STEPS;
+    while b > a && same(u.apply(x(b - 1)), f1) {
+        b -= 1;
+    }
+    (x(a), x(b))
 }
 
 /// Activation quantization from a range (always including 0).
