@@ -147,7 +147,7 @@ fn split_of(run: &OpRun<'_>, n: usize) -> Split {
             let c = run.to.c as usize;
             let ok = c > 0
                 && run.out_len >= MIN_PARALLEL_ELEMS
-                && run.out_len % c == 0
+                && run.out_len.is_multiple_of(c)
                 && run.ta.len() == run.out_len
                 && run
                     .tb
