@@ -124,10 +124,7 @@ fn dsp_dwconv_i8i32_4(
     }
     // SAFETY: `check_dwconv` proved the bounds; `1 <= taps <= DW_MAX_TAPS`.
     unsafe {
-        match taps {
-            9 => dw_body(input.as_ptr(), w, g, zp_in, rq, q, out.as_mut_ptr(), 9),
-            t => dw_body(input.as_ptr(), w, g, zp_in, rq, q, out.as_mut_ptr(), t),
-        }
+        dw_body(input.as_ptr(), w, g, zp_in, rq, q, out.as_mut_ptr(), taps)
     }
 }
 
@@ -304,12 +301,19 @@ impl ChRq {
     }
 }
 
+/// The rare cases of [`requant`], out of line to keep the kernels small.
+#[cold]
+#[inline(never)]
+fn requant_scalar(acc: i32, r: &Requant, q: OutQ) -> i8 {
+    scalar::requant(acc, r, q)
+}
+
 /// [`scalar::requant`], bit for bit (see the module doc).
 #[inline(always)]
 fn requant(acc: i32, c: &ChRq, q: OutQ) -> i8 {
     let x = match acc.checked_add(c.r.bias) {
         Some(x) if c.mode != 2 => x,
-        _ => return scalar::requant(acc, &c.r, q),
+        _ => return requant_scalar(acc, &c.r, q),
     };
     // |x·mult| <= 2^62, so the high word is at most 2^30 in magnitude and
     // adding 2^(s−33) <= 2^29 cannot overflow.
