@@ -26,7 +26,7 @@
 //! proves the feature, so a table built from one is safe to call.
 //!
 //! Stack use: the SIMD kernels keep scratch buffers on the stack (at most
-//! about 48 KiB: an im2col block and padded weights; about 14 KiB for
+//! about 48 KiB: an im2col block and padded weights; about 10 KiB for
 //! `dsp`), never on a heap.
 
 pub mod cpu;
