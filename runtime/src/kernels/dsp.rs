@@ -15,7 +15,7 @@
 //! - Depthwise (`dsp_dwconv_i8i32_4`, up to 25 taps): 4 channels per step,
 //!   two taps per `smlad`. `pkhbt`/`pkhtb` pair a channel's inputs of two
 //!   taps; the weights are packed once per call into the same i16 pairs
-//!   (`[kh·kw/2] × c` words on the stack, per chunk of 64 channels).
+//!   (`⌈kh·kw/2⌉ × 64` words on the stack, per chunk of 64 channels).
 //! - Requantization (`requant`): `smmul` (high word of the 64-bit product)
 //!   instead of a 64-bit multiply, add and shift. Exact: for `s >= 33`,
 //!   `(P + 2^(s−1)) >> s == ((P >> 32) + 2^(s−33)) >> (s − 32)` (the low
