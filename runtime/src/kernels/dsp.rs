@@ -313,7 +313,14 @@ fn requant_scalar(acc: i32, r: &Requant, q: OutQ) -> i8 {
     scalar::requant(acc, r, q)
 }
 
-/// [`scalar::requant`], bit for bit (see the module doc).
+/// Panics like the reference's `clamp` would on its first output.
+#[inline(always)]
+fn check_clamp(q: OutQ, outputs: usize) {
+    assert!(outputs == 0 || q.lo <= q.hi, "clamp: lo > hi");
+}
+
+/// [`scalar::requant`], bit for bit (see the module doc), for `q` that
+/// passed [`check_clamp`].
 #[inline(always)]
 fn requant(acc: i32, c: &ChRq, q: OutQ) -> i8 {
     let x = match acc.checked_add(c.r.bias) {
@@ -327,8 +334,10 @@ fn requant(acc: i32, c: &ChRq, q: OutQ) -> i8 {
     } else {
         smmulr(x, c.r.mult)
     };
-    // Saturating the sum changes nothing after a clamp to i32 bounds.
-    qadd(y, q.zp).clamp(q.lo, q.hi) as i8
+    // Saturating the sum changes nothing after a clamp to i32 bounds. The
+    // callers checked `lo <= hi` (the reference's `clamp` panics otherwise),
+    // so `max`/`min` is that clamp without a check per value.
+    qadd(y, q.zp).max(q.lo).min(q.hi) as i8
 }
 
 // -------------------------------------------------------------------- GEMM
@@ -417,6 +426,7 @@ unsafe fn gemm_tile<const R: usize, const C: usize>(
 #[inline(always)]
 unsafe fn gemm_body(p: &Gemm<'_>, out: *mut i8, ldo: usize) {
     let (m, n) = (p.m, p.n);
+    check_clamp(p.q, m * n);
     let rq = |c: usize| ChRq::new(p.rq[c]);
     let mut n0 = 0;
     if m == 1 {
@@ -477,6 +487,7 @@ unsafe fn dw_body(
     taps: usize,
 ) {
     let c = g.cout;
+    check_clamp(q, g.oh * g.ow * c);
     let pairs = taps.div_ceil(2);
     let zp4 = u32::from_ne_bytes([zp_in as u8; 4]);
     // Weights of a chunk: [pair][channel] words, (tap 2j, tap 2j+1) as i16
