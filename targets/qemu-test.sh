@@ -15,7 +15,8 @@
 #    concurrent clients), checking every response against the host;
 # 5. builds cortex-m4 and cortex-m7 (and the STM32H743 layout) and runs both
 #    firmwares under qemu-system-arm: exit 0 only if every result is
-#    bit-identical to the host's;
+#    bit-identical to the host's; then both kernel self-test firmwares (the
+#    dsp kernels against the scalar reference);
 # 6. prints a table; exits non-zero on any failure or mismatch.
 #
 # Environment: GRAFTNET_REQUESTS (valid device requests per board, default
@@ -186,13 +187,13 @@ mcu_build() { # DIR LOG [cargo args]: build in DIR
     (cd "$HERE/$dir" && run "$log" "$CARGO" build --release "$@")
 }
 step "build cortex-m4 (and its size baseline without the engine)"
-mcu_build cortex-m4 build-cortex-m4-baseline.log --features size-baseline || fail "build cortex-m4 baseline"
+mcu_build cortex-m4 build-cortex-m4-baseline.log --features size-baseline --bin graftnet-cortex-m4 || fail "build cortex-m4 baseline"
 cp "$HERE/cortex-m4/$ELF/graftnet-cortex-m4" "$WORK/cortex-m4-baseline.elf" || true
 mcu_build cortex-m4 build-cortex-m4.log || fail "build cortex-m4"
 # The patch partition image, flashable on its own (README, "The patch partition").
 cp "$(ls -t "$HERE"/cortex-m4/$ELF/build/graftnet-mcu-*/out/patches.bin | head -1)" "$WORK/patches.bin" || fail "patches.bin"
 step "build cortex-m7 (STM32H743 layout, then qemu layout)"
-mcu_build cortex-m7 build-cortex-m7-stm32h743.log --config stm32h743.toml || fail "build cortex-m7 (STM32H743)"
+mcu_build cortex-m7 build-cortex-m7-stm32h743.log --config stm32h743.toml --bin graftnet-cortex-m7 || fail "build cortex-m7 (STM32H743)"
 cp "$HERE/cortex-m7/$ELF/graftnet-cortex-m7" "$WORK/cortex-m7-stm32h743.elf" || true
 mcu_build cortex-m7 build-cortex-m7.log || fail "build cortex-m7"
 
@@ -207,6 +208,23 @@ for fw in cortex-m4 cortex-m7; do
     set -e
     cat "$LOGS/run-$fw.log"
     [ "${FW_RC[$fw]}" = 0 ] || fail "$fw firmware (exit ${FW_RC[$fw]})"
+done
+# The kernel self-test firmware (built with the board): every kernel of the
+# dsp table against the scalar reference (a few seconds), then one timed
+# inference per table. -icount shift=0 makes qemu's clock count instructions
+# (1 ns each), so the SysTick figures are instruction counts / 40 (25 MHz
+# SysTick), not silicon timing.
+declare -A KT_RC
+for fw in cortex-m4 cortex-m7; do
+    step "run $fw kernel self-test under qemu-system-arm (${MACHINE[$fw]#* })"
+    set -- ${MACHINE[$fw]}
+    set +e
+    timeout 300 qemu-system-arm -cpu "$1" -machine "$2" -nographic -semihosting-config enable=on,target=native \
+        -icount shift=0 -kernel "$HERE/$fw/$ELF/graftnet-$fw-kernels" >"$LOGS/run-$fw-kernels.log" 2>&1
+    KT_RC[$fw]=$?
+    set -e
+    cat "$LOGS/run-$fw-kernels.log"
+    [ "${KT_RC[$fw]}" = 0 ] || fail "$fw kernel self-test (exit ${KT_RC[$fw]})"
 done
 
 step "waiting for the graftnet-device runs"
@@ -235,7 +253,7 @@ done
 # ------------------------------------------------------------- 6. report
 secsize() { "$SIZE_TOOL" -A "$1" | awk -v s="$2" '$1 == s {print $2}'; }
 kb() { awk -v b="${1:-0}" 'BEGIN {printf "%.1f KB", b / 1024}'; }
-declare -A FW_SIZE FW_TESTS
+declare -A FW_SIZE FW_TESTS KT_TESTS
 for fw in cortex-m4 cortex-m7; do
     e="$HERE/$fw/$ELF/graftnet-$fw"
     flash=$(( $(secsize "$e" .vector_table) + $(secsize "$e" .text) + $(secsize "$e" .rodata) + $(secsize "$e" .data) ))
@@ -246,6 +264,8 @@ for fw in cortex-m4 cortex-m7; do
     FW_SIZE[$fw]="flash $(kb $((flash - samples))) + $(kb "$samples") samples + $(kb "$part") patches; RAM $(kb $((ram + stack)))"
     line=$(grep -o '^[0-9]* of [0-9]* inferences' "$LOGS/run-$fw.log" || echo "0 of 0")
     FW_TESTS[$fw]="$(echo "$line" | awk '{print $1 "/" $3}') inferences"
+    kt=$(grep -o '[0-9]* cases (.*) identical to scalar' "$LOGS/run-$fw-kernels.log" | awk '{print $1}' | head -1)
+    KT_TESTS[$fw]="dsp: ${kt:-0} cases"
 done
 devsize() {
     local f="$HERE/$1/target/aarch64-unknown-linux-gnu/release/graftnet-device"
@@ -291,6 +311,8 @@ for b in "${BOARDS[@]}"; do
 done
 row "cortex-m4 firmware (mps2-an386)" "${FW_TESTS[cortex-m4]}" "$(yn "${FW_RC[cortex-m4]}")" "${FW_SIZE[cortex-m4]}"
 row "cortex-m7 firmware (mps2-an500)" "${FW_TESTS[cortex-m7]}" "$(yn "${FW_RC[cortex-m7]}")" "${FW_SIZE[cortex-m7]}"
+row "cortex-m4 kernel self-test (mps2-an386)" "${KT_TESTS[cortex-m4]}" "$(yn "${KT_RC[cortex-m4]}")" "-"
+row "cortex-m7 kernel self-test (mps2-an500)" "${KT_TESTS[cortex-m7]}" "$(yn "${KT_RC[cortex-m7]}")" "-"
 
 echo
 echo "total time: $(($(date +%s) - T0)) s"

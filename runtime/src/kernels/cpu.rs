@@ -80,3 +80,38 @@ impl Dotprod {
         Neon(())
     }
 }
+
+/// Armv7E-M DSP extension (`smlad`, `sxtb16`, `smmul`, `pkhbt`, `qadd`:
+/// Cortex-M4, M7, and M33/M55 built with DSP).
+///
+/// Detected at compile time only, with or without `std`: Rust has no stable
+/// run-time detection on arm. The runtime's `build.rs` sets
+/// `cfg(graftnet_dsp)` from `cfg(target_feature = "dsp")`; a stable
+/// compiler does not report arm target features, so there `build.rs` falls
+/// back to the target name (every `thumbv7em-*` core has DSP). The crate
+/// is then compiled for a DSP core as a whole.
+#[derive(Clone, Copy, Debug)]
+pub struct Dsp(());
+
+#[cfg(target_arch = "arm")]
+impl Dsp {
+    /// The token when the crate is compiled for a DSP core (see the type
+    /// doc); `None` otherwise.
+    pub fn try_new() -> Option<Self> {
+        if cfg!(graftnet_dsp) {
+            Some(Dsp(()))
+        } else {
+            None
+        }
+    }
+    /// The token without detection.
+    ///
+    /// # Safety
+    ///
+    /// The running CPU must execute the DSP instructions. Without
+    /// `cfg(graftnet_dsp)` there is no DSP table to build from it.
+    #[allow(unsafe_code)] // declaring the contract; nothing unsafe happens here
+    pub unsafe fn new_unchecked() -> Self {
+        Dsp(())
+    }
+}

@@ -82,6 +82,25 @@ pub(crate) fn conv(
     gemm: GemmFn,
     unit: usize,
 ) {
+    conv_blocks::<{ IM2COL_BYTES + 16 }, WPAD_BYTES>(input, w, g, zp_in, rq, q, out, gemm, unit);
+}
+
+/// [`conv`] with other stack blocks: `BUF` bytes of im2col block (16 of
+/// them slack for `copy_short`) and `WPAD` bytes of padded weights. MCUs
+/// use smaller blocks than the 40 KiB of [`conv`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_blocks<const BUF: usize, const WPAD: usize>(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+    gemm: GemmFn,
+    unit: usize,
+) {
+    const { assert!(BUF > 16) };
     super::check_conv(input, w, g, rq, out);
     let (cg, ng, row) = (g.cin / g.groups, g.cout / g.groups, g.row_len());
     let pixels = g.oh * g.ow;
@@ -143,15 +162,15 @@ pub(crate) fn conv(
     }
     // im2col
     let rowpad = row.div_ceil(unit) * unit;
-    let chunk = IM2COL_BYTES / rowpad.max(1);
+    let chunk = (BUF - 16) / rowpad.max(1);
     if chunk == 0 {
         scalar::conv(input, w, g, zp_in, rq, q, out);
         return;
     }
     // 16 bytes of slack: short copies move 16 bytes at once (see `copy_short`).
-    let mut buf = [0i8; IM2COL_BYTES + 16];
-    let mut wpad = [0u8; WPAD_BYTES];
-    let padw = rowpad != row && ng * rowpad <= WPAD_BYTES;
+    let mut buf = [0i8; BUF];
+    let mut wpad = [0u8; WPAD];
+    let padw = rowpad != row && ng * rowpad <= WPAD;
     for grp in 0..g.groups {
         let wg = &w[grp * ng * row..(grp + 1) * ng * row];
         let (wk, ldw, k) = if padw {

@@ -19,13 +19,15 @@
 //! weights live in flash or come from a patch and must not be copied per call.
 //!
 //! Tables ([`Kernels`]): `scalar` (reference, every target), `avx2` and
-//! `avx512vnni` (x86_64), `neon` and `dotprod` (aarch64). [`Kernels::best`]
+//! `avx512vnni` (x86_64), `neon` and `dotprod` (aarch64), `dsp` (Armv7E-M:
+//! Cortex-M4, M7). [`Kernels::best`]
 //! picks once per process; [`Kernels::by_name`] gives a table only when the
 //! CPU supports it. CPU features are tokens ([`cpu`]): a token's existence
 //! proves the feature, so a table built from one is safe to call.
 //!
 //! Stack use: the SIMD kernels keep scratch buffers on the stack (at most
-//! about 48 KiB: an im2col block and padded weights), never on a heap.
+//! about 48 KiB: an im2col block and padded weights; about 10 KiB for
+//! `dsp`), never on a heap.
 
 pub mod cpu;
 pub mod scalar;
@@ -44,6 +46,13 @@ mod avx512vnni;
 
 #[cfg(target_arch = "aarch64")]
 mod neon;
+
+#[cfg(all(target_arch = "arm", graftnet_dsp))]
+mod dsp;
+
+#[cfg(any(test, feature = "selftest"))]
+#[doc(hidden)]
+pub mod selftest;
 
 #[cfg(test)]
 mod tests;
@@ -144,7 +153,7 @@ pub struct KernelNames {
 /// is the fastest table for this CPU (chosen once).
 #[derive(Clone, Copy)]
 pub struct Kernels {
-    /// name of the table ("scalar", "avx2", "avx512vnni", "neon", "dotprod")
+    /// name of the table ("scalar", "avx2", "avx512vnni", "neon", "dotprod", "dsp")
     pub name: &'static str,
     /// 1x1 stride-1 dense convolution ([`ConvGeom::is_pointwise`])
     pub pointwise: ConvFn,
@@ -168,7 +177,7 @@ impl core::fmt::Debug for Kernels {
 }
 
 /// Every table name, fastest last (the order [`Kernels::best`] tries in reverse).
-pub const TABLE_NAMES: [&str; 5] = ["scalar", "neon", "dotprod", "avx2", "avx512vnni"];
+pub const TABLE_NAMES: [&str; 6] = ["scalar", "dsp", "neon", "dotprod", "avx2", "avx512vnni"];
 
 /// Environment variable that overrides [`Kernels::best`] (with `std`).
 pub const ENV_KERNELS: &str = "GRAFTNET_KERNELS";
@@ -216,6 +225,12 @@ impl Kernels {
         neon::dotprod_table(t)
     }
 
+    /// The Armv7E-M DSP table (`smlad`; Cortex-M4, M7).
+    #[cfg(all(target_arch = "arm", graftnet_dsp))]
+    pub fn dsp(t: cpu::Dsp) -> Self {
+        dsp::table(t)
+    }
+
     /// The table called `name` if this CPU supports it (`None` for unknown
     /// names and for ISAs this CPU or target lacks).
     pub fn by_name(name: &str) -> Option<Self> {
@@ -229,6 +244,8 @@ impl Kernels {
             "neon" => cpu::Neon::try_new().map(Self::neon),
             #[cfg(target_arch = "aarch64")]
             "dotprod" => cpu::Dotprod::try_new().map(Self::dotprod),
+            #[cfg(all(target_arch = "arm", graftnet_dsp))]
+            "dsp" => cpu::Dsp::try_new().map(Self::dsp),
             _ => None,
         }
     }

@@ -448,7 +448,231 @@ macro_rules! kernel_tests {
     )*};
 }
 
-kernel_tests!(scalar, avx2, avx512vnni, neon, dotprod);
+kernel_tests!(scalar, avx2, avx512vnni, neon, dotprod, dsp);
+
+/// The no-std self-test (`selftest.rs`, what the MCU firmwares run) passes
+/// on every table this CPU has.
+#[test]
+fn selftest_every_table() {
+    let mut s = std::boxed::Box::new(super::selftest::Scratch::new());
+    for k in Kernels::available() {
+        match super::selftest::run(k, &mut s) {
+            Ok(sum) => std::eprintln!("{}: {sum}", k.name),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+// Kernels that are wrong in one corner each: the self-test must catch every
+// one of them, so a table with such a bug cannot pass on the MCU.
+
+/// Flips the last output byte.
+fn broken_last_byte(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
+    super::scalar::conv(input, w, g, zp, rq, q, out);
+    let n = g.oh * g.ow * g.cout;
+    if n > 0 {
+        out[n - 1] ^= 1;
+    }
+}
+
+/// Writes one byte past the output.
+fn broken_guard(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
+    super::scalar::dwconv(input, w, g, zp, rq, q, out);
+    out[g.oh * g.ow * g.cout] = 0;
+}
+
+/// Rounds wrong for shifts below 31 (multipliers >= 1).
+fn broken_small_shift(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
+    let rq: Vec<Requant> = rq
+        .iter()
+        .map(|r| Requant {
+            shift: if r.shift < 31 { r.shift + 1 } else { r.shift },
+            ..*r
+        })
+        .collect();
+    super::scalar::conv(input, w, g, zp, &rq, q, out);
+}
+
+/// Reads weight −128 as −127.
+fn broken_min_weight(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
+    let w: Vec<u8> = w
+        .iter()
+        .map(|&b| if b == 0x80 { 0x81 } else { b })
+        .collect();
+    super::scalar::dwconv(input, &w, g, zp, rq, q, out);
+}
+
+/// Pads with 0 instead of the input zero point.
+fn broken_padding(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    _zp: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
+    super::scalar::conv(input, w, g, 0, rq, q, out);
+}
+
+/// Clips biases to 2^29.
+fn broken_big_bias(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
+    let rq: Vec<Requant> = rq
+        .iter()
+        .map(|r| Requant {
+            bias: r.bias.clamp(-(1 << 29), 1 << 29),
+            ..*r
+        })
+        .collect();
+    super::scalar::conv(input, w, g, zp, &rq, q, out);
+}
+
+/// Clamps the output to [-127, 127] (misses the −128 extreme of the clamp).
+fn broken_clamp(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: &mut [i8],
+) {
+    let n = g.oh * g.ow * g.cout;
+    super::scalar::conv(input, w, g, zp, rq, q, out);
+    for b in &mut out[..n] {
+        *b = (*b).max(-127);
+    }
+}
+
+#[test]
+fn selftest_catches_broken_kernels() {
+    use super::selftest::Entry;
+    let mut s = std::boxed::Box::new(super::selftest::Scratch::new());
+    let base = Kernels::scalar();
+    let cases: [(&str, Kernels, Entry); 9] = [
+        (
+            "last byte (pointwise)",
+            Kernels {
+                pointwise: broken_last_byte,
+                ..base
+            },
+            Entry::Pointwise,
+        ),
+        (
+            "last byte (fc)",
+            Kernels {
+                fc: broken_last_byte,
+                ..base
+            },
+            Entry::Fc,
+        ),
+        (
+            "last byte (conv)",
+            Kernels {
+                conv: broken_last_byte,
+                ..base
+            },
+            Entry::Conv,
+        ),
+        (
+            "guard tail (dwconv)",
+            Kernels {
+                dwconv: broken_guard,
+                ..base
+            },
+            Entry::DwConv,
+        ),
+        (
+            "small shifts (pointwise)",
+            Kernels {
+                pointwise: broken_small_shift,
+                ..base
+            },
+            Entry::Pointwise,
+        ),
+        (
+            "weight -128 (dwconv)",
+            Kernels {
+                dwconv: broken_min_weight,
+                ..base
+            },
+            Entry::DwConv,
+        ),
+        (
+            "padding (conv)",
+            Kernels {
+                conv: broken_padding,
+                ..base
+            },
+            Entry::Conv,
+        ),
+        (
+            "big bias (fc)",
+            Kernels {
+                fc: broken_big_bias,
+                ..base
+            },
+            Entry::Fc,
+        ),
+        (
+            "clamp (conv)",
+            Kernels {
+                conv: broken_clamp,
+                ..base
+            },
+            Entry::Conv,
+        ),
+    ];
+    for (what, k, entry) in cases {
+        match super::selftest::run(k, &mut s) {
+            Ok(sum) => panic!("the self-test passed a broken kernel ({what}): {sum}"),
+            Err(e) => {
+                assert_eq!(e.entry, entry, "{what}: {e}");
+                std::eprintln!("caught {what}: {e}");
+            }
+        }
+    }
+}
 
 #[test]
 fn tables_and_names() {

@@ -16,14 +16,16 @@
 //!
 //! `build.rs` compiles in the export named by `GRAFTNET_EXPORT_DIR` and the
 //! host's results on sample inputs; [`selftest`] runs every task on them on
-//! the target and compares bit for bit.
+//! the target and compares bit for bit; [`kernel_test`] checks the kernel
+//! tables against the scalar reference.
 #![no_std]
 
+pub mod kernel_test;
 pub mod partition;
 pub mod selftest;
 pub mod stack;
 
-pub use graftnet::Requant;
+pub use graftnet::{kernels, Requant};
 
 /// `T` at a 64-byte boundary (the backbone's weight section is 64-aligned
 /// relative to the blob start; SIMD kernels may rely on it).

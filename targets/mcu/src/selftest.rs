@@ -138,6 +138,9 @@ pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [R
             return o;
         }
     };
+    let k = engine.kernels();
+    let n = k.names;
+    let _ = writeln!(out, "kernels: {} ({}, {}, {}, {})", k.name, n.pointwise, n.conv, n.fc, n.dwconv);
     let mut x = [0f32; INPUT_LEN];
     let mut q = [0i8; INPUT_LEN];
     for i in round_robin() {
