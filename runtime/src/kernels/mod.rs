@@ -28,6 +28,8 @@
 //! about 48 KiB: an im2col block and padded weights), never on a heap.
 
 pub mod cpu;
+pub mod crc32;
+pub mod derive;
 pub mod scalar;
 
 // The SIMD drivers; unused on targets with only the scalar table.
