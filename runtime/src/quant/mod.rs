@@ -192,17 +192,6 @@ pub struct ChannelParams {
     pub bias: i32,
 }
 
-/// `1/k` for every scale-code significand `k = 512 + m` (rounded to nearest).
-const INV_K: [f64; 512] = {
-    let mut t = [0.0; 512];
-    let mut i = 0;
-    while i < 512 {
-        t[i] = 1.0 / (512 + i) as f64;
-        i += 1;
-    }
-    t
-};
-
 /// Derivation of the conv channels of one op: the per-op constants, and
 /// [`ConvChannels::channel`] for each channel.
 ///
@@ -223,9 +212,9 @@ const INV_K: [f64; 512] = {
 ///   that pattern no tie lies between `y` and the exact quotient, so both
 ///   give the same `(mult, shift)` — across a power of two too, where the
 ///   rounded significand carries to `2^31` and renormalizes.
-/// - `b / real` is approximated as `b·2^(57−e) · RN(1/s_in) · RN(1/k)`
-///   (a table), relative error below `2^−50`: below `2^−21` absolute while
-///   `|q| < 2^29`. Rounding half away from zero changes only at half
+/// - `b / real` is approximated as `b·2^(57−e) / RN(y·s_out)` (the bias
+///   code read as an `f64` by bits), four roundings from the exact quotient:
+///   relative error below `2^−50`, below `2^−21` absolute while `|q| < 2^29`. Rounding half away from zero changes only at half
 ///   integers, so when the approximation's fraction is more than `2^−16`
 ///   from ±0.5 it rounds like the exact quotient.
 ///
@@ -237,7 +226,6 @@ pub struct ConvChannels {
     s_in: f64,
     s_out: f64,
     ratio: f64,
-    inv_s_in: f64,
     zp_in: i64,
     /// the scales are finite and positive (always, after validation)
     fast: bool,
@@ -248,14 +236,13 @@ impl ConvChannels {
     /// (both finite and positive, as validated) and input zero point.
     pub fn new(s_in: f32, s_out: f32, zp_in: i32) -> Self {
         let (s_in, s_out) = (s_in as f64, s_out as f64);
-        let (ratio, inv_s_in) = (s_in / s_out, 1.0 / s_in);
+        let ratio = s_in / s_out;
         ConvChannels {
             s_in,
             s_out,
             ratio,
-            inv_s_in,
             zp_in: zp_in as i64,
-            fast: ratio > 0.0 && ratio.is_finite() && inv_s_in > 0.0 && inv_s_in.is_finite(),
+            fast: ratio > 0.0 && ratio.is_finite() && s_out > 0.0 && s_out.is_finite(),
         }
     }
 
@@ -299,13 +286,13 @@ impl ConvChannels {
         let shift = 31 - fe;
         let bad_shift = (shift - 1) as u64 > 61;
         // Bias: b·2^(57−e) by bits (binary16 normal: exponent be − 15), then
-        // q_b = that · RN(1/s_in) · RN(1/k).
+        // q_b = that / (y·s_out), y·s_out ≈ s_in·k.
         let be = (bc >> 10) & 0x1f;
         let zero = bc & 0x7fff == 0;
         let normal = be.wrapping_sub(1) < 30;
         let bbits = ((bc & 0x8000) << 48) | ((be + 1008 + 57 - e) << 52) | ((bc & 0x3ff) << 42);
         let bval = if zero { 0.0 } else { f64::from_bits(bbits) };
-        let qb = bval * (self.inv_s_in * INV_K[m as usize]);
+        let qb = bval / (f64::from_bits(yb) * self.s_out);
         let r = qb + MAGIC;
         let acc = r.to_bits() as i64 - MAGIC.to_bits() as i64;
         let near_half = (qb - (r - MAGIC)).abs() >= 0.5 - 1.0 / 65536.0;
