@@ -14,10 +14,12 @@
 //! - Resident tasks: [`Patch`] is a `Copy` view, so patches kept in flash
 //!   are checked once (`Patch::parse`: checksum and framing, at boot) and the
 //!   views kept; switching between them is `apply` alone. It costs about
-//!   1 µs per 500 channels on a desktop core (MobileNetV2-1.0 S/B+logits:
-//!   17,056 channels, ~0.5 % of one inference; `BENCHMARKS.md`) and needs no
-//!   memory beyond the one parameter table. A patch from untrusted bytes
-//!   goes through `Patch::parse` first, every time.
+//!   1 µs per 500 conv channels on a desktop core (MobileNetV2-1.0
+//!   S/B+logits: 17,056 channels, ~35 µs, under 1 % of a 5 ms inference;
+//!   `BENCHMARKS.md`) and needs no memory beyond the one parameter table.
+//!   A patch from untrusted bytes goes through `Patch::parse` first, every
+//!   time (a few µs more: the checksum runs on carry-less multiply or CRC
+//!   instructions where the CPU has them).
 //! - A patch is always applied over the backbone's base task, never over the
 //!   previous patch: results do not depend on the order of switches.
 //! - The patch bytes are used in place (DW kernels, classifier weights), so

@@ -4,8 +4,10 @@
 //! A task switch derives every conv channel of the task from its codes
 //! (~17,000 for MobileNetV2-1.0). [`ConvChannels::lanes`] is the branch-free
 //! shortcut of that derivation; here it runs over blocks of [`BLOCK`]
-//! channels into stack arrays (one array per field), a loop the compiler
-//! vectorizes. The same safe code is compiled three times: for the target's
+//! channels straight into the parameter table, with a flag per channel it
+//! defers, a loop the compiler vectorizes (the table's 12-byte entries cost
+//! a few shuffles per vector; a separate array per field measured slower
+//! once copied into the table). The same safe code is compiled three times: for the target's
 //! baseline (`scalar_derive_conv_f64_64`; NEON on aarch64), with AVX2
 //! (`avx2_derive_conv_f64x4_64`) and with AVX-512 (`avx512_derive_conv_f64x8_64`),
 //! picked by CPU feature token. Every lane computes the same IEEE operations,
@@ -191,6 +193,7 @@ mod tests {
             x ^= x << 17;
             x
         };
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut kernels: [Option<BlockFn>; 3] = [Some(scalar_derive_conv_f64_64), None, None];
         #[cfg(target_arch = "x86_64")]
         {
