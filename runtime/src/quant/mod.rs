@@ -300,18 +300,21 @@ impl ConvChannels {
         let bval = if zero { 0.0 } else { f64::from_bits(bbits) };
         let qb = bval / (f64::from_bits(yb) * self.s_out);
         let r = qb + MAGIC;
-        let acc = r.to_bits() as i64 - MAGIC.to_bits() as i64;
+        let acc = (r.to_bits() as i64).wrapping_sub(MAGIC.to_bits() as i64);
         let near_half = (qb - (r - MAGIC)).abs() >= 0.5 - 1.0 / 65536.0;
         let big = qb.abs() >= (1u64 << 29) as f64;
         // |Σw| < 2^23 keeps zp_in·Σw and the bias in i32 (real sums are
         // below 127·32768 < 2^22).
         let wide = (weight_sum as u32).wrapping_add(1 << 23) >= 1 << 24;
         let defer = tie | bad_shift | big | near_half | !(normal | zero) | wide | !self.fast;
+        // Wrapping arithmetic from here: a deferred lane may hold anything,
+        // and must not trip overflow checks; a kept lane never wraps.
         let s = -((sc >> 15) as i32); // 0 or −1: negate
-        let mult = (q as i32 ^ s) - s;
-        let acc = (acc as i32 ^ s) - s;
+        let mult = (q as i32 ^ s).wrapping_sub(s);
+        let acc = (acc as i32 ^ s).wrapping_sub(s);
         let limit = BIAS_LIMIT as i32;
-        let bias = (acc - self.zp_in as i32 * weight_sum).clamp(-limit, limit);
+        let zw = (self.zp_in as i32).wrapping_mul(weight_sum);
+        let bias = acc.wrapping_sub(zw).clamp(-limit, limit);
         (mult, shift as i32, bias, defer)
     }
 
