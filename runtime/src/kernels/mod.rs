@@ -27,7 +27,7 @@
 //! Stack use: the SIMD kernels keep scratch buffers on the stack (at most
 //! about 48 KiB: an im2col block and padded weights), never on a heap.
 //!
-//! Outside the table, two task-switch kernels: [`derive`] (the conv
+//! Outside the table, two task-switch kernels: [`derive`](mod@derive) (the conv
 //! channels' requantization parameters when a patch is applied) and
 //! [`crc32`] (the blobs' checksum). Their results never depend on the CPU;
 //! see `README.md` next to this file.
