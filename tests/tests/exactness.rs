@@ -273,3 +273,130 @@ fn threads_split_every_op_kind_identically() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every conv channel of every task, as the engine derives it on a switch
+/// (the vectorized shortcut, `kernels::derive`), equals the formula of
+/// `FORMAT.md` evaluated channel by channel (`ConvChannels::channel_exact`)
+/// over the merged entries: the shortcut may change speed, never results.
+#[test]
+fn derived_parameters_follow_the_formula() {
+    use graftnet::format::backbone::param_slots;
+    use graftnet::format::entry::Rows;
+    use graftnet::format::{EntryKind, OpKind};
+    use graftnet::quant::ConvChannels;
+    use graftnet_tools::data::write_npy_f32;
+    use graftnet_tools::fixtures::*;
+
+    let dir = scratch("derive-formula");
+    let base = tiny_cnn(11);
+    let tasks = [
+        (
+            "sb",
+            derive_task(&base, TaskKind::ScaleBias { classes: 5 }, 12),
+        ),
+        (
+            "dw",
+            derive_task(&base, TaskKind::Depthwise { classes: 4 }, 13),
+        ),
+    ];
+    let style = ExportStyle::default();
+    std::fs::write(dir.join("base.onnx"), to_onnx(&base, &style)).unwrap();
+    for (n, p) in &tasks {
+        std::fs::write(dir.join(format!("{n}.onnx")), to_onnx(p, &style)).unwrap();
+    }
+    let [_, c, h, w] = base.input_shape();
+    let calib = random_inputs(8, c, h, w, 14);
+    write_npy_f32(dir.join("calib.npy"), &[8, c, h, w], &calib).unwrap();
+    let opts = ExportOptions {
+        base: dir.join("base.onnx"),
+        tasks: tasks
+            .iter()
+            .map(|(n, _)| (n.to_string(), dir.join(format!("{n}.onnx"))))
+            .collect(),
+        calib: dir.join("calib.npy"),
+        out: dir.join("out"),
+        ..Default::default()
+    };
+    export(&opts).unwrap();
+    let backbone = std::fs::read(dir.join("out/backbone.gnb")).unwrap();
+    let blobs: Vec<Vec<u8>> = tasks
+        .iter()
+        .map(|(n, _)| std::fs::read(dir.join(format!("out/{n}.gnp"))).unwrap())
+        .collect();
+    let bb = Backbone::parse(&backbone).unwrap();
+    let mut arena = vec![0i8; bb.arena_len()];
+    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
+    let code = |b: Option<&[u8]>, c: usize| {
+        let b = b.expect("codes");
+        u16::from_le_bytes([b[2 * c], b[2 * c + 1]])
+    };
+    let mut checked = 0;
+    for k in 0..=blobs.len() {
+        let patch = blobs.get(k).map(|b| Patch::parse(b).unwrap());
+        match patch {
+            Some(p) => e.apply(p).unwrap(),
+            None => e.reset(),
+        }
+        // An entry of the patch replaces the base task's of the same (op, kind).
+        let find = |op: usize, kind: EntryKind| {
+            patch
+                .iter()
+                .flat_map(|p| p.entries())
+                .chain(bb.base_entries())
+                .find(|x| x.op as usize == op && x.kind == kind)
+                .map(|x| x.payload)
+        };
+        let mut off = 0;
+        for i in 0..bb.n_ops() {
+            let op = bb.op(i);
+            let cout = bb.cout(i, &op, e.classes() as u16);
+            let cap = if i == bb.head_op() {
+                bb.max_classes() as usize
+            } else {
+                cout
+            };
+            if op.kind.has_weights() {
+                let row = bb.row_len(&op);
+                let (s_in, zp_in) = e.tensor_quant(op.in0 as usize);
+                let (s_out, _) = e.tensor_quant(op.out as usize);
+                let cc = ConvChannels::new(s_in, s_out, zp_in);
+                let (sc, bc) = (
+                    find(i, EntryKind::ScaleCodes),
+                    find(i, EntryKind::BiasCodes),
+                );
+                let weights = find(i, EntryKind::Weights);
+                let rows = find(i, EntryKind::Rows).and_then(|r| Rows::new_checked(r, row));
+                for ch in 0..cout {
+                    let byte = |x: &u8| *x as i8 as i64;
+                    let sum: i64 = match (rows.and_then(|r| r.find(ch as u16)), weights) {
+                        (Some(r), _) => r.iter().map(byte).sum(),
+                        (None, Some(w)) if op.kind == OpKind::DwConv => {
+                            (0..row).map(|t| byte(&w[t * cout + ch])).sum()
+                        }
+                        (None, Some(w)) => w[ch * row..(ch + 1) * row].iter().map(byte).sum(),
+                        (None, None) => bb.weight_sum(&op, ch) as i64,
+                    };
+                    let p = cc
+                        .channel_exact(code(sc, ch), code(bc, ch), sum)
+                        .expect("in range");
+                    let want = Requant {
+                        mult: p.mult,
+                        shift: p.shift,
+                        bias: p.bias,
+                    };
+                    assert_eq!(
+                        e.params()[off + 1 + ch],
+                        want,
+                        "task {k} op {i} channel {ch}"
+                    );
+                    checked += 1;
+                }
+            }
+            off += param_slots(&op, cap);
+        }
+        assert_eq!(off, bb.params_len());
+    }
+    assert!(checked > 100, "{checked}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

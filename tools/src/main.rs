@@ -670,7 +670,7 @@ fn cmd_demo(
         let switch_us = switch_time_us(&d)?;
         if !json_out {
             println!(
-                "\n{a}: exported in {export_s:.1} s: backbone {} bytes, arena {} bytes (lower bound {}), switch {switch_us:.1} us per apply",
+                "\n{a}: exported in {export_s:.1} s: backbone {} bytes, arena {} bytes (lower bound {}), switch {switch_us:.1} us per patch from bytes (parse + apply)",
                 rep.backbone_bytes, rep.arena_bytes, rep.arena_lower_bound
             );
             println!(

@@ -147,30 +147,39 @@ impl Crc32 {
     }
     /// Feeds bytes.
     pub fn update(&mut self, data: &[u8]) {
-        let t = &CRC_TABLES;
-        let mut c = self.0;
-        let mut chunks = data.chunks_exact(8);
-        for b in &mut chunks {
-            let one = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) ^ c;
-            let two = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-            c = t[7][(one & 0xff) as usize]
-                ^ t[6][((one >> 8) & 0xff) as usize]
-                ^ t[5][((one >> 16) & 0xff) as usize]
-                ^ t[4][(one >> 24) as usize]
-                ^ t[3][(two & 0xff) as usize]
-                ^ t[2][((two >> 8) & 0xff) as usize]
-                ^ t[1][((two >> 16) & 0xff) as usize]
-                ^ t[0][(two >> 24) as usize];
-        }
-        for &b in chunks.remainder() {
-            c = t[0][((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
-        }
-        self.0 = c;
+        // A CRC kernel (carry-less multiply, CRC instructions) takes what it
+        // can; the tables define the result and do the rest.
+        let (c, done) = crate::kernels::crc32::fold(self.0, data);
+        self.0 = crc32_table_update(c, data.get(done..).unwrap_or(&[]));
     }
     /// Final value.
     pub fn finish(self) -> u32 {
         !self.0
     }
+}
+
+/// The CRC-32 register (before the final inversion) after `data`, by the
+/// slicing-by-8 tables: the definition every CRC kernel reproduces.
+pub fn crc32_table_update(reg: u32, data: &[u8]) -> u32 {
+    let t = &CRC_TABLES;
+    let mut c = reg;
+    let mut chunks = data.chunks_exact(8);
+    for b in &mut chunks {
+        let one = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) ^ c;
+        let two = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        c = t[7][(one & 0xff) as usize]
+            ^ t[6][((one >> 8) & 0xff) as usize]
+            ^ t[5][((one >> 16) & 0xff) as usize]
+            ^ t[4][(one >> 24) as usize]
+            ^ t[3][(two & 0xff) as usize]
+            ^ t[2][((two >> 8) & 0xff) as usize]
+            ^ t[1][((two >> 16) & 0xff) as usize]
+            ^ t[0][(two >> 24) as usize];
+    }
+    for &b in chunks.remainder() {
+        c = t[0][((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
+    }
+    c
 }
 
 impl Default for Crc32 {

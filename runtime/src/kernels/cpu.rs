@@ -65,6 +65,16 @@ token!(
     Dotprod, "aarch64", ["neon", "dotprod"], is_aarch64_feature_detected
 );
 
+token!(
+    /// x86_64 carry-less multiply (`pclmulqdq`) with SSE4.1: the CRC-32
+    /// kernel (every x86_64 CPU since about 2010).
+    Pclmul, "x86_64", ["sse2", "sse4.1", "pclmulqdq"], is_x86_feature_detected
+);
+token!(
+    /// aarch64 CRC32 instructions (`crc32x`; Cortex-A53, A72, A76 and later).
+    Crc, "aarch64", ["crc"], is_aarch64_feature_detected
+);
+
 #[cfg(target_arch = "x86_64")]
 impl Avx512Vnni {
     /// An AVX-512 VNNI CPU also runs AVX2.

@@ -28,8 +28,15 @@
 //! Stack use: the SIMD kernels keep scratch buffers on the stack (at most
 //! about 48 KiB: an im2col block and padded weights; about 10 KiB for
 //! `dsp`), never on a heap.
+//!
+//! Outside the table, two task-switch kernels: [`derive`](mod@derive) (the conv
+//! channels' requantization parameters when a patch is applied) and
+//! [`crc32`] (the blobs' checksum). Their results never depend on the CPU;
+//! see `README.md` next to this file.
 
 pub mod cpu;
+pub mod crc32;
+pub mod derive;
 pub mod scalar;
 
 // The SIMD drivers; unused on targets with only the scalar table.

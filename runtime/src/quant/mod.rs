@@ -12,6 +12,12 @@
 //! are correctly rounded on every target (hardware or soft-float): the result
 //! is bit-identical on x86, aarch64 and Cortex-M.
 //!
+//! A task switch derives every conv channel (~17,000 for MobileNetV2-1.0),
+//! so [`ConvChannels`] computes it branch-free with one division instead of
+//! two (vectorized by `kernels::derive`), and takes the formula itself only
+//! where that shortcut could round differently: same integers, over 10×
+//! faster.
+//!
 //! The one rounding rule (requantization):
 //! `y = clamp(zp_out + ((x * mult + 2^(shift-1)) >> shift), lo, hi)` with an
 //! arithmetic shift, i.e. round half toward +infinity, `x` and `mult` widened
@@ -171,6 +177,175 @@ pub fn quantize_multiplier(m: f64) -> Option<Multiplier> {
     })
 }
 
+/// The largest |bias| of a conv channel, so that accumulator + bias stays
+/// inside i32: `b / (s_in·s_w)` is clamped to `±BIAS_LIMIT` before
+/// rounding, and the final bias (after `− zp_in·Σw`) is clamped again.
+pub const BIAS_LIMIT: i64 = 1 << 30;
+
+/// One conv channel's integer parameters (see [`ConvChannels`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelParams {
+    /// signed Q31 multiplier
+    pub mult: i32,
+    /// right shift
+    pub shift: i32,
+    /// int32 bias, `zp_in·Σw` folded in
+    pub bias: i32,
+}
+
+/// Derivation of the conv channels of one op: the per-op constants, and
+/// [`ConvChannels::channel`] for each channel.
+///
+/// The result is *defined* by the plain formula of `FORMAT.md` (one
+/// correctly rounded `f64` division each for `M = s_in·s_w / s_out` and for
+/// `b / (s_in·s_w)`; [`ConvChannels::channel_exact`] spells it out), but a
+/// task switch derives ~17,000 channels, so `channel` gets the multiplier
+/// without dividing and the bias with one division by a per-channel value
+/// known anyway, branch-free ([`ConvChannels::lanes`]), and falls back to
+/// the formula only where that could differ. Why the shortcut is exact:
+///
+/// - `s_w = k·2^(e−57)` with `k = 512 + m < 2^10`, and `s_in` (an `f32`) has
+///   24 significant bits, so `real = s_in·s_w` is exact and
+///   `M = RN(s_in·k / s_out)·2^(e−57)` (every value stays a normal `f64`).
+///   `y = RN(RN(s_in / s_out)·k)` is within 3 ulps of `RN(s_in·k / s_out)`.
+///   The multiplier keeps the top 31 bits of the significand and rounds on
+///   the 22 below; its result changes only where those 22 bits are exactly
+///   `0b10…0` (a tie). When `y`'s low 22 bits are more than 16 ulps from
+///   that pattern no tie lies between `y` and the exact quotient, so both
+///   give the same `(mult, shift)` — across a power of two too, where the
+///   rounded significand carries to `2^31` and renormalizes.
+/// - `b / real` is approximated as `b·2^(57−e) / RN(y·s_out)` (a normal
+///   binary16 bias code read as an `f64` by bits), four roundings from the
+///   exact quotient: relative error below `2^−50`, so below `2^−21` absolute
+///   while `|q| < 2^29`. Rounding half away from zero changes only at half
+///   integers, so when the approximation's fraction is more than `2^−16`
+///   from ±0.5 it rounds like the exact quotient.
+/// - With `|Σw| < 2^23` the rest is exact in i32.
+///
+/// Everything else (near ties, `|q| >= 2^29`, subnormal or infinite bias
+/// codes, shifts outside `1..=62`, `|Σw| >= 2^23`) goes through
+/// `channel_exact`: 6 of the 17,066 channels of the MobileNetV2 `sb` patch.
+/// The two paths are checked against each other in this module's tests
+/// and in `kernels::derive`'s.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvChannels {
+    s_in: f64,
+    s_out: f64,
+    ratio: f64,
+    zp_in: i64,
+    /// the scales are finite and positive (always, after validation)
+    fast: bool,
+}
+
+impl ConvChannels {
+    /// Constants of an op with input scale `s_in`, output scale `s_out`
+    /// (both finite and positive, as validated) and input zero point.
+    pub fn new(s_in: f32, s_out: f32, zp_in: i32) -> Self {
+        let (s_in, s_out) = (s_in as f64, s_out as f64);
+        let ratio = s_in / s_out;
+        ConvChannels {
+            s_in,
+            s_out,
+            ratio,
+            zp_in: zp_in as i64,
+            fast: ratio > 0.0 && ratio.is_finite() && s_out > 0.0 && s_out.is_finite(),
+        }
+    }
+
+    /// Derives one channel from its scale code, bias code and the sum of the
+    /// weights the kernel reads for it. `None` if the multiplier is out of
+    /// range (`M >= 2^30`) or the scales are not finite and positive.
+    #[inline]
+    pub fn channel(
+        &self,
+        scale_code: u16,
+        bias_code: u16,
+        weight_sum: i32,
+    ) -> Option<ChannelParams> {
+        match self.lanes(scale_code, bias_code, weight_sum) {
+            (mult, shift, bias, false) => Some(ChannelParams { mult, shift, bias }),
+            _ => self.channel_exact(scale_code, bias_code, weight_sum as i64),
+        }
+    }
+
+    /// The shortcut of [`ConvChannels::channel`], branch-free over a channel's
+    /// codes and weight sum: `(mult, shift, bias, defer)`. Where `defer` is
+    /// set the other values are meaningless and `channel_exact` decides.
+    #[inline(always)]
+    pub fn lanes(&self, scale_code: u16, bias_code: u16, weight_sum: i32) -> (i32, i32, i32, bool) {
+        const MASK52: u64 = (1 << 52) - 1;
+        // 1.5·2^52: adding it rounds an |x| < 2^51 to an integer (ties even,
+        // and ties are deferred), which its low bits then hold.
+        const MAGIC: f64 = 6_755_399_441_055_744.0;
+        let (sc, bc) = (scale_code as u64, bias_code as u64);
+        let m = sc & 0x1ff;
+        let e = (sc >> 9) & 0x3f;
+        // Multiplier from y = RN(s_in/s_out)·k, k = 512 + m = 2^9·(1 + m/512).
+        let k = f64::from_bits(((1023 + 9) << 52) | (m << 43));
+        let yb = (self.ratio * k).to_bits();
+        let mant = yb & MASK52;
+        let tie = (mant & 0x3f_ffff).wrapping_sub(0x20_0000 - 16) <= 32;
+        let q = ((mant | (1 << 52)) + (1 << 21)) >> 22; // in [2^30, 2^31]
+        let carry = q >> 31;
+        let q = q >> carry;
+        let fe = (yb >> 52) as i64 - 1022 + e as i64 - 57 + carry as i64;
+        let shift = 31 - fe;
+        let bad_shift = (shift - 1) as u64 > 61;
+        // Bias: b·2^(57−e) by bits (binary16 normal: exponent be − 15), then
+        // q_b = that / (y·s_out), y·s_out ≈ s_in·k.
+        let be = (bc >> 10) & 0x1f;
+        let zero = bc & 0x7fff == 0;
+        let normal = be.wrapping_sub(1) < 30;
+        let bbits = ((bc & 0x8000) << 48) | ((be + 1008 + 57 - e) << 52) | ((bc & 0x3ff) << 42);
+        let bval = if zero { 0.0 } else { f64::from_bits(bbits) };
+        let qb = bval / (f64::from_bits(yb) * self.s_out);
+        let r = qb + MAGIC;
+        let acc = (r.to_bits() as i64).wrapping_sub(MAGIC.to_bits() as i64);
+        let near_half = (qb - (r - MAGIC)).abs() >= 0.5 - 1.0 / 65536.0;
+        let big = qb.abs() >= (1u64 << 29) as f64;
+        // |Σw| < 2^23 keeps zp_in·Σw and the bias in i32 (real sums are
+        // below 127·32768 < 2^22).
+        let wide = (weight_sum as u32).wrapping_add(1 << 23) >= 1 << 24;
+        let defer = tie | bad_shift | big | near_half | !(normal | zero) | wide | !self.fast;
+        // Wrapping arithmetic from here: a deferred lane may hold anything,
+        // and must not trip overflow checks; a kept lane never wraps.
+        let s = -((sc >> 15) as i32); // 0 or −1: negate
+        let mult = (q as i32 ^ s).wrapping_sub(s);
+        let acc = (acc as i32 ^ s).wrapping_sub(s);
+        let limit = BIAS_LIMIT as i32;
+        let zw = (self.zp_in as i32).wrapping_mul(weight_sum);
+        let bias = acc.wrapping_sub(zw).clamp(-limit, limit);
+        (mult, shift as i32, bias, defer)
+    }
+
+    /// The defining formula of `FORMAT.md`, step by step: `channel` agrees
+    /// with it everywhere and calls it where its shortcut could differ.
+    #[cold]
+    #[inline(never)]
+    pub fn channel_exact(
+        &self,
+        scale_code: u16,
+        bias_code: u16,
+        weight_sum: i64,
+    ) -> Option<ChannelParams> {
+        let (s_w, neg) = decode_scale(scale_code);
+        let b = decode_bias(bias_code);
+        let real = self.s_in * s_w;
+        let m = real / self.s_out;
+        let Multiplier { mult, shift } = quantize_multiplier(if neg { -m } else { m })?;
+        let mut acc = round_half_away((b / real).clamp(-(BIAS_LIMIT as f64), BIAS_LIMIT as f64));
+        if neg {
+            acc = -acc;
+        }
+        let bias = (acc - self.zp_in * weight_sum).clamp(-BIAS_LIMIT, BIAS_LIMIT);
+        Some(ChannelParams {
+            mult,
+            shift,
+            bias: bias as i32,
+        })
+    }
+}
+
 /// `round(x * m / 2^shift)` by the crate's one rounding rule (half toward
 /// +infinity); `x * mult` must fit i64 (it does for every op's bounds).
 #[inline(always)]
@@ -311,6 +486,124 @@ mod tests {
         let m = quantize_multiplier(0.5).unwrap();
         assert_eq!(apply_multiplier(3, m.mult, m.shift), 2);
         assert_eq!(apply_multiplier(-3, m.mult, m.shift), -1);
+    }
+
+    /// A small deterministic generator for the property tests.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        /// A positive finite f32: log-uniform over most of the range, or
+        /// any bit pattern.
+        fn scale(&mut self) -> f32 {
+            let r = self.next();
+            if r & 7 == 0 {
+                let v = f32::from_bits((r >> 32) as u32 & 0x7fff_ffff);
+                if v.is_finite() && v > 0.0 {
+                    return v;
+                }
+            }
+            let e = ((r >> 8) % 40) as i32 - 30;
+            let m = 1.0 + ((r >> 20) & 0xffff) as f32 / 65536.0;
+            (m as f64 * pow2(e)) as f32
+        }
+    }
+
+    #[test]
+    fn conv_channels_shortcut_equals_the_formula() {
+        let mut g = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut short = 0;
+        for _ in 0..400_000 {
+            let cc = ConvChannels::new(g.scale(), g.scale(), (g.next() as u8) as i8 as i32);
+            let r = g.next();
+            let (sc, bc) = (r as u16, (r >> 16) as u16);
+            let sum = (r >> 32) as i32 >> 8;
+            let exact = cc.channel_exact(sc, bc, sum as i64);
+            assert_eq!(
+                cc.channel(sc, bc, sum),
+                exact,
+                "{cc:?} {sc:#x} {bc:#x} {sum}"
+            );
+            if let (mult, shift, bias, false) = cc.lanes(sc, bc, sum) {
+                assert_eq!(Some(ChannelParams { mult, shift, bias }), exact);
+                short += 1;
+            }
+        }
+        // Random codes often give huge biases or multipliers (the formula's
+        // job); still most take the shortcut.
+        assert!(short > 100_000, "{short}");
+        // Realistic codes: every scale code against a few op scales.
+        for &(si, so) in &[
+            (0.0235f32, 0.0471f32),
+            (0.5, 0.00390625),
+            (1.0, 1.0),
+            (3e-3, 7.5e-2),
+        ] {
+            let cc = ConvChannels::new(si, so, -3);
+            let mut short = 0;
+            // Codes of realistic weight scales (2^-14 .. 2^2) and biases (normal, |b| < 2).
+            for sc in (34 << 9)..(50 << 9) {
+                for neg in [0, SCALE_SIGN] {
+                    let r = g.next();
+                    let bc = (r as u16 & 0x83ff) | ((1 + (r >> 16) % 15) as u16) << 10;
+                    let exact = cc.channel_exact(sc | neg, bc, 1234);
+                    assert_eq!(cc.channel(sc | neg, bc, 1234), exact);
+                    if let (mult, shift, bias, false) = cc.lanes(sc | neg, bc, 1234) {
+                        assert_eq!(Some(ChannelParams { mult, shift, bias }), exact);
+                        short += 1;
+                    }
+                }
+            }
+            // Genuine ties (s_in = 1 with k = 512 gives dyadic quotients) take
+            // the formula.
+            assert!(short > 2 * (16 << 9) * 99 / 100, "{short}");
+        }
+    }
+
+    #[test]
+    fn conv_channels_ties_take_the_formula() {
+        // Bias ties: s_in = 1, s_w = 1 (code 48 << 9), b = n + 0.5.
+        let cc = ConvChannels::new(1.0, 1.0, 0);
+        for (b, want) in [
+            (2.5f64, 3),
+            (-2.5, -3),
+            (0.5, 1),
+            (-0.5, -1),
+            (1023.5, 1024),
+        ] {
+            let p = cc.channel(48 << 9, encode_bias(b), 0).unwrap();
+            assert_eq!(p.bias, want, "{b}");
+            assert_eq!(Some(p), cc.channel_exact(48 << 9, encode_bias(b), 0));
+            // Negated channel: bias and multiplier flip sign.
+            let n = cc.channel(SCALE_SIGN | 48 << 9, encode_bias(b), 0).unwrap();
+            assert_eq!((n.bias, n.mult), (-want, -p.mult));
+        }
+        // Multiplier ties: s_in·k / s_out = N·2^p with N odd of 32 bits puts
+        // the rounding bit exactly at a half.
+        let mut ties = 0;
+        for m in (1..512u16).step_by(2) {
+            let k = 512 + m as u64;
+            let lo = (1u64 << 31).div_ceil(k) | 1;
+            for n in (lo..lo + 64).step_by(2) {
+                let prod = n * k;
+                if n >= 1 << 24 || prod >> 31 != 1 {
+                    continue;
+                }
+                let cc = ConvChannels::new(n as f32, 1.0, 0);
+                let sc = 20 << 9 | m;
+                let p = cc.channel(sc, 0, 0);
+                assert_eq!(p, cc.channel_exact(sc, 0, 0));
+                // Half away from zero: the 31-bit mantissa rounds up.
+                let p = p.unwrap();
+                assert_eq!(p.mult as u64, (prod + 1) >> 1, "{n} {k}");
+                ties += 1;
+            }
+        }
+        assert!(ties > 100);
     }
 
     #[test]
