@@ -5,16 +5,18 @@
 # "aarch64: instruction counts").
 #
 #   bash scripts/tract_icount.sh MODEL.onnx [--cpus "cortex-a72 cortex-a76"]
-#        [--macs N] [--out DIR] [--top N] [--no-build]
+#        [--runs A,B] [--macs N] [--out DIR] [--top N] [--no-build]
 #
 # 1. cross-builds targets/tract-icount (its own workspace and Cargo.lock) for
 #    aarch64-unknown-linux-gnu with Debian's /usr/bin/rustc and /usr/bin/cargo
 #    (linker aarch64-linux-gnu-gcc);
-# 2. for every CPU, counts `tract-icount MODEL --runs 1` and `--runs 2` with
-#    aarch64-icount (--clean-env --argv0 tract-icount --detail, classes
-#    fmla=fmla and fmul=fmul,fmadd); one
-#    inference = count(runs 2) - count(runs 1), so loading, optimizing and
-#    start-up cancel;
+# 2. for every CPU, counts `tract-icount MODEL --runs A` and `--runs B`
+#    (default 1 and 2) with aarch64-icount (--clean-env --argv0 tract-icount
+#    --detail, classes fmla=fmla and fmul=fmul,fmadd); one inference =
+#    (count(runs B) - count(runs A)) / (B - A), so start-up, loading and
+#    optimizing cancel -- up to ~0.2 M instructions of noise: tract's
+#    optimizer uses randomly seeded HashMaps, so its own count varies from
+#    process to process. A larger B - A (e.g. --runs 1,11) divides that noise;
 # 3. prints one line per CPU: instructions per inference, and every --detail
 #    field per inference; with --macs N also MACs per instruction.
 #
@@ -32,10 +34,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$HERE")"
 CRATE="$ROOT/targets/tract-icount"
 
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
 
 MODEL=""
 CPUS="cortex-a72 cortex-a76"
+RA=1 RB=2
 MACS=""
 OUT=""
 TOP=""
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --cpus) CPUS="$2"; shift 2 ;;
         --macs) MACS="$2"; shift 2 ;;
+        --runs) RA="${2%,*}" RB="${2#*,}"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --top) TOP="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
@@ -53,6 +57,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$MODEL" ] || usage
+[[ "$RA" =~ ^[0-9]+$ && "$RB" =~ ^[0-9]+$ && "$RB" -gt "$RA" ]] || { echo "--runs A,B with B > A" >&2; exit 2; }
 [ -f "$MODEL" ] || { echo "no such model: $MODEL" >&2; exit 2; }
 MODEL="$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL")"
 
@@ -85,7 +90,7 @@ field() { sed -n "s/.*\\b$1=\\([0-9]*\\).*/\\1/p" "$2"; }
 TOPARGS=()
 [ -n "$TOP" ] && TOPARGS=(--top 100000)   # every mnemonic; diffed and cut to TOP below
 for cpu in $CPUS; do
-    for r in 1 2; do
+    for r in "$RA" "$RB"; do
         "$ICOUNT" --cpu "$cpu" --clean-env --argv0 tract-icount --detail \
             --class fmla=fmla --class fmul=fmul,fmadd ${TOPARGS[@]+"${TOPARGS[@]}"} \
             -o "$OUT/ic.$cpu.$r.txt" -- "$BIN" "$MODEL" --runs "$r" \
@@ -95,17 +100,17 @@ for cpu in $CPUS; do
             exit 1
         }
     done
-    f1="$OUT/ic.$cpu.1.txt" f2="$OUT/ic.$cpu.2.txt"
-    line="$cpu:"
+    f1="$OUT/ic.$cpu.$RA.txt" f2="$OUT/ic.$cpu.$RB.txt"
+    line="$cpu (per inference, runs $RB - runs $RA):"
     for k in instructions simd vec simd_scalar fp simd_ldst sve ldst branch fmla fmul; do
         a=$(field "$k" "$f1") b=$(field "$k" "$f2")
-        [ -n "$a" ] && [ -n "$b" ] && line="$line $k=$((b - a))"
+        [ -n "$a" ] && [ -n "$b" ] && line="$line $k=$(( (b - a + (RB - RA) / 2) / (RB - RA) ))"
     done
-    n=$(( $(field instructions "$f2") - $(field instructions "$f1") ))
+    n=$(( ($(field instructions "$f2") - $(field instructions "$f1")) / (RB - RA) ))
     if [ -n "$MACS" ]; then
         line="$line macs_per_instr=$(awk -v m="$MACS" -v n="$n" 'BEGIN{printf "%.3f", m/n}')"
     fi
-    line="$line threads=$(field threads "$f2") out=[$(sed -n 's/.*checksum=\([0-9a-f]*\).*argmax=\([0-9]*\).*/checksum=\1 argmax=\2/p' "$OUT/stdout.$cpu.2.txt")]"
+    line="$line threads=$(field threads "$f2") out=[$(sed -n 's/.*checksum=\([0-9a-f]*\).*argmax=\([0-9]*\).*/checksum=\1 argmax=\2/p' "$OUT/stdout.$cpu.$RB.txt")]"
     echo "$line"
     if [ -n "$TOP" ]; then
         # per-inference mnemonic counts from the "--top" lines "  COUNT  PCT%  MNEMONIC"
@@ -113,8 +118,8 @@ for cpu in $CPUS; do
         awk -v top="$TOP" '
             FNR == 1 { f++ }
             /^ *[0-9]/ { c = $1; m = $NF; if (f == 1) a[m] += c; else b[m] += c; seen[m] = 1 }
-            END { for (m in seen) { d = b[m] - a[m]; if (d != 0) print d, m } }' \
-            "$OUT/stderr.$cpu.1.txt" "$OUT/stderr.$cpu.2.txt" | sort -k1,1nr | head -n "$TOP" \
+            END { for (m in seen) { d = int((b[m] - a[m]) / span + 0.5); if (d != 0) print d, m } }' \
+            span=$((RB - RA)) "$OUT/stderr.$cpu.$RA.txt" "$OUT/stderr.$cpu.$RB.txt" | sort -k1,1nr | head -n "$TOP" \
             >"$OUT/top.$cpu.txt"
         echo "  top $TOP mnemonics per inference: $OUT/top.$cpu.txt" >&2
     fi

@@ -51,7 +51,7 @@ fn main() -> TractResult<()> {
         (None, Some(s)) => s,
         (None, None) => vec![1, 3, 224, 224],
     };
-    model.set_input_fact(0, f32::fact(&shape).into())?;
+    model.set_input_fact(0, f32::fact(shape.clone()).into())?;
     let plan = model.into_optimized()?.into_runnable()?;
 
     // Deterministic input in [-1, 1): a fixed integer hash of the index.
@@ -73,7 +73,7 @@ fn main() -> TractResult<()> {
         println!("runs=0");
         return Ok(());
     };
-    let scores: Vec<f32> = out[0].to_array_view::<f32>()?.iter().copied().collect();
+    let scores: Vec<f32> = out[0].to_plain_array_view::<f32>()?.iter().copied().collect();
     // FNV-1a over the f32 bit patterns, and the argmax.
     let mut h: u32 = 0x811c_9dc5;
     for v in &scores {
