@@ -11,12 +11,13 @@
 #    aarch64-unknown-linux-gnu with Debian's /usr/bin/rustc and /usr/bin/cargo
 #    (linker aarch64-linux-gnu-gcc);
 # 2. for every CPU, counts `tract-icount MODEL --runs A` and `--runs B`
-#    (default 1 and 2) with aarch64-icount (--clean-env --argv0 tract-icount
+#    (default 1 and 11) with aarch64-icount (--clean-env --argv0 tract-icount
 #    --detail, classes fmla=fmla and fmul=fmul,fmadd); one inference =
 #    (count(runs B) - count(runs A)) / (B - A), so start-up, loading and
-#    optimizing cancel -- up to ~0.2 M instructions of noise: tract's
-#    optimizer uses randomly seeded HashMaps, so its own count varies from
-#    process to process. A larger B - A (e.g. --runs 1,11) divides that noise;
+#    optimizing cancel -- up to ~0.35 M instructions apart: tract's own
+#    count varies from process to process (likely its randomly seeded
+#    HashMaps while loading and optimizing); B - A = 10 divides that noise by 10 (--runs 1,2 is
+#    the BENCHMARKS.md method, exact for graftnet, about +-0.3 M for tract);
 # 3. prints one line per CPU: instructions per inference, and every --detail
 #    field per inference; with --macs N also MACs per instruction.
 #
@@ -38,7 +39,7 @@ usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
 
 MODEL=""
 CPUS="cortex-a72 cortex-a76"
-RA=1 RB=2
+RA=1 RB=11
 MACS=""
 OUT=""
 TOP=""
