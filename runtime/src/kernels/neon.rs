@@ -9,16 +9,30 @@
 //!   (3 instructions per 16 MACs). Two products of magnitude ≤ 128·127 fit
 //!   i16; only `(−128)·(−128)` twice would not, so a block of weight rows
 //!   holding −128 (the exporter never writes it: weights are in [−127, 127],
-//!   but a blob may) takes `smull`/`smull2`/`sadalp`×2 instead. dotprod does
-//!   16 MACs per accumulator with one `sdot` (inline `asm!`: the `vdotq_s32`
-//!   intrinsic is not stable yet; the function enables the `dotprod` target
-//!   feature, so the assembler accepts it). Two `addp` rounds leave a
-//!   pixel's 4 channel sums in order.
-//! - Depthwise (`neon_dwconv_i8i32_16`, both tables): 16 channels per
-//!   register, `smull`/`smull2` then `saddw`/`saddw2` per tap.
-//! - Requantization in SIMD, exact for every shift: `smull` to i64,
-//!   `srshl` by `−shift` (which is exactly `(x + 2^(s−1)) >> s`), saturating
-//!   narrows, zero point and clamp in i16.
+//!   but a blob may) takes `smull`/`smull2`/`sadalp`×2 instead. Two `addp`
+//!   rounds leave a pixel's 4 channel sums in order.
+//! - dotprod GEMM ([`gemm_packed`]): the weights of 16 channels are
+//!   re-arranged per call into a stack block (4 reduction bytes × 4
+//!   channels per vector), and `sdot` by element multiplies them with 4-byte
+//!   groups of a pixel's load: 4 pixels × 16 channels per tile, one channel
+//!   per i32 lane, no horizontal reduction. Shapes it does not take (`k % 4
+//!   != 0`, `k > 1024`, fewer than 4 pixels) use the 4x4 tiles with one
+//!   `sdot` per 16 MACs. `sdot` is inline `asm!`: the `vdotq_s32` intrinsic
+//!   is not stable yet; the functions enable the `dotprod` target feature,
+//!   so the assembler accepts it.
+//! - Depthwise 3x3 ([`dw3_body`], both tables): 16 channels per block;
+//!   dotprod interleaves taps with `zip` so that one `sdot` adds 4 taps,
+//!   NEON takes `smull`/`smull2` then `saddw`/`saddw2` per tap. Other kernel
+//!   sizes: `neon_dwconv_i8i32_16`'s general loop.
+//! - Requantization in SIMD, exact for every shift: `sqdmulh` + `srshl` in
+//!   i32 when every shift of a block is 32..=62 ([`scale4`]), else `smull`
+//!   to i64 and `srshl` by `−shift` (exactly `(x + 2^(s−1)) >> s`);
+//!   saturating narrows, zero point in i16, clamp.
+//! - Residual add (`neon_add_i8_16`, both tables): exact i64 sums, the same
+//!   narrows.
+//! - Loops hold no calls (a `memcpy` for a short tail would make the
+//!   compiler spill the registers live across it): tails take separate
+//!   monomorphized or out-of-line paths.
 #![allow(unsafe_code)]
 // Fixed-size register tiles read best as indexed loops.
 #![allow(clippy::needless_range_loop)]
@@ -162,6 +176,21 @@ fn neon_dwconv_i8i32_16(
 ) {
     check_dwconv(input, w, g, rq, out);
     let taps = g.kh * g.kw;
+    if taps == 9 {
+        // SAFETY: as below.
+        unsafe {
+            dw3_neon(
+                input.as_ptr(),
+                w.as_ptr(),
+                g,
+                zp_in,
+                rq,
+                q,
+                out.as_mut_ptr(),
+            )
+        }
+        return;
+    }
     if taps == 0 || taps > DW_MAX_TAPS {
         scalar::dwconv(input, w, g, zp_in, rq, q, out);
         return;
@@ -197,7 +226,7 @@ fn dotprod_dwconv_i8i32_16(
     // SAFETY: reachable only through a table built from a `Dotprod` token;
     // `check_dwconv` proved the bounds.
     unsafe {
-        dw_dotprod(
+        dw3_dotprod(
             input.as_ptr(),
             w.as_ptr(),
             g,
@@ -519,13 +548,15 @@ unsafe fn load_tail(src: *const i8, n: usize) -> int8x16_t {
 }
 
 /// Sums of `R` pixel rows × 4 weight rows over `k` bytes, channel sums in
-/// order. The `k % 16` tail is zero-extended to one more step.
+/// order. The `k % 16` tail is zero-extended to one more step (`PLAIN`:
+/// the tail is 0 or 8 bytes, loaded without a copy).
 ///
 /// # Safety
 ///
-/// The CPU runs `M`; `k` bytes readable at every pointer.
+/// The CPU runs `M`; `k` bytes readable at every pointer; `PLAIN` only if
+/// `k % 16` is 0 or 8.
 #[inline(always)]
-unsafe fn tile<M: Mac, const R: usize>(
+unsafe fn tile<M: Mac, const R: usize, const PLAIN: bool>(
     ap: &[*const i8; R],
     rows: &[*const i8; 4],
     k: usize,
@@ -550,11 +581,18 @@ unsafe fn tile<M: Mac, const R: usize>(
     if k16 < k {
         let kt = k - k16;
         let mut av = [vdupq_n_s8(0); R];
+        let tail = |src: *const i8| {
+            if PLAIN {
+                vcombine_s8(vld1_s8(src), vdup_n_s8(0))
+            } else {
+                load_tail(src, kt)
+            }
+        };
         for i in 0..R {
-            av[i] = load_tail(ap[i].add(k16), kt);
+            av[i] = tail(ap[i].add(k16));
         }
         for j in 0..4 {
-            let wv = load_tail(rows[j].add(k16), kt);
+            let wv = tail(rows[j].add(k16));
             for i in 0..R {
                 acc[i][j] = M::mac16(acc[i][j], av[i], wv);
             }
@@ -988,24 +1026,31 @@ unsafe fn gemm_body<F: Mac, M: Mac>(p: &Gemm<'_>, out: *mut i8, ldo: usize) {
         }
         let r = Rq4::new(&chq);
         let fast = F::ANY_WEIGHT || !has_min(&rows, k);
-        match (fast, short_requant(&chq[..nr])) {
-            (true, true) => gemm_cols::<F, true>(p, &rows, &r, n0, nr, out, ldo),
-            (true, false) => gemm_cols::<F, false>(p, &rows, &r, n0, nr, out, ldo),
-            (false, true) => gemm_cols::<M, true>(p, &rows, &r, n0, nr, out, ldo),
-            (false, false) => gemm_cols::<M, false>(p, &rows, &r, n0, nr, out, ldo),
+        // Plain: 4 channels and a k tail of 0 or 8 bytes, so that no copy
+        // (a `memcpy` call, spilling the loop's registers) is needed.
+        let plain = nr == 4 && (k % 16 == 0 || k % 16 == 8);
+        match (fast, short_requant(&chq[..nr]), plain) {
+            (true, true, true) => gemm_cols::<F, true, true>(p, &rows, &r, n0, nr, out, ldo),
+            (true, false, true) => gemm_cols::<F, false, true>(p, &rows, &r, n0, nr, out, ldo),
+            (false, true, true) => gemm_cols::<M, true, true>(p, &rows, &r, n0, nr, out, ldo),
+            (false, false, true) => gemm_cols::<M, false, true>(p, &rows, &r, n0, nr, out, ldo),
+            (true, true, false) => gemm_cols::<F, true, false>(p, &rows, &r, n0, nr, out, ldo),
+            (true, false, false) => gemm_cols::<F, false, false>(p, &rows, &r, n0, nr, out, ldo),
+            (false, true, false) => gemm_cols::<M, true, false>(p, &rows, &r, n0, nr, out, ldo),
+            (false, false, false) => gemm_cols::<M, false, false>(p, &rows, &r, n0, nr, out, ldo),
         }
         n0 += nr;
     }
 }
 
 /// Every pixel of [`gemm_body`] against the weight rows `rows` (channels
-/// `n0..n0 + nr`).
+/// `n0..n0 + nr`); `PLAIN`: `nr == 4` and `k % 16` is 0 or 8.
 ///
 /// # Safety
 ///
 /// As [`gemm_body`]; `M` is exact for these rows.
 #[inline(always)]
-unsafe fn gemm_cols<M: Mac, const SHORT: bool>(
+unsafe fn gemm_cols<M: Mac, const SHORT: bool, const PLAIN: bool>(
     p: &Gemm<'_>,
     rows: &[*const i8; 4],
     r: &Rq4,
@@ -1026,9 +1071,9 @@ unsafe fn gemm_cols<M: Mac, const SHORT: bool>(
             for i in 0..MR {
                 ap[i] = a0.add((m0 + i) * p.lda);
             }
-            sums = tile::<M, MR>(&ap, rows, k);
+            sums = tile::<M, MR, PLAIN>(&ap, rows, k);
         } else {
-            sums[0] = tile::<M, 1>(&[a0.add(m0 * p.lda)], rows, k)[0];
+            sums[0] = tile::<M, 1, PLAIN>(&[a0.add(m0 * p.lda)], rows, k)[0];
         }
         // Two pixels share the narrowing, zero point and clamp.
         let mut i = 0;
@@ -1042,7 +1087,7 @@ unsafe fn gemm_cols<M: Mac, const SHORT: bool>(
             let b = vreinterpret_u32_s8(pack8(y0, y1, &o));
             let d0 = out.add((m0 + i) * ldo + n0);
             let d1 = out.add((m0 + i + 1) * ldo + n0);
-            if nr == 4 {
+            if PLAIN || nr == 4 {
                 vst1_lane_u32::<0>(d0 as *mut u32, b);
                 if i + 1 < mr {
                     vst1_lane_u32::<1>(d1 as *mut u32, b);
@@ -1254,7 +1299,44 @@ unsafe fn interleave4(x: [int8x16_t; 4]) -> [int8x16_t; 4] {
 ///
 /// NEON and dotprod; slices as checked by `check_dwconv`; `kh·kw = 9`.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn dw_dotprod(
+unsafe fn dw3_dotprod(
+    input: *const i8,
+    w: *const u8,
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: *mut i8,
+) {
+    dw3_body::<true>(input, w, g, zp_in, rq, q, out)
+}
+
+/// [`dw3_body`] without `sdot`: per tap `smull` + `saddw` (as
+/// `neon_dwconv_i8i32_16`, with its loop structure).
+///
+/// # Safety
+///
+/// NEON; slices as checked by `check_dwconv`; `kh·kw = 9`.
+#[target_feature(enable = "neon")]
+unsafe fn dw3_neon(
+    input: *const i8,
+    w: *const u8,
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[Requant],
+    q: OutQ,
+    out: *mut i8,
+) {
+    dw3_body::<false>(input, w, g, zp_in, rq, q, out)
+}
+
+/// 3x3 depthwise, `DOT`: with `sdot` (see [`dw3_dotprod`]).
+///
+/// # Safety
+///
+/// As [`dw3_dotprod`] (`DOT`) or [`dw3_neon`].
+#[inline(always)]
+unsafe fn dw3_body<const DOT: bool>(
     input: *const i8,
     w: *const u8,
     g: &ConvGeom,
@@ -1310,11 +1392,15 @@ unsafe fn dw_dotprod(
             for t in 0..TAPS {
                 wv[t] = load_n(w.add(t * c + ch), n);
             }
-            let lo = interleave4([wv[0], wv[1], wv[2], wv[3]]);
-            let hi = interleave4([wv[4], wv[5], wv[6], wv[7]]);
-            wi[b] = [
-                lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], wv[8],
-            ];
+            wi[b] = if DOT {
+                let lo = interleave4([wv[0], wv[1], wv[2], wv[3]]);
+                let hi = interleave4([wv[4], wv[5], wv[6], wv[7]]);
+                [
+                    lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3], wv[8],
+                ]
+            } else {
+                wv
+            };
         }
         for oy in 0..g.oh {
             let iy0 = (oy * g.sh) as isize - g.pt as isize;
@@ -1348,9 +1434,9 @@ unsafe fn dw_dotprod(
                         taps[t] = input.offset(offs[t]);
                     }
                     if short {
-                        dw_pixel::<true, true>(taps, zpv, &blocks, c0, c, nb, dst);
+                        dw_pixel::<DOT, true, true>(taps, zpv, &blocks, c0, c, nb, dst);
                     } else {
-                        dw_pixel::<true, false>(taps, zpv, &blocks, c0, c, nb, dst);
+                        dw_pixel::<DOT, true, false>(taps, zpv, &blocks, c0, c, nb, dst);
                     }
                 } else {
                     let mut taps = [ptr::null(); TAPS];
@@ -1360,9 +1446,9 @@ unsafe fn dw_dotprod(
                         }
                     }
                     if short {
-                        dw_pixel::<false, true>(taps, zpv, &blocks, c0, c, nb, dst);
+                        dw_pixel::<DOT, false, true>(taps, zpv, &blocks, c0, c, nb, dst);
                     } else {
-                        dw_pixel::<false, false>(taps, zpv, &blocks, c0, c, nb, dst);
+                        dw_pixel::<DOT, false, false>(taps, zpv, &blocks, c0, c, nb, dst);
                     }
                 }
             }
@@ -1371,7 +1457,7 @@ unsafe fn dw_dotprod(
     }
 }
 
-/// What [`dw_dotprod`] prepared for the blocks of one chunk of channels.
+/// What [`dw3_body`] prepared for the blocks of one chunk of channels.
 struct DwBlocks<'a> {
     wi: &'a [[int8x16_t; 9]; DWD_BLOCKS],
     bias: &'a [[int32x4_t; 4]; DWD_BLOCKS],
@@ -1379,7 +1465,7 @@ struct DwBlocks<'a> {
     o: &'a OutV16,
 }
 
-/// One output pixel of [`dw_dotprod`], channels `c0..c0 + 16·nb` (at most
+/// One output pixel of [`dw3_body`], channels `c0..c0 + 16·nb` (at most
 /// `c`): `taps[t]` is the input pixel of tap `t`, or null for a padded tap
 /// (read as the zero point). `INTERIOR`: no tap is padded; `SHORT`: every
 /// shift of the chunk allows [`scale4`]'s short path.
@@ -1390,7 +1476,7 @@ struct DwBlocks<'a> {
 /// has `c` writable bytes.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_pixel<const INTERIOR: bool, const SHORT: bool>(
+unsafe fn dw_pixel<const DOT: bool, const INTERIOR: bool, const SHORT: bool>(
     taps: [*const i8; 9],
     zpv: int8x16_t,
     bl: &DwBlocks<'_>,
@@ -1403,18 +1489,15 @@ unsafe fn dw_pixel<const INTERIOR: bool, const SHORT: bool>(
     // out of line, so that no call sits in the loop.
     let full = ((c - c0) / 16).min(nb);
     for b in 0..full {
-        dw_block::<INTERIOR, true, SHORT>(&taps, zpv, bl, b, c0 + 16 * b, 16, dst);
+        dw_block::<DOT, INTERIOR, true, SHORT>(&taps, zpv, bl, b, c0 + 16 * b, 16, dst);
     }
     if full < nb {
-        dw_tail::<SHORT>(
-            &taps,
-            zpv,
-            bl,
-            full,
-            c0 + 16 * full,
-            c - c0 - 16 * full,
-            dst,
-        );
+        let (b, ch, n) = (full, c0 + 16 * full, c - c0 - 16 * full);
+        if DOT {
+            dw_tail_dotprod::<SHORT>(&taps, zpv, bl, b, ch, n, dst);
+        } else {
+            dw_tail_neon::<SHORT>(&taps, zpv, bl, b, ch, n, dst);
+        }
     }
 }
 
@@ -1426,7 +1509,7 @@ unsafe fn dw_pixel<const INTERIOR: bool, const SHORT: bool>(
 #[inline(never)]
 #[target_feature(enable = "neon,dotprod")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_tail<const SHORT: bool>(
+unsafe fn dw_tail_dotprod<const SHORT: bool>(
     taps: &[*const i8; 9],
     zpv: int8x16_t,
     bl: &DwBlocks<'_>,
@@ -1435,7 +1518,27 @@ unsafe fn dw_tail<const SHORT: bool>(
     n: usize,
     dst: *mut i8,
 ) {
-    dw_block::<false, false, SHORT>(taps, zpv, bl, b, ch, n, dst)
+    dw_block::<true, false, false, SHORT>(taps, zpv, bl, b, ch, n, dst)
+}
+
+/// The channel tail of [`dw_pixel`] without `sdot`.
+///
+/// # Safety
+///
+/// As [`dw_block`].
+#[inline(never)]
+#[target_feature(enable = "neon")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dw_tail_neon<const SHORT: bool>(
+    taps: &[*const i8; 9],
+    zpv: int8x16_t,
+    bl: &DwBlocks<'_>,
+    b: usize,
+    ch: usize,
+    n: usize,
+    dst: *mut i8,
+) {
+    dw_block::<false, false, false, SHORT>(taps, zpv, bl, b, ch, n, dst)
 }
 
 /// Block `b` of [`dw_pixel`]: channels `ch..ch + n`; `FULL`: `n == 16`.
@@ -1445,7 +1548,7 @@ unsafe fn dw_tail<const SHORT: bool>(
 /// As [`dw_pixel`]; `n <= 16`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn dw_block<const INTERIOR: bool, const FULL: bool, const SHORT: bool>(
+unsafe fn dw_block<const DOT: bool, const INTERIOR: bool, const FULL: bool, const SHORT: bool>(
     taps: &[*const i8; 9],
     zpv: int8x16_t,
     bl: &DwBlocks<'_>,
@@ -1464,17 +1567,25 @@ unsafe fn dw_block<const INTERIOR: bool, const FULL: bool, const SHORT: bool>(
     }
     let wb = &bl.wi[b];
     let mut acc = bl.bias[b];
-    let lo = interleave4([x[0], x[1], x[2], x[3]]);
-    let hi = interleave4([x[4], x[5], x[6], x[7]]);
-    for j in 0..4 {
-        acc[j] = Sdot::mac16(acc[j], lo[j], wb[j]);
-        acc[j] = Sdot::mac16(acc[j], hi[j], wb[4 + j]);
+    // Tap 8 (DOT), every tap (else): i16 products, widened into i32.
+    let first = if DOT {
+        let lo = interleave4([x[0], x[1], x[2], x[3]]);
+        let hi = interleave4([x[4], x[5], x[6], x[7]]);
+        for j in 0..4 {
+            acc[j] = Sdot::mac16(acc[j], lo[j], wb[j]);
+            acc[j] = Sdot::mac16(acc[j], hi[j], wb[4 + j]);
+        }
+        8
+    } else {
+        0
+    };
+    for t in first..9 {
+        let pl = vmull_s8(vget_low_s8(x[t]), vget_low_s8(wb[t]));
+        let ph = vmull_high_s8(x[t], wb[t]);
+        acc[0] = vaddw_s16(acc[0], vget_low_s16(pl));
+        acc[1] = vaddw_high_s16(acc[1], pl);
+        acc[2] = vaddw_s16(acc[2], vget_low_s16(ph));
+        acc[3] = vaddw_high_s16(acc[3], ph);
     }
-    let pl = vmull_s8(vget_low_s8(x[8]), vget_low_s8(wb[8]));
-    let ph = vmull_high_s8(x[8], wb[8]);
-    acc[0] = vaddw_s16(acc[0], vget_low_s16(pl));
-    acc[1] = vaddw_high_s16(acc[1], pl);
-    acc[2] = vaddw_s16(acc[2], vget_low_s16(ph));
-    acc[3] = vaddw_high_s16(acc[3], ph);
     store16::<4, SHORT, FULL>(&acc, &bl.rqs[b], bl.o, dst.add(ch), n);
 }
