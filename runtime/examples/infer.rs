@@ -4,17 +4,23 @@
 //!
 //! ```text
 //! cargo run --release -p graftnet --features std --example infer -- \
-//!     BACKBONE.gnb [--patch TASK.gnp] [--kernels NAME] [--runs N]
+//!     BACKBONE.gnb [--patch TASK.gnp] [--kernels NAME] [--runs N] [--skip ENTRIES]
 //! ```
 //!
 //! The input is a fixed pseudo-random int8 tensor. Prints the table, the
 //! argmax and a checksum of the scores (identical for every table), and the
 //! wall time per run. Instruction counts per inference: run with `--runs 1`
 //! and `--runs 2` and subtract (start-up, file reading and parsing cancel).
+//!
+//! `--skip pointwise,conv,dwconv,fc` (any subset) replaces those entries of
+//! the table by a kernel that writes nothing: the scores are then wrong, but
+//! the difference in instructions is what the skipped kernels cost (a
+//! profile by kernel without a profiler; `--skip all` leaves the engine's
+//! own scalar ops).
 
 use std::time::Instant;
 
-use graftnet::kernels::Kernels;
+use graftnet::kernels::{ConvGeom, Kernels, OutQ};
 use graftnet::{Backbone, Engine, Patch, Requant};
 
 fn main() {
@@ -22,11 +28,13 @@ fn main() {
     let mut it = args.iter();
     let mut bb_path = None;
     let (mut patch_path, mut kernels, mut runs) = (None, None, 1usize);
+    let mut skip = String::new();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--patch" => patch_path = it.next().cloned(),
             "--kernels" => kernels = it.next().cloned(),
             "--runs" => runs = it.next().and_then(|s| s.parse().ok()).expect("--runs N"),
+            "--skip" => skip = it.next().cloned().expect("--skip ENTRIES"),
             _ => bb_path = Some(a.clone()),
         }
     }
@@ -41,11 +49,26 @@ fn main() {
     if let Some(p) = &patch_bytes {
         e.apply(Patch::parse(p).expect("patch")).expect("apply");
     }
-    let k = match kernels.as_deref() {
+    let mut k = match kernels.as_deref() {
         Some(name) => Kernels::by_name(name)
             .unwrap_or_else(|| panic!("kernel table '{name}' is not available here")),
         None => Kernels::best(),
     };
+    for entry in skip.split(',').filter(|s| !s.is_empty()) {
+        let all = entry == "all";
+        if all || entry == "pointwise" {
+            k.pointwise = nothing;
+        }
+        if all || entry == "conv" {
+            k.conv = nothing;
+        }
+        if all || entry == "dwconv" {
+            k.dwconv = nothing;
+        }
+        if all || entry == "fc" {
+            k.fc = nothing;
+        }
+    }
     e.set_kernels(k);
     let n = e.backbone().input().len();
     let mut s = 0x2545_f491_4f6c_dd1du64;
@@ -72,3 +95,6 @@ fn main() {
         k.name
     );
 }
+
+/// A kernel that writes nothing (`--skip`).
+fn nothing(_: &[i8], _: &[u8], _: &ConvGeom, _: i8, _: &[Requant], _: OutQ, _: &mut [i8]) {}

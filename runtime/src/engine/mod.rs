@@ -762,7 +762,7 @@ fn run_op(k: &Kernels, r: &OpRun<'_>, a: &[i8], b: &[i8], out: &mut [i8]) {
     let (block, q) = (r.block, r.q);
     match r.op.kind {
         OpKind::Conv | OpKind::DwConv => run_conv(k, r, &r.g, a, out),
-        OpKind::Add => scalar::add(
+        OpKind::Add => (k.add)(
             a,
             b,
             block[1].bias,

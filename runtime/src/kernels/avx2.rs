@@ -35,6 +35,7 @@ pub(super) fn table(_t: Avx2) -> Kernels {
         conv: avx2_conv_i8i32_3x8,
         dwconv: avx2_dwconv_i8i32_16,
         fc: avx2_fc_i8i32_1x8,
+        add: super::scalar::add,
         names: KernelNames {
             pointwise: "avx2_pointwise_i8i32_3x8",
             conv: "avx2_conv_i8i32_3x8",

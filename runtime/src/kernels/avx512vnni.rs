@@ -43,6 +43,7 @@ pub(super) fn table(t: Avx512Vnni) -> Kernels {
         conv: avx512vnni_conv_u8i8i32_6x16,
         dwconv: avx512vnni_dwconv_i16i32_32,
         fc: avx512vnni_fc_u8i8i32_1x16,
+        add: super::scalar::add,
         names: KernelNames {
             pointwise: "avx512vnni_pointwise_u8i8i32_6x16",
             conv: "avx512vnni_conv_u8i8i32_6x16",

@@ -46,6 +46,7 @@ pub(super) fn table(_t: Dsp) -> Kernels {
         pointwise: dsp_pointwise_i8i32_2x2,
         conv: dsp_conv_i8i32_2x2,
         dwconv: dsp_dwconv_i8i32_4,
+        add: scalar::add,
         fc: dsp_fc_i8i32_1x4,
         names: KernelNames {
             pointwise: "dsp_pointwise_i8i32_2x2",

@@ -10,9 +10,10 @@
 //! - 1x1 unpadded (any stride, any groups): rows read in place;
 //! - fully connected (the kernel covers the input): one row, `k = h·w·c`;
 //! - anything else: im2col into a stack block, padded cells filled with the
-//!   input zero point (what the reference reads), row tails zero-filled, and
-//!   the weights copied zero-padded to the ISA's `k` unit when they are
-//!   small (the 3x3 stem: 27 → 32), so no scalar tail remains.
+//!   input zero point (what the reference reads), and the weights copied
+//!   zero-padded to the ISA's `k` unit when they are small (the 3x3 stem:
+//!   27 → 32), so no scalar tail remains. Row tails are not cleared: they
+//!   hold int8 bytes that meet those zero weights (or are not read).
 
 use super::{scalar, ConvGeom, OutQ};
 use crate::engine::Requant;
@@ -188,11 +189,31 @@ pub(crate) fn conv_blocks<const BUF: usize, const WPAD: usize>(
             // Rows are written in order, each segment after the previous one,
             // so the bytes a short copy writes past its segment are
             // overwritten later (or lie beyond the block).
+            let (mut oy, mut ox) = (p0 / g.ow, p0 % g.ow);
             for r in 0..np {
-                let (oy, ox) = ((p0 + r) / g.ow, (p0 + r) % g.ow);
+                if r > 0 {
+                    ox += 1;
+                    if ox == g.ow {
+                        (oy, ox) = (oy + 1, 0);
+                    }
+                }
                 let d0 = r * rowpad;
                 let ix0 = (ox * g.sw) as isize - g.pl as isize;
                 let cols_in = g.groups == 1 && ix0 >= 0 && ix0 as usize + g.kw <= g.iw;
+                let iy0 = (oy * g.sh) as isize - g.pt as isize;
+                // Interior pixel of a 3-row kernel with short rows (the
+                // stem's 3 × 9 bytes): three 16-byte moves, checked once.
+                let (seg, step) = (g.kw * cg, g.iw * g.cin);
+                if g.kh == 3 && cols_in && seg <= 16 && iy0 >= 0 && iy0 as usize + 3 <= g.ih {
+                    let s0 = (iy0 as usize * g.iw + ix0 as usize) * g.cin;
+                    if let (Some(src), Some(dst)) = (
+                        input.get(s0..s0 + 2 * step + 16),
+                        buf.get_mut(d0..d0 + 2 * seg + 16),
+                    ) {
+                        move3(src, step, dst, seg);
+                        continue;
+                    }
+                }
                 for ky in 0..g.kh {
                     let iy = (oy * g.sh + ky) as isize - g.pt as isize;
                     let seg = d0 + ky * g.kw * cg;
@@ -215,7 +236,10 @@ pub(crate) fn conv_blocks<const BUF: usize, const WPAD: usize>(
                         }
                     }
                 }
-                buf[d0 + row..d0 + rowpad].fill(0);
+                // The row's tail `row..rowpad` is not cleared: it holds zeros
+                // or int8 input bytes a `copy_short` spilled there. Either
+                // the GEMM does not read it (k = row) or it meets the
+                // zero-padded weights, so every ISA's product adds 0.
             }
             let p = Gemm {
                 a: &buf[..np * rowpad],
@@ -231,6 +255,16 @@ pub(crate) fn conv_blocks<const BUF: usize, const WPAD: usize>(
             gemm(&p, &mut out[p0 * g.cout + grp * ng..], g.cout);
             p0 += np;
         }
+    }
+}
+
+/// `dst[i·seg..][..16] = src[i·step..][..16]` for `i` in 0..3 (the slices
+/// end 16 bytes after the third row).
+#[inline(always)]
+fn move3(src: &[i8], step: usize, dst: &mut [i8], seg: usize) {
+    let rows: [[i8; 16]; 3] = core::array::from_fn(|i| src[i * step..][..16].try_into().unwrap());
+    for (i, r) in rows.iter().enumerate() {
+        dst[i * seg..][..16].copy_from_slice(r);
     }
 }
 

@@ -26,8 +26,9 @@
 //! proves the feature, so a table built from one is safe to call.
 //!
 //! Stack use: the SIMD kernels keep scratch buffers on the stack (at most
-//! about 48 KiB: an im2col block and padded weights; about 10 KiB for
-//! `dsp`), never on a heap.
+//! about 64 KiB: an im2col block, padded weights and, with `dotprod`, a
+//! 16 KiB block of re-arranged weights; about 10 KiB for `dsp`), never on a
+//! heap.
 //!
 //! Outside the table, two task-switch kernels: [`derive`](mod@derive) (the conv
 //! channels' requantization parameters when a patch is applied) and
@@ -142,6 +143,9 @@ pub type ConvFn =
     fn(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]);
 /// Depthwise convolution; weights `[kh][kw][c]`.
 pub type DwConvFn = ConvFn;
+/// Elementwise add of two tensors ([`scalar::add`]'s parameters:
+/// `a, b, za, ma, zb, mb, shift, q, out`).
+pub type AddFn = fn(&[i8], &[i8], i32, i32, i32, i32, i32, OutQ, &mut [i8]);
 
 /// Names of the kernels a table holds, `isa_op_types_tile` (for reports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,6 +174,9 @@ pub struct Kernels {
     pub dwconv: DwConvFn,
     /// fully connected layer ([`ConvGeom::is_fully_connected`])
     pub fc: ConvFn,
+    /// elementwise (residual) add; `*_add_i8_*` (the scalar one outside
+    /// `neon` / `dotprod`)
+    pub add: AddFn,
     /// the kernels' names
     pub names: KernelNames,
 }
@@ -198,6 +205,7 @@ impl Kernels {
             conv: scalar::conv,
             dwconv: scalar::dwconv,
             fc: scalar::conv,
+            add: scalar::add,
             names: KernelNames {
                 pointwise: "scalar_conv_i8i32",
                 conv: "scalar_conv_i8i32",

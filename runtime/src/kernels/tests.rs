@@ -223,9 +223,13 @@ fn dw_case(r: &mut Rng, table: &str, k: ConvFn, g: &ConvGeom, wild: bool) {
     );
 }
 
-// Tiles: AVX2 3x8 (k 8), AVX-512 VNNI 6x16 (k 16), NEON / dotprod 4x4 (k
-// 16), depthwise 16 channels in chunks of 128.
-const CIN: &[usize] = &[0, 1, 3, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 47, 64, 96];
+// Tiles: AVX2 3x8 (k 8), AVX-512 VNNI 6x16 (k 16), NEON 4x4 (k 16),
+// dotprod 4 pixels x 16 channels in steps of 4 bytes of k (k % 4 == 0, at
+// least 4 pixels, k <= 1024; otherwise its 4x4), depthwise 16 channels in
+// chunks of 128 (dotprod: 256).
+const CIN: &[usize] = &[
+    0, 1, 3, 4, 7, 8, 9, 12, 15, 16, 17, 20, 24, 28, 31, 32, 33, 44, 47, 64, 96,
+];
 const COUT: &[usize] = &[0, 1, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33];
 const PIXELS: &[(usize, usize)] = &[
     (1, 1),
@@ -250,6 +254,13 @@ fn pointwise_shapes(k: Kernels) {
                 dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, false);
                 dense_case(&mut r, k.name, "conv(1x1)", k.conv, &g, true);
             }
+        }
+    }
+    // Long rows: the dotprod packed block holds k <= 1024.
+    for &cin in &[1020, 1024, 1028] {
+        for &cout in &[5, 16, 33] {
+            let g = geom(2, 3, cin, cout, (1, 1), (1, 1), [0; 4], 1);
+            dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, true);
         }
     }
     // zero pixels
@@ -336,7 +347,9 @@ fn fc_shapes(k: Kernels) {
 
 fn dwconv_shapes(k: Kernels) {
     let mut r = Rng(4);
-    let chans = [1, 7, 8, 15, 16, 17, 31, 32, 33, 48, 127, 128, 129, 144, 200];
+    let chans = [
+        1, 7, 8, 15, 16, 17, 31, 32, 33, 48, 127, 128, 129, 144, 200, 255, 256, 257, 300,
+    ];
     // (kernel, stride, pads t l b r)
     type Case = ((usize, usize), (usize, usize), [usize; 4]);
     let cases: &[Case] = &[
@@ -365,6 +378,67 @@ fn dwconv_shapes(k: Kernels) {
         ..geom(3, 3, 16, 16, (3, 3), (1, 1), [1; 4], 16)
     };
     dw_case(&mut r, k.name, k.dwconv, &g, false);
+}
+
+/// The elementwise add against [`super::scalar::add`]: lengths around the
+/// 16-element tile, any zero points, multipliers and shifts the engine may
+/// derive (and a few it may not, which must fall back, not differ).
+fn add_cases(k: Kernels, seed: u64, cases: usize) {
+    let mut r = Rng(seed);
+    let lens = [
+        0,
+        1,
+        7,
+        15,
+        16,
+        17,
+        31,
+        32,
+        33,
+        47,
+        64,
+        100,
+        1001,
+        3136 * 24,
+    ];
+    for i in 0..cases {
+        let n = if i < lens.len() {
+            lens[i]
+        } else {
+            r.range(0, 300) as usize
+        };
+        let a = r.bytes(n);
+        let b = r.bytes(n);
+        let zp = |r: &mut Rng| {
+            if r.next() & 7 == 0 {
+                r.range(-300, 300) as i32
+            } else {
+                r.range(-128, 127) as i32
+            }
+        };
+        let (za, zb) = (zp(&mut r), zp(&mut r));
+        let mult = |r: &mut Rng| match r.next() % 4 {
+            0 => r.range(i32::MIN as i64 + 1, i32::MAX as i64) as i32,
+            1 => r.range(0, 1 << 20) as i32,
+            _ => r.range(1 << 30, (1i64 << 31) - 1) as i32,
+        };
+        let (ma, mb) = (mult(&mut r), mult(&mut r));
+        let shift = if r.next() & 1 == 0 {
+            r.range(1, 62)
+        } else {
+            r.range(31, 45)
+        } as i32;
+        let q = random_q(&mut r);
+        let mut want = std::vec![CANARY; n + GUARD];
+        let mut got = std::vec![CANARY; n + GUARD];
+        super::scalar::add(&a, &b, za, ma, zb, mb, shift, q, &mut want[..n]);
+        (k.add)(&a, &b, za, ma, zb, mb, shift, q, &mut got[..n]);
+        assert!(
+            got == want,
+            "{} add: n {n} za {za} ma {ma} zb {zb} mb {mb} shift {shift} {q:?}",
+            k.name
+        );
+    }
 }
 
 fn random_dense(k: Kernels, seed: u64, cases: usize) {
@@ -443,6 +517,10 @@ macro_rules! kernel_tests {
             #[test]
             fn random_dwconv() {
                 table().map(|k| super::random_dw(k, 12, 300));
+            }
+            #[test]
+            fn add() {
+                table().map(|k| super::add_cases(k, 13, 300));
             }
         }
     )*};
