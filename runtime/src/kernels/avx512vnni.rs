@@ -14,6 +14,9 @@
 //! the end, 3 unpack/add rounds leave a pixel's 16 channel sums in order.
 //! Reduction tails (`k % 16`) use masked loads.
 //!
+//! Residual add (`avx512vnni_add_i8_16`): the exact i64 sum of both
+//! rescaled inputs, 16 elements per step.
+//!
 //! Requantization is exact in SIMD for every shift: i64 products
 //! (`vpmuldq` on even and odd lanes), `vpsravq`, i64 clamp, `vpmovdb`.
 //!
@@ -43,7 +46,7 @@ pub(super) fn table(t: Avx512Vnni) -> Kernels {
         conv: avx512vnni_conv_u8i8i32_6x16,
         dwconv: avx512vnni_dwconv_i16i32_32,
         fc: avx512vnni_fc_u8i8i32_1x16,
-        add: super::scalar::add,
+        add: avx512vnni_add_i8_16,
         names: KernelNames {
             pointwise: "avx512vnni_pointwise_u8i8i32_6x16",
             conv: "avx512vnni_conv_u8i8i32_6x16",
@@ -90,6 +93,93 @@ fn avx512vnni_fc_u8i8i32_1x16(
     out: &mut [i8],
 ) {
     gemm::conv(input, w, g, zp_in, rq, q, out, gemm, 16);
+}
+
+/// Residual add, 16 elements per step: `x − za`, `y − zb` in i32 lanes,
+/// the exact i64 sum `(x − za)·ma + (y − zb)·mb` (`vpmuldq` on even and odd
+/// lanes, below 2^40 in magnitude), `+ 2^(shift−1)`, `vpsraq`, zero point and
+/// clamp in i64, `vpmovdb`. Zero points outside int8 or shifts outside
+/// 1..=62 (never derived) and the last `n % 16` elements take the scalar loop.
+#[allow(clippy::too_many_arguments)]
+fn avx512vnni_add_i8_16(
+    a: &[i8],
+    b: &[i8],
+    za: i32,
+    ma: i32,
+    zb: i32,
+    mb: i32,
+    shift: i32,
+    q: OutQ,
+    out: &mut [i8],
+) {
+    let n = out.len().min(a.len()).min(b.len());
+    let i8s = -128..=127;
+    let n16 = if (1..=62).contains(&shift) && i8s.contains(&za) && i8s.contains(&zb) {
+        n & !15
+    } else {
+        0
+    };
+    // SAFETY: reachable only through a table built from an `Avx512Vnni`
+    // token; `n16 <= n` elements are read from `a`, `b` and written to `out`.
+    unsafe { add_avx512(a, b, [za, ma, zb, mb, shift], q, out, n16) }
+    scalar::add(
+        &a[n16..n],
+        &b[n16..n],
+        za,
+        ma,
+        zb,
+        mb,
+        shift,
+        q,
+        &mut out[n16..n],
+    );
+}
+
+/// # Safety
+/// The CPU runs AVX-512 F/BW; `n16` is a multiple of 16 and at most the
+/// length of `a`, `b` and `out`; `1 <= shift <= 62`.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn add_avx512(a: &[i8], b: &[i8], p: [i32; 5], q: OutQ, out: &mut [i8], n16: usize) {
+    let [za, ma, zb, mb, shift] = p;
+    let (vza, vzb) = (_mm512_set1_epi32(za), _mm512_set1_epi32(zb));
+    // `vpmuldq` reads the low dword of each qword.
+    let (vma, vmb) = (_mm512_set1_epi32(ma), _mm512_set1_epi32(mb));
+    let round = _mm512_set1_epi64(1i64 << (shift - 1));
+    let count = _mm_cvtsi32_si128(shift);
+    let zp = _mm512_set1_epi64(q.zp as i64);
+    let (lo, hi) = (
+        _mm512_set1_epi64(q.lo as i64),
+        _mm512_set1_epi64(q.hi as i64),
+    );
+    let finish = |s: __m512i| {
+        let v = _mm512_add_epi64(_mm512_sra_epi64(_mm512_add_epi64(s, round), count), zp);
+        _mm512_min_epi64(_mm512_max_epi64(v, lo), hi)
+    };
+    for i in (0..n16).step_by(16) {
+        // SAFETY: `i + 16 <= n16 <= len` for all three slices (caller).
+        let (x, y) = unsafe {
+            (
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i)),
+                _mm512_cvtepi8_epi32(_mm_loadu_si128(b.as_ptr().add(i) as *const __m128i)),
+            )
+        };
+        let (xa, yb) = (_mm512_sub_epi32(x, vza), _mm512_sub_epi32(y, vzb));
+        let even = _mm512_add_epi64(_mm512_mul_epi32(xa, vma), _mm512_mul_epi32(yb, vmb));
+        let odd = _mm512_add_epi64(
+            _mm512_mul_epi32(_mm512_srli_epi64(xa, 32), vma),
+            _mm512_mul_epi32(_mm512_srli_epi64(yb, 32), vmb),
+        );
+        // Clamped values fit a dword: even results stay in the low dwords,
+        // odd ones move to the high dwords.
+        let r = _mm512_mask_blend_epi32(0xaaaa, finish(even), _mm512_slli_epi64(finish(odd), 32));
+        // SAFETY: as above.
+        unsafe {
+            _mm_storeu_si128(
+                out.as_mut_ptr().add(i) as *mut __m128i,
+                _mm512_cvtepi32_epi8(r),
+            )
+        };
+    }
 }
 
 fn gemm(p: &Gemm<'_>, out: &mut [i8], ldo: usize) {
