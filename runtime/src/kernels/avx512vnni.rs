@@ -112,34 +112,20 @@ fn avx512vnni_add_i8_16(
     q: OutQ,
     out: &mut [i8],
 ) {
-    let n = out.len().min(a.len()).min(b.len());
-    let i8s = -128..=127;
-    let n16 = if (1..=62).contains(&shift) && i8s.contains(&za) && i8s.contains(&zb) {
-        n & !15
-    } else {
-        0
-    };
-    // SAFETY: reachable only through a table built from an `Avx512Vnni`
-    // token; `n16 <= n` elements are read from `a`, `b` and written to `out`.
-    unsafe { add_avx512(a, b, [za, ma, zb, mb, shift], q, out, n16) }
-    scalar::add(
-        &a[n16..n],
-        &b[n16..n],
-        za,
-        ma,
-        zb,
-        mb,
-        shift,
-        q,
-        &mut out[n16..n],
-    );
+    super::add_blocks16(a, b, [za, ma, zb, mb, shift], q, out, |a, b, p, q, out| {
+        // SAFETY: reachable only through a table built from an `Avx512Vnni`
+        // token; `a`, `b` and `out` hold the same multiple of 16 elements,
+        // and `add_blocks16` passes only shifts 1..=62.
+        unsafe { add_avx512(a, b, p, q, out) }
+    });
 }
 
 /// # Safety
-/// The CPU runs AVX-512 F/BW; `n16` is a multiple of 16 and at most the
-/// length of `a`, `b` and `out`; `1 <= shift <= 62`.
+/// The CPU runs AVX-512 F/BW; `out.len()` is a multiple of 16 and at most
+/// the length of `a` and `b`; `1 <= shift <= 62`.
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn add_avx512(a: &[i8], b: &[i8], p: [i32; 5], q: OutQ, out: &mut [i8], n16: usize) {
+unsafe fn add_avx512(a: &[i8], b: &[i8], p: [i32; 5], q: OutQ, out: &mut [i8]) {
+    let n16 = out.len();
     let [za, ma, zb, mb, shift] = p;
     let (vza, vzb) = (_mm512_set1_epi32(za), _mm512_set1_epi32(zb));
     // `vpmuldq` reads the low dword of each qword.
@@ -156,7 +142,7 @@ unsafe fn add_avx512(a: &[i8], b: &[i8], p: [i32; 5], q: OutQ, out: &mut [i8], n
         _mm512_min_epi64(_mm512_max_epi64(v, lo), hi)
     };
     for i in (0..n16).step_by(16) {
-        // SAFETY: `i + 16 <= n16 <= len` for all three slices (caller).
+        // SAFETY: `i + 16 <= out.len() <= len(a), len(b)` (caller).
         let (x, y) = unsafe {
             (
                 _mm512_cvtepi8_epi32(_mm_loadu_si128(a.as_ptr().add(i) as *const __m128i)),

@@ -147,6 +147,48 @@ pub type DwConvFn = ConvFn;
 /// `a, b, za, ma, zb, mb, shift, q, out`).
 pub type AddFn = fn(&[i8], &[i8], i32, i32, i32, i32, i32, OutQ, &mut [i8]);
 
+/// Parameters of an add: `[za, ma, zb, mb, shift]` (see [`scalar::add`]).
+pub(crate) type AddParams = [i32; 5];
+
+/// The driver of the SIMD adds: `simd` runs on the longest prefix of whole
+/// 16-element blocks (the `a`, `b`, `out` it gets have that length) when
+/// the parameters are ones the engine derives (int8 zero points, shift
+/// 1..=62); [`scalar::add`] does the rest.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_blocks16(
+    a: &[i8],
+    b: &[i8],
+    p: AddParams,
+    q: OutQ,
+    out: &mut [i8],
+    simd: impl FnOnce(&[i8], &[i8], AddParams, OutQ, &mut [i8]),
+) {
+    let [za, ma, zb, mb, shift] = p;
+    let n = out.len().min(a.len()).min(b.len());
+    let i8s = -128..=127;
+    let n16 = if (1..=62).contains(&shift) && i8s.contains(&za) && i8s.contains(&zb) {
+        n & !15
+    } else {
+        0
+    };
+    simd(&a[..n16], &b[..n16], p, q, &mut out[..n16]);
+    scalar::add(
+        &a[n16..n],
+        &b[n16..n],
+        za,
+        ma,
+        zb,
+        mb,
+        shift,
+        q,
+        &mut out[n16..n],
+    );
+}
+
 /// Names of the kernels a table holds, `isa_op_types_tile` (for reports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelNames {

@@ -250,36 +250,12 @@ fn neon_add_i8_16(
     q: OutQ,
     out: &mut [i8],
 ) {
-    let n = out.len().min(a.len()).min(b.len());
-    let i8s = -128..=127;
-    let n16 = if (1..=62).contains(&shift) && i8s.contains(&za) && i8s.contains(&zb) {
-        n & !15
-    } else {
-        0
-    };
-    // SAFETY: reachable only through a table built from a `Neon` token;
-    // `n16 <= n` elements are read from `a`, `b` and written to `out`.
-    unsafe {
-        add_neon(
-            a.as_ptr(),
-            b.as_ptr(),
-            [za, ma, zb, mb, shift],
-            q,
-            out.as_mut_ptr(),
-            n16,
-        )
-    }
-    scalar::add(
-        &a[n16..n],
-        &b[n16..n],
-        za,
-        ma,
-        zb,
-        mb,
-        shift,
-        q,
-        &mut out[n16..n],
-    );
+    super::add_blocks16(a, b, [za, ma, zb, mb, shift], q, out, |a, b, p, q, out| {
+        // SAFETY: reachable only through a table built from a `Neon` token;
+        // `a`, `b` and `out` hold the same multiple of 16 elements, and
+        // `add_blocks16` passes only int8 zero points and shifts 1..=62.
+        unsafe { add_neon(a.as_ptr(), b.as_ptr(), p, q, out.as_mut_ptr(), out.len()) }
+    });
 }
 
 /// 16 elements at a time of [`scalar::add`]: `x − za` widened to i32,
