@@ -68,7 +68,8 @@ fn main() -> anyhow::Result<()> {
                 if p * sh.c + c >= d.len() || c * sh.h * sh.w + p >= f.len() {
                     continue;
                 }
-                let dq = s as f64 * (d[p * sh.c + c] as i32 - z) as f64;
+                let gain = qt.gains.get(c).map_or(1.0, |&g| g as f64);
+                let dq = s as f64 * (d[p * sh.c + c] as i32 - z) as f64 / gain;
                 let fv = f[c * sh.h * sh.w + p] as f64;
                 num += (dq - fv).powi(2);
                 den += fv * fv;
@@ -80,11 +81,14 @@ fn main() -> anyhow::Result<()> {
             .find(|o| o.out == t)
             .map(|o| format!("{} {}", o.kind.name(), o.name))
             .unwrap_or_default();
-        if t == 3 || t == 5 {
+        if std::env::var("GRAFTNET_CHANNELS")
+            .is_ok_and(|v| v.split(',').any(|x| x == t.to_string()))
+        {
             for c in 0..sh.c {
                 let (mut a, mut b, mut mx) = (0f64, 0f64, 0f64);
                 for p in 0..sh.h * sh.w {
-                    let dq = s as f64 * (d[p * sh.c + c] as i32 - z) as f64;
+                    let gain = qt.gains.get(c).map_or(1.0, |&g| g as f64);
+                    let dq = s as f64 * (d[p * sh.c + c] as i32 - z) as f64 / gain;
                     let fv = f[c * sh.h * sh.w + p] as f64;
                     a += (dq - fv).powi(2);
                     b += fv * fv;

@@ -21,6 +21,9 @@
 //! - Cost: one float run per sample (its conv outputs are kept: memory is
 //!   samples × the conv outputs' sizes × 4 bytes, about 10 MB per sample for
 //!   a 224x224 PP-LCNet) and one int8 run per sample and conv layer.
+//! - A conv output stored with per-channel gains
+//!   (`quantize::channel_gains`) is compared with the float value times the
+//!   gain.
 //! - The correction changes bias codes only; weights, scales and activation
 //!   ranges stay as calibrated. The corrected biases depend on the model's
 //!   own errors, so a task exported with correction is not the base plus a
@@ -118,9 +121,11 @@ pub fn correct_biases(
             let f = &fl[k];
             let d = e.tensor_data(t);
             for c in 0..sh.c {
+                // int8 channels stored with a gain (quantize::channel_gains)
+                let gain = q.tensors[t].gains.get(c).map_or(1.0, |&g| g as f64);
                 let (mut sum, mut cnt) = (0f64, 0u64);
                 for p in 0..hw {
-                    let fv = f[c * hw + p] as f64;
+                    let fv = f[c * hw + p] as f64 * gain;
                     if fv > lo && fv < hi {
                         sum += fv - scale * (d[p * sh.c + c] as f64 - zp);
                         cnt += 1;

@@ -17,6 +17,7 @@
 //! - unary functions: 256-entry tables computed from the float function.
 
 use anyhow::{bail, Context, Result};
+use graftnet::format::entry::{emit_luts, luts_payload_len};
 use graftnet::format::{Act as QAct, OpKind};
 use graftnet::quant::{decode_bias, encode_bias, encode_scale_nearest, quantize_value};
 
@@ -32,6 +33,10 @@ pub struct QTensor {
     pub zp: i8,
     /// Storage shared with this tensor (a reshape).
     pub alias_of: Option<usize>,
+    /// Per-channel gains (powers of two; empty = all 1): channel `c` holds
+    /// `gains[c]` times the float model's value, so that a channel with a
+    /// narrow range gets finer int8 steps (see [`channel_gains`]).
+    pub gains: Vec<f32>,
 }
 
 /// A quantized op, in runtime terms.
@@ -178,6 +183,7 @@ fn lower(g: &Graph) -> Result<Lowered> {
                 scale: 1.0,
                 zp: 0,
                 alias_of: alias,
+                gains: Vec::new(),
             });
             source.push(ir);
             tensors.len() - 1
@@ -359,6 +365,9 @@ pub struct Ranges {
     /// range chosen for quantization (inside [min, max], always containing 0)
     pub lo: Vec<f32>,
     pub hi: Vec<f32>,
+    /// observed minimum and maximum of every channel
+    pub ch_min: Vec<Vec<f32>>,
+    pub ch_max: Vec<Vec<f32>>,
     pub samples: usize,
 }
 
@@ -385,6 +394,10 @@ pub fn calibrate<'s>(
         max: vec![f32::NEG_INFINITY; n],
         lo: vec![0.0; n],
         hi: vec![0.0; n],
+        ch_min: (0..n).map(|t| vec![f32::INFINITY; g.shape(t).c]).collect(),
+        ch_max: (0..n)
+            .map(|t| vec![f32::NEG_INFINITY; g.shape(t).c])
+            .collect(),
         samples: 0,
     };
     if samples.is_empty() {
@@ -404,10 +417,16 @@ pub fn calibrate<'s>(
     for x in &samples {
         let vals = float_eval::run(g, x);
         for (t, v) in vals.iter().enumerate() {
-            for &y in v {
+            let c = r.ch_min[t].len();
+            let hw = v.len().checked_div(c).unwrap_or(0);
+            for (i, &y) in v.iter().enumerate() {
                 if y.is_finite() {
                     r.min[t] = r.min[t].min(y);
                     r.max[t] = r.max[t].max(y);
+                    if let Some(ch) = i.checked_div(hw).filter(|&ch| ch < c) {
+                        r.ch_min[t][ch] = r.ch_min[t][ch].min(y);
+                        r.ch_max[t][ch] = r.ch_max[t][ch].max(y);
+                    }
                 }
             }
         }
@@ -548,6 +567,137 @@ fn varying_interval(u: &Unary, lo: f32, hi: f32) -> (f32, f32) {
     (x(a), x(b))
 }
 
+/// Per-channel gains found for one conv -> function -> depthwise chain.
+struct GainChain {
+    /// conv writing the function's input
+    producer: usize,
+    /// the function (a lookup-table op)
+    lut: usize,
+    /// depthwise convs reading the function's output
+    readers: Vec<usize>,
+    /// gains of the function's input and output channels
+    g: Vec<f32>,
+    h: Vec<f32>,
+}
+
+/// Per-channel gains: int8 activations are per tensor, so a channel whose
+/// values span a small part of its tensor's range gets few steps, and a
+/// depthwise conv with large (batch-norm-folded) weights on that channel
+/// amplifies the rounding. Where a conv's output `t1` is read only by an
+/// elementwise function (a lookup table) whose output `t2` is read only by
+/// depthwise convs, every channel can be stored scaled, exactly:
+/// - the conv's weights and bias of channel `c` are multiplied by `g[c]`,
+/// - the function of channel `c` becomes `x -> h[c] · f(x / g[c])` (one
+///   table per distinct pair, `FORMAT.md` "lut"),
+/// - the depthwise weights of channel `c` are divided by `h[c]`.
+///
+/// Per-channel symmetric weight quantization makes the int8 weights
+/// invariant (`quant(k·w) = quant(w)`), so only scale and bias codes and
+/// the tables change, and powers of two keep those exact. A channel's gain
+/// is the largest power of two up to `2^max_log2` that keeps its
+/// calibration range inside its tensor's int8 range, in both tensors
+/// (`g = h`): at most `max_log2 + 1` tables per function. Separate gains
+/// for the two tensors measured the same within noise on PP-LCNet and
+/// made MobileNetV3 S/B patches a third larger (more distinct tables).
+fn channel_gains(low: &Lowered, ranges: &Ranges, max_log2: u32) -> Vec<GainChain> {
+    let readers = |t: usize| -> Vec<usize> {
+        (0..low.ops.len())
+            .filter(|&i| low.ops[i].in0 == t || low.ops[i].in1 == Some(t))
+            .collect()
+    };
+    let plain = |t: usize| {
+        t != low.input
+            && t != low.output
+            && low.tensors[t].alias_of.is_none()
+            && low.tensors.iter().all(|x| x.alias_of != Some(t))
+    };
+    // The channel's range inside the tensor's int8 range, as a gain.
+    let gains = |t: usize| -> Vec<f32> {
+        let ir = low.source[t];
+        let (s, z) = (low.tensors[t].scale as f64, low.tensors[t].zp as f64);
+        let (lo, hi) = (s * (-128.0 - z), s * (127.0 - z));
+        let (tmin, tmax) = (ranges.min[ir] as f64, ranges.max[ir] as f64);
+        (0..low.tensors[t].shape.c)
+            .map(|c| {
+                let cmin = ranges.ch_min[ir].get(c).map_or(0.0, |&v| v as f64);
+                let cmax = ranges.ch_max[ir].get(c).map_or(0.0, |&v| v as f64);
+                let (a, b) = (
+                    if cmin.is_finite() {
+                        cmin.max(tmin).min(0.0)
+                    } else {
+                        0.0
+                    },
+                    if cmax.is_finite() {
+                        cmax.min(tmax).max(0.0)
+                    } else {
+                        0.0
+                    },
+                );
+                if a == 0.0 && b == 0.0 {
+                    return 1.0;
+                }
+                (0..=max_log2)
+                    .rev()
+                    .map(|k| (1u32 << k) as f64)
+                    .find(|&k| k * b <= hi && k * a >= lo)
+                    .unwrap_or(1.0) as f32
+            })
+            .collect()
+    };
+    let mut out = Vec::new();
+    for (i, l) in low.ops.iter().enumerate() {
+        if l.kind != OpKind::Lut {
+            continue;
+        }
+        let (t1, t2) = (l.in0, l.out);
+        if !plain(t1) || !plain(t2) || readers(t1) != [i] {
+            continue;
+        }
+        let Some(p) = low.ops.iter().position(|o| o.out == t1) else {
+            continue;
+        };
+        let po = &low.ops[p];
+        let clamp_ok =
+            (po.act_lo == f32::NEG_INFINITY || po.act_lo == 0.0) && po.act_hi == f32::INFINITY;
+        if !matches!(po.kind, OpKind::Conv | OpKind::DwConv)
+            || !clamp_ok
+            || low.conv_float[p].is_none()
+        {
+            continue;
+        }
+        let rd = readers(t2);
+        if rd.is_empty()
+            || !rd.iter().all(|&d| {
+                low.ops[d].kind == OpKind::DwConv
+                    && low.ops[d].in0 == t2
+                    && low.conv_float[d].is_some()
+            })
+        {
+            continue;
+        }
+        // One gain per channel for both tensors (the smaller, so neither
+        // clips): at most `max_log2 + 1` distinct tables, which keeps the
+        // lookup entries (and patches that carry them) small.
+        let g: Vec<f32> = gains(t1)
+            .iter()
+            .zip(gains(t2))
+            .map(|(&a, b)| a.min(b))
+            .collect();
+        if g.iter().all(|&k| k == 1.0) {
+            continue;
+        }
+        let h = g.clone();
+        out.push(GainChain {
+            producer: p,
+            lut: i,
+            readers: rd,
+            g,
+            h,
+        });
+    }
+    out
+}
+
 /// Activation quantization from a range (always including 0).
 pub fn tensor_quant(min: f32, max: f32) -> (f32, i8) {
     let mut lo = (min as f64).min(0.0);
@@ -586,8 +736,23 @@ pub fn quantize_row(w: &[f32]) -> (u16, Vec<i8>) {
     (code, q)
 }
 
-/// Lowers, calibrates and quantizes a float graph.
+/// Largest per-channel gain, as a power of two (see [`channel_gains`]).
+pub const MAX_GAIN_LOG2: u32 = 4;
+
+/// Lowers and quantizes a float graph with calibrated `ranges`
+/// ([`quantize_with`] with per-channel gains up to `2^MAX_GAIN_LOG2`).
 pub fn quantize(g: &Graph, ranges: &Ranges, labels: Vec<String>) -> Result<QModel> {
+    quantize_with(g, ranges, labels, MAX_GAIN_LOG2)
+}
+
+/// Lowers and quantizes a float graph; per-channel gains up to
+/// `2^max_gain_log2` (0: none).
+pub fn quantize_with(
+    g: &Graph,
+    ranges: &Ranges,
+    labels: Vec<String>,
+    max_gain_log2: u32,
+) -> Result<QModel> {
     let mut low = lower(g)?;
     // Tensor quantization.
     for t in 0..low.tensors.len() {
@@ -627,6 +792,36 @@ pub fn quantize(g: &Graph, ranges: &Ranges, labels: Vec<String>) -> Result<QMode
     // A reshape after the classifier: the classifier's own tensor is the output.
     if let Some(r) = low.tensors[low.output].alias_of {
         low.output = r;
+    }
+    // Per-channel gains between a conv, an elementwise function and the
+    // depthwise convs reading it.
+    if max_gain_log2 > 0 {
+        for chain in channel_gains(&low, ranges, max_gain_log2) {
+            let block = |w: &mut Vec<f32>, c: usize, k: f32, cout: usize| {
+                let n = w.len() / cout;
+                for v in &mut w[c * n..(c + 1) * n] {
+                    *v *= k;
+                }
+            };
+            let (w, b) = low.conv_float[chain.producer].as_mut().unwrap();
+            let cout = chain.g.len();
+            for (c, &k) in chain.g.iter().enumerate() {
+                block(w, c, k, cout);
+                if let Some(v) = b.get_mut(c) {
+                    *v *= k;
+                }
+            }
+            for &d in &chain.readers {
+                let (w, _) = low.conv_float[d].as_mut().unwrap();
+                for (c, &k) in chain.h.iter().enumerate() {
+                    block(w, c, 1.0 / k, cout);
+                }
+            }
+            let l = &low.ops[chain.lut];
+            let (t1, t2) = (l.in0, l.out);
+            low.tensors[t1].gains = chain.g;
+            low.tensors[t2].gains = chain.h;
+        }
     }
     // Weights and tables.
     for (i, op) in low.ops.iter_mut().enumerate() {
@@ -698,13 +893,46 @@ pub fn quantize(g: &Graph, ranges: &Ranges, labels: Vec<String>) -> Result<QMode
                     low.tensors[op.out].scale as f64,
                     low.tensors[op.out].zp as i32,
                 );
-                let mut t = vec![0u8; 256];
-                for qv in -128i32..=127 {
-                    let x = (si * (qv - zi) as f64) as f32;
-                    let y = u.apply(x);
-                    t[(qv as i8 as u8) as usize] = quantize_value(y as f64, so, zo) as i8 as u8;
+                let c = low.tensors[op.out].shape.c;
+                let gain = |t: usize, ch: usize| -> f64 {
+                    low.tensors[t].gains.get(ch).map_or(1.0, |&k| k as f64)
+                };
+                let table = |ch: usize| -> Vec<u8> {
+                    let (gi, go) = (gain(op.in0, ch), gain(op.out, ch));
+                    let mut t = vec![0u8; 256];
+                    for qv in -128i32..=127 {
+                        let x = (si * (qv - zi) as f64 / gi) as f32;
+                        let y = u.apply(x) as f64 * go;
+                        t[(qv as i8 as u8) as usize] = quantize_value(y, so, zo) as i8 as u8;
+                    }
+                    t
+                };
+                if low.tensors[op.in0].gains.is_empty() && low.tensors[op.out].gains.is_empty() {
+                    op.lut = Some(table(0));
+                } else {
+                    // One table per distinct (input gain, output gain).
+                    let mut tables: Vec<Vec<u8>> = Vec::new();
+                    let mut index = Vec::with_capacity(c);
+                    for ch in 0..c {
+                        let t = table(ch);
+                        let k = match tables.iter().position(|x| *x == t) {
+                            Some(k) => k,
+                            None => {
+                                tables.push(t);
+                                tables.len() - 1
+                            }
+                        };
+                        index.push(k as u8);
+                    }
+                    if tables.len() == 1 {
+                        op.lut = tables.pop();
+                    } else {
+                        let flat: Vec<u8> = tables.concat();
+                        let mut p = vec![0u8; luts_payload_len(tables.len(), c)];
+                        emit_luts(&mut p, &index, &flat);
+                        op.lut = Some(p);
+                    }
                 }
-                op.lut = Some(t);
             }
             _ => {}
         }

@@ -27,7 +27,7 @@
 
 use crate::error::{FormatError, RunError};
 use crate::format::backbone::{param_slots, Backbone, OpInfo, TensorInfo};
-use crate::format::entry::{Entry, EntryIter, EntryKind, Rows};
+use crate::format::entry::{Entry, EntryIter, EntryKind, Luts, Rows};
 use crate::format::patch::Patch;
 use crate::format::{rd_f32, Act, OpKind, NONE};
 use crate::kernels::{scalar, ConvGeom, Kernels, OutQ};
@@ -784,7 +784,18 @@ fn run_op(k: &Kernels, r: &OpRun<'_>, a: &[i8], b: &[i8], out: &mut [i8]) {
             q,
             out,
         ),
-        OpKind::Lut => scalar::lut(a, r.ent.lut.unwrap_or(&[0; 256]), out),
+        OpKind::Lut => {
+            // Validated at parse (`Backbone::parse` / `Patch::parse`).
+            match r
+                .ent
+                .lut
+                .and_then(|p| Luts::new_checked(p, r.to.c as usize))
+            {
+                Some(l) if l.is_shared() => scalar::lut(a, l.tables(), out),
+                Some(l) => scalar::lut_channels(a, l.index(), l.tables(), out),
+                None => scalar::lut(a, &[0; 256], out),
+            }
+        }
         OpKind::GlobalAvgPool => scalar::global_avg_pool(
             a,
             r.ta.h as usize * r.ta.w as usize,

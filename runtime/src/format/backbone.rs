@@ -12,7 +12,7 @@
 //! no accessor panics and the weights are used in place.
 
 use super::entry::{
-    read_raw, EntryClass, EntryIter, EntryKind, Rows, HEADER_LEN as ENTRY_HEADER_LEN,
+    read_raw, EntryClass, EntryIter, EntryKind, Luts, Rows, HEADER_LEN as ENTRY_HEADER_LEN,
 };
 use super::{
     align_up, blob_checksum, in_bounds, rd_f32, rd_u16, rd_u32, rd_u64, wr_u16, wr_u32, wr_u64,
@@ -926,9 +926,12 @@ impl<'a> Backbone<'a> {
                         }
                     }
                     EntryKind::Lut => {
-                        if op.kind != OpKind::Lut || ent.payload.len() != 256 {
+                        let channels = self.tensor(op.out as usize).c as usize;
+                        if op.kind != OpKind::Lut
+                            || Luts::new_checked(ent.payload, channels).is_none()
+                        {
                             return Err(bad(
-                                "lookup table must target a lut op and hold 256 bytes",
+                                "lookup table must target a lut op and hold 256 bytes, or per-channel tables with every index in range",
                             ));
                         }
                         lut = true;

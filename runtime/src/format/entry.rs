@@ -38,7 +38,8 @@ pub enum EntryKind {
     /// 2 zero bytes, `count` ascending channel indices (`u16`, padded to 4),
     /// then `count` rows of `row_len` bytes.
     Rows = 5,
-    /// A 256-byte lookup table (index = input byte as `u8`, i.e. `q as u8`).
+    /// A lookup table: 256 bytes (index = input byte as `u8`, i.e.
+    /// `q as u8`) for every channel, or per-channel tables ([`Luts`]).
     Lut = 6,
     /// The classifier's class count (`u16`, 2 zero bytes); target = head op.
     Classes = 7,
@@ -296,4 +297,108 @@ pub fn emit_rows(out: &mut [u8], channels: &[u16], rows: &[u8], row_len: usize) 
     }
     let start = 4 + align_up(2 * channels.len(), 4);
     out[start..start + channels.len() * row_len].copy_from_slice(&rows[..channels.len() * row_len]);
+}
+
+/// `Lut` payload length for per-channel tables: `count` tables shared by
+/// `channels` channels.
+pub const fn luts_payload_len(count: usize, channels: usize) -> usize {
+    4 + align_up(channels, 4) + 256 * count
+}
+
+/// View of a validated `Lut` payload: either one 256-byte table for every
+/// channel, or `count` (1..=255) tables and one table index per channel
+/// (`count: u16`, 2 zero bytes, `channels` index bytes zero-padded to 4,
+/// then `count` tables of 256 bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct Luts<'a> {
+    /// per-channel table index (empty: one table for all)
+    index: &'a [u8],
+    tables: &'a [u8],
+}
+
+impl<'a> Luts<'a> {
+    /// Checks a `Lut` payload for a tensor of `channels` channels; `None`
+    /// if malformed (wrong length, no tables, an index past the tables).
+    pub fn new_checked(payload: &'a [u8], channels: usize) -> Option<Self> {
+        if payload.len() == 256 {
+            return Some(Luts {
+                index: &[],
+                tables: payload,
+            });
+        }
+        if payload.len() < 4 || channels == 0 {
+            return None;
+        }
+        let count = rd_u16(payload, 0) as usize;
+        if count == 0 || count > 255 || payload.len() != luts_payload_len(count, channels) {
+            return None;
+        }
+        let index = &payload[4..4 + channels];
+        if index.iter().any(|&t| t as usize >= count) {
+            return None;
+        }
+        Some(Luts {
+            index,
+            tables: &payload[4 + align_up(channels, 4)..],
+        })
+    }
+    /// One table for every channel (not per-channel).
+    pub fn is_shared(&self) -> bool {
+        self.index.is_empty()
+    }
+    /// Per-channel table indices (empty when [`Luts::is_shared`]).
+    pub fn index(&self) -> &'a [u8] {
+        self.index
+    }
+    /// The tables, 256 bytes each.
+    pub fn tables(&self) -> &'a [u8] {
+        self.tables
+    }
+}
+
+/// Writes a per-channel `Lut` payload (`out.len() ==
+/// luts_payload_len(tables.len() / 256, index.len())`).
+pub fn emit_luts(out: &mut [u8], index: &[u8], tables: &[u8]) {
+    out.fill(0);
+    wr_u16(out, 0, (tables.len() / 256) as u16);
+    out[4..4 + index.len()].copy_from_slice(index);
+    let start = 4 + align_up(index.len(), 4);
+    out[start..start + tables.len()].copy_from_slice(tables);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::scalar;
+
+    /// Per-channel tables: emitted, parsed back, run over two pixels of
+    /// three channels; a bad index, a zero count or a wrong length is
+    /// refused.
+    #[test]
+    fn per_channel_tables_round_trip_and_reject_malformed_payloads() {
+        let index = [1u8, 0, 1];
+        let mut tables = [0u8; 512];
+        for q in 0..256 {
+            tables[q] = q as u8; // identity
+            tables[256 + q] = (q as u8).wrapping_neg(); // negation
+        }
+        let mut p = [0u8; luts_payload_len(2, 3)];
+        emit_luts(&mut p, &index, &tables);
+        let l = Luts::new_checked(&p, 3).unwrap();
+        assert!(!l.is_shared());
+        assert_eq!(l.index(), &index);
+        let a = [1i8, 2, 3, -4, 5, -6];
+        let mut out = [0i8; 6];
+        scalar::lut_channels(&a, l.index(), l.tables(), &mut out);
+        assert_eq!(out, [-1, 2, -3, 4, 5, 6]);
+        assert!(Luts::new_checked(&tables[..256], 3).unwrap().is_shared());
+        assert!(Luts::new_checked(&p, 5).is_none(), "channel count differs");
+        let mut bad = p;
+        bad[4 + 2] = 2; // index past the tables
+        assert!(Luts::new_checked(&bad, 3).is_none());
+        let mut bad = p;
+        bad[0] = 0; // no tables
+        assert!(Luts::new_checked(&bad, 3).is_none());
+        assert!(Luts::new_checked(&p[..p.len() - 1], 3).is_none());
+    }
 }

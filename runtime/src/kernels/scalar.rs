@@ -214,6 +214,21 @@ pub fn lut(a: &[i8], table: &[u8], out: &mut [i8]) {
     }
 }
 
+/// Per-channel lookup tables over NHWC data whose slices start at a pixel:
+/// element `(p, c)` goes through table `index[c]` (256 bytes each in
+/// `tables`).
+pub fn lut_channels(a: &[i8], index: &[u8], tables: &[u8], out: &mut [i8]) {
+    let c = index.len();
+    if c == 0 {
+        return;
+    }
+    for (o_px, a_px) in out.chunks_exact_mut(c).zip(a.chunks_exact(c)) {
+        for ((o, &x), &t) in o_px.iter_mut().zip(a_px).zip(index) {
+            *o = tables[t as usize * 256 + x as u8 as usize] as i8;
+        }
+    }
+}
+
 /// Global average pooling: `y[c] = zp_out + round(sum(x - zp_in) * M)`.
 pub fn global_avg_pool(a: &[i8], hw: usize, c: usize, r: &Requant, q: OutQ, out: &mut [i8]) {
     for ch in 0..c {
