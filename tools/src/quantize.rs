@@ -14,7 +14,10 @@
 //!   canonical scale `decode(encode_scale_ceil(max|w| / 127))`, rounding half
 //!   away from zero;
 //! - biases: binary16 codes of the float bias (folded batch norm included);
-//! - unary functions: 256-entry tables computed from the float function.
+//! - unary functions: 256-entry tables computed from the float function;
+//! - per-channel gains (powers of two) on a conv -> function -> depthwise
+//!   chain, with one table per gain ([`channel_gains`]): the one place
+//!   where channels of a tensor get different steps.
 
 use anyhow::{bail, Context, Result};
 use graftnet::format::entry::{emit_luts, luts_payload_len};
