@@ -47,65 +47,13 @@ use std::collections::HashSet;
 
 use prost::Message;
 use tract_onnx::pb::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
     AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-// ---------------------------------------------------------------- PRNG
-
-/// splitmix64: tiny, seedable, good enough for test weights.
-#[derive(Clone, Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        let mut r = Rng(seed ^ 0x6a09_e667_f3bc_c909);
-        r.next_u64();
-        r
-    }
-
-    /// An independent stream per (seed, name): changing or removing one
-    /// layer does not shift the weights of any other.
-    fn for_name(seed: u64, name: &str) -> Self {
-        // FNV-1a
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in name.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ h)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-
-    fn uniform(&mut self, lo: f64, hi: f64) -> f32 {
-        (lo + (hi - lo) * self.unit()) as f32
-    }
-
-    fn normal(&mut self, mean: f64, std: f64) -> f32 {
-        // Box-Muller; 1 - unit() lies in (0, 1], so ln is finite.
-        let u1 = 1.0 - self.unit();
-        let u2 = self.unit();
-        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-        (mean + std * z) as f32
-    }
-
-    fn normals(&mut self, n: usize, std: f64) -> Vec<f32> {
-        (0..n).map(|_| self.normal(0.0, std)).collect()
-    }
-}
+use crate::onnx_build::{
+    attr_float, attr_int, attr_ints, attr_string, attr_tensor, f32_tensor, i64_tensor, value_info,
+};
+use crate::rng::Rng;
 
 /// `n * c * h * w` values uniform in [-1, 1], NCHW order, seeded.
 pub fn random_inputs(n: usize, c: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
@@ -1415,94 +1363,6 @@ impl ExportStyle {
         } else {
             13
         }
-    }
-}
-
-fn f32_tensor(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
-    assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");
-    TensorProto {
-        name: name.to_string(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::Float as i32,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
-}
-
-fn i64_tensor(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
-    TensorProto {
-        name: name.to_string(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::Int64 as i32,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
-}
-
-fn attr_int(name: &str, i: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Int as i32,
-        i,
-        ..Default::default()
-    }
-}
-
-fn attr_ints(name: &str, ints: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Ints as i32,
-        ints: ints.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn attr_float(name: &str, f: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Float as i32,
-        f,
-        ..Default::default()
-    }
-}
-
-fn attr_string(name: &str, s: &str) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::String as i32,
-        s: s.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-
-fn attr_tensor(name: &str, t: TensorProto) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: AttributeType::Tensor as i32,
-        t: Some(t),
-        ..Default::default()
-    }
-}
-
-fn value_info(name: &str, dims: &[usize]) -> ValueInfoProto {
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: DataType::Float as i32,
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| tensor_shape_proto::Dimension {
-                            value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 

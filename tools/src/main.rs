@@ -35,6 +35,8 @@ struct Cli {
 enum Cmd {
     /// Export a base model and task models to DIR/backbone.gnb + DIR/NAME.gnp.
     Export(ExportArgs),
+    /// Train a task patch (S/B, DW, logits) or a whole base on the CPU; writes ONNX for `export`.
+    Learn(Box<graftnet_tools::learn::cli::LearnArgs>),
     /// Describe a backbone (.gnb) or patch (.gnp): layers, shapes, sizes, quantization.
     Inspect {
         file: PathBuf,
@@ -185,6 +187,10 @@ struct ExportArgs {
     /// task patches carry their biases and grow.
     #[arg(long, default_value_t = 0, value_name = "N")]
     bias_correction: usize,
+    /// An existing backbone.gnb (already on devices): write only patches for
+    /// it; refused, saying what differs, unless --base and --calib reproduce it.
+    #[arg(long)]
+    backbone: Option<PathBuf>,
     #[command(flatten)]
     prep: PrepArgs,
     #[arg(long)]
@@ -238,6 +244,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Export(a) => cmd_export(a),
+        Cmd::Learn(a) => a.run(),
         Cmd::Inspect {
             file,
             backbone,
@@ -346,6 +353,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         bias_correction: (a.bias_correction > 0).then_some(BiasCorrection {
             samples: a.bias_correction,
         }),
+        backbone: a.backbone,
     };
     let r = pipeline::export(&opts)?;
     if a.json {

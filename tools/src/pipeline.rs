@@ -43,6 +43,11 @@ pub struct ExportOptions {
     /// empirical bias correction (see [`crate::bias_correction`]) for the
     /// base and every task; `None` = off
     pub bias_correction: Option<BiasCorrection>,
+    /// An existing backbone (`backbone.gnb` of an earlier export, possibly
+    /// already on devices): write only patches that apply to it. The base
+    /// model and its calibration must reproduce it byte for byte; the export
+    /// fails, saying what differs, when they do not.
+    pub backbone: Option<PathBuf>,
 }
 
 /// One exported task.
@@ -239,7 +244,38 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         .chain([base_q.classes()])
         .max()
         .unwrap_or(1);
-    let bb = export::emit_backbone(&base_q, max_classes)?;
+    let existing = match &opts.backbone {
+        Some(p) => Some(
+            std::fs::read(p).with_context(|| format!("reading the backbone {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let bb = match &existing {
+        None => export::emit_backbone(&base_q, max_classes)?,
+        Some(old) => {
+            let path = opts.backbone.as_deref().unwrap_or(Path::new(""));
+            let old_bb = graftnet::Backbone::parse(old)
+                .map_err(|e| anyhow::anyhow!("{}: not a valid backbone: {e}", path.display()))?;
+            let capacity = usize::from(old_bb.max_classes());
+            if let Some((name, _, q)) = tasks_q.iter().find(|(_, _, q)| q.classes() > capacity) {
+                bail!(
+                    "task '{name}' has {} classes but the backbone {} holds at most {capacity}; export the backbone again with this task (devices must then re-flash it)",
+                    q.classes(),
+                    path.display()
+                );
+            }
+            let bb = export::emit_backbone(&base_q, capacity)?;
+            if &bb.bytes != old {
+                bail!(
+                    "the base model {} with its calibration data does not reproduce the backbone {}: {}. Export with the same --base, --calib, --calib-limit, --bias-correction and --input-shape as the export that wrote it",
+                    opts.base.display(),
+                    path.display(),
+                    describe_backbone_difference(old, &bb.bytes)
+                );
+            }
+            bb
+        }
+    };
     let parsed = graftnet::Backbone::parse(&bb.bytes)
         .map_err(|e| anyhow::anyhow!("internal error: the written backbone does not parse: {e}"))?;
     let fingerprint = parsed.fingerprint();
@@ -293,9 +329,44 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     Ok(report)
 }
 
+/// Says where two backbones differ, for the `--backbone` refusal.
+fn describe_backbone_difference(old: &[u8], new: &[u8]) -> String {
+    let (Ok(a), Ok(b)) = (
+        graftnet::Backbone::parse(old),
+        graftnet::Backbone::parse(new),
+    ) else {
+        return "the backbones differ".into();
+    };
+    let mut what = vec![format!(
+        "fingerprint {:016x} (device) vs {:016x} (this export)",
+        a.fingerprint(),
+        b.fingerprint()
+    )];
+    if (a.n_ops(), a.n_tensors()) != (b.n_ops(), b.n_tensors()) {
+        what.push(format!(
+            "{} ops / {} tensors vs {} / {} (another architecture)",
+            a.n_ops(),
+            a.n_tensors(),
+            b.n_ops(),
+            b.n_tensors()
+        ));
+    } else if let Some(i) = (0..a.n_ops()).find(|&i| a.op(i) != b.op(i)) {
+        what.push(format!("op {i} differs (geometry or quantization)"));
+    }
+    if a.weights() != b.weights() {
+        what.push("the int8 weights differ (another base model)".into());
+    } else {
+        what.push(
+            "the base task's quantization (activation ranges, scales, biases) differs: other calibration data or options"
+                .into(),
+        );
+    }
+    what.join("; ")
+}
+
 fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<()> {
     use serde_json::json;
-    let tasks: Vec<_> = r
+    let mut tasks: Vec<_> = r
         .tasks
         .iter()
         .map(|t| {
@@ -308,12 +379,33 @@ fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<()> {
             })
         })
         .collect();
+    // Adding tasks to an existing backbone's directory keeps its other tasks.
+    if opts.backbone.is_some() {
+        let old = std::fs::read_to_string(opts.out.join("manifest.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .filter(|m| m["fingerprint"] == json!(format!("{:016x}", r.fingerprint)));
+        if let Some(old_tasks) = old.as_ref().and_then(|m| m["tasks"].as_array()) {
+            for t in old_tasks {
+                let name = t["name"].as_str().unwrap_or_default();
+                let file_ok = t["patch"]
+                    .as_str()
+                    .is_some_and(|p| opts.out.join(p).is_file());
+                if file_ok && !r.tasks.iter().any(|n| n.name == name) {
+                    tasks.push(t.clone());
+                }
+            }
+        }
+    }
     let m = json!({
         "format": "graftnet-export/1",
         "backbone": "backbone.gnb",
         "fingerprint": format!("{:016x}", r.fingerprint),
         "input_shape": [r.input_shape.0, r.input_shape.1, r.input_shape.2],
         "preprocess": { "mean": opts.prep.mean, "std": opts.prep.std },
+        "calib": opts.calib.to_string_lossy(),
+        "calib_limit": opts.calib_limit,
+        "bias_correction": opts.bias_correction.map_or(0, |b| b.samples),
         "tasks": tasks,
     });
     let p = opts.out.join("manifest.json");

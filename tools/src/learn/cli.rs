@@ -1,0 +1,535 @@
+//! `graftnet learn`: arguments, data loading and outputs.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use super::net::{BnInit, Net, PatchKind};
+use super::onnx_out::to_onnx;
+use super::train::{self, Augment, Optimizer, TaskRun, TrainConfig};
+use crate::data::{self, Dataset, Preprocess};
+use crate::ir::Graph;
+
+/// Train a task patch (or a whole base) on the CPU and write it as ONNX.
+#[derive(Args, Clone, Debug)]
+pub struct LearnArgs {
+    /// The base model (ONNX). Omit with --arch to train a base from scratch.
+    #[arg(long, required_unless_present = "arch")]
+    pub base: Option<PathBuf>,
+    /// Train from scratch: mobilenet_v2:WIDTH (e.g. mobilenet_v2:0.35);
+    /// needs --input-shape and --patch full.
+    #[arg(long, conflicts_with = "base")]
+    pub arch: Option<String>,
+    /// C,H,W of the network input with --arch.
+    #[arg(long, value_parser = parse_triple)]
+    pub input_shape: Option<(usize, usize, usize)>,
+    /// Stride of the first conv with --arch (torchvision: 2; 1 suits 32x32 inputs).
+    #[arg(long, default_value_t = 2)]
+    pub stem_stride: usize,
+    /// Training data: .npy (N,C,H,W), an IDX image file (*-idx3-ubyte[.gz]) or an ImageFolder.
+    #[arg(long, required_unless_present = "tasks")]
+    pub train: Option<PathBuf>,
+    /// Labels for --train (.npy of integers, or *-idx1-ubyte[.gz]).
+    #[arg(long)]
+    pub train_labels: Option<PathBuf>,
+    /// Validation data (same formats); accuracy is reported after every epoch.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    #[arg(long)]
+    pub val_labels: Option<PathBuf>,
+    /// Multi-task: NAME=DATA[,LABELS], repeatable; tasks train together over one network.
+    #[arg(long = "task", value_parser = parse_task, conflicts_with = "train")]
+    pub tasks: Vec<(String, PathBuf, Option<PathBuf>)>,
+    /// Multi-task validation: NAME=DATA[,LABELS], repeatable.
+    #[arg(long = "task-val", value_parser = parse_task)]
+    pub task_vals: Vec<(String, PathBuf, Option<PathBuf>)>,
+    /// Multi-task: keep the shared network frozen, or learn it too (then
+    /// OUT/base.onnx holds the new shared network).
+    #[arg(long, default_value = "frozen", value_parser = ["frozen", "train"])]
+    pub shared: String,
+    /// logits, sb+logits, dw+logits, sb+dw+logits or full
+    #[arg(long, default_value = "sb+logits")]
+    pub patch: String,
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Peak learning rate (default: 5e-2 for S/B patches, 1e-2 logits, 2e-3 DW and full).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// adam or sgd (momentum 0.9)
+    #[arg(long, default_value = "adam", value_parser = ["adam", "sgd"])]
+    pub optimizer: String,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Light augmentation: crop=PIXELS (random translation), flip; comma separated.
+    #[arg(long)]
+    pub augment: Option<String>,
+    /// Always start from a fresh classifier (default: only when the class count changes).
+    #[arg(long)]
+    pub new_head: bool,
+    /// Use at most N training images (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Use at most N validation images (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub val_limit: usize,
+    /// Images for the final batch-norm statistics (0 = keep the running average).
+    #[arg(long, default_value_t = 4096)]
+    pub bn_samples: usize,
+    /// Resize image inputs to H,W (default: the model input).
+    #[arg(long, value_parser = parse_pair)]
+    pub size: Option<(usize, usize)>,
+    /// Per-channel mean for image inputs (after scaling to [0,1]).
+    #[arg(long, value_delimiter = ',')]
+    pub mean: Vec<f32>,
+    /// Per-channel std for image inputs.
+    #[arg(long, value_delimiter = ',')]
+    pub std: Vec<f32>,
+    /// The learned model: TASK.onnx (one task) or a folder (multi-task).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// One JSON object at the end instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_nums(s: &str, n: usize) -> Result<Vec<usize>, String> {
+    let v: Result<Vec<usize>, _> = s.split(',').map(|x| x.trim().parse::<usize>()).collect();
+    match v {
+        Ok(v) if v.len() == n => Ok(v),
+        _ => Err(format!("expected {n} comma-separated integers, got '{s}'")),
+    }
+}
+
+fn parse_pair(s: &str) -> Result<(usize, usize), String> {
+    let v = parse_nums(s, 2)?;
+    Ok((v[0], v[1]))
+}
+
+fn parse_triple(s: &str) -> Result<(usize, usize, usize), String> {
+    let v = parse_nums(s, 3)?;
+    Ok((v[0], v[1], v[2]))
+}
+
+fn parse_task(s: &str) -> Result<(String, PathBuf, Option<PathBuf>), String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=DATA[,LABELS], got '{s}'"))?;
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') || name == "base" {
+        return Err(format!(
+            "task name '{name}' must be a plain file name other than 'base'"
+        ));
+    }
+    let (d, l) = match rest.split_once(',') {
+        Some((d, l)) => (d, Some(PathBuf::from(l))),
+        None => (rest, None),
+    };
+    Ok((name.to_string(), PathBuf::from(d), l))
+}
+
+fn parse_augment(s: &str) -> Result<Augment> {
+    let mut a = Augment::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('=') {
+            Some(("crop", v)) => {
+                a.crop = v
+                    .parse()
+                    .with_context(|| format!("--augment crop={v}: not a pixel count"))?
+            }
+            None if part == "flip" => a.flip = true,
+            None if part == "crop" => a.crop = 2,
+            _ => bail!("--augment: unknown item '{part}' (use crop=PIXELS and/or flip)"),
+        }
+    }
+    Ok(a)
+}
+
+fn is_idx(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.contains("-idx3-ubyte") || n.contains("-idx1-ubyte"))
+}
+
+/// Loads labelled (or unlabelled) samples: .npy, IDX or ImageFolder.
+pub fn load_data(
+    x: &Path,
+    labels: Option<&Path>,
+    prep: &Preprocess,
+    limit: usize,
+) -> Result<Dataset> {
+    let mut d = if is_idx(x) {
+        load_idx(x, labels, prep)?
+    } else {
+        data::load_dataset(x, labels, prep).with_context(|| format!("loading {}", x.display()))?
+    };
+    if limit > 0 && d.len() > limit {
+        let n = limit * d.sample_len();
+        d.samples.truncate(n);
+        if let Some(l) = &mut d.labels {
+            l.truncate(limit);
+        }
+    }
+    if let Some(i) = d.samples.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "{}: sample {} holds a non-finite value ({}) at index {}",
+            x.display(),
+            i / d.sample_len().max(1),
+            d.samples[i],
+            i % d.sample_len().max(1)
+        );
+    }
+    Ok(d)
+}
+
+/// IDX images (`N x H x W` bytes, e.g. Fashion-MNIST) scaled to [0, 1],
+/// resized to `prep.size` (bilinear) and normalised with `prep.mean/std`.
+fn load_idx(x: &Path, labels: Option<&Path>, prep: &Preprocess) -> Result<Dataset> {
+    let (dims, bytes) = data::read_idx_gz(x)?;
+    let &[n, h, w] = dims.as_slice() else {
+        bail!(
+            "{}: IDX images must have 3 dimensions (N, H, W), found {dims:?}",
+            x.display()
+        );
+    };
+    ensure!(
+        prep.channels == 1,
+        "{}: IDX images are grayscale; the model takes {} channels",
+        x.display(),
+        prep.channels
+    );
+    let (oh, ow) = prep.size.unwrap_or((h, w));
+    let (m, s) = (prep.mean[0], prep.std[0]);
+    let mut samples = Vec::with_capacity(n * oh * ow);
+    for img in bytes.chunks(h * w) {
+        let f: Vec<f32> = img.iter().map(|&b| f32::from(b) / 255.0).collect();
+        let r = if (oh, ow) == (h, w) {
+            f
+        } else {
+            data::resize_bilinear(&f, 1, h, w, oh, ow)
+        };
+        samples.extend(r.into_iter().map(|v| (v - m) / s));
+    }
+    let labels = match labels {
+        None => None,
+        Some(l) if is_idx(l) => {
+            let (ld, lb) = data::read_idx_gz(l)?;
+            ensure!(
+                ld == [n],
+                "{}: {ld:?} labels for {n} images in {}",
+                l.display(),
+                x.display()
+            );
+            Some(lb.into_iter().map(usize::from).collect())
+        }
+        Some(l) => {
+            let v = data::read_npy(l)?
+                .labels()
+                .with_context(|| format!("labels in {}", l.display()))?;
+            ensure!(
+                v.len() == n,
+                "{}: {} labels for {n} images",
+                l.display(),
+                v.len()
+            );
+            Some(v)
+        }
+    };
+    Ok(Dataset {
+        shape: (1, oh, ow),
+        samples,
+        labels,
+        class_names: None,
+    })
+}
+
+fn default_lr(kind: PatchKind) -> f32 {
+    match kind {
+        PatchKind::SbLogits => 5e-2,
+        PatchKind::Logits => 1e-2,
+        PatchKind::DwLogits | PatchKind::SbDwLogits | PatchKind::Full => 2e-3,
+    }
+}
+
+/// The base graph: imported ONNX, or a fresh architecture for --arch.
+fn base_graph(a: &LearnArgs) -> Result<(Graph, bool)> {
+    if let Some(p) = &a.base {
+        return Ok((crate::pipeline::import(p, None)?, false));
+    }
+    let spec = a.arch.as_deref().unwrap_or_default();
+    let (name, width) = spec.split_once(':').unwrap_or((spec, "1.0"));
+    let width: f32 = width
+        .parse()
+        .with_context(|| format!("--arch {spec}: width '{width}' is not a number"))?;
+    let (c, h, w) = a.input_shape.context("--arch needs --input-shape C,H,W")?;
+    ensure!(
+        h == w,
+        "--arch builds square inputs; --input-shape has {h}x{w}"
+    );
+    ensure!(
+        a.patch == "full",
+        "--arch trains a network from scratch: use --patch full"
+    );
+    let params = match name {
+        "mobilenet_v2" | "mnv2" => {
+            crate::fixtures::mobilenet_v2(&crate::fixtures::MobileNetV2Config {
+                width,
+                resolution: h,
+                in_channels: c,
+                classes: 10,
+                first_stride: a.stem_stride,
+                seed: a.seed,
+            })
+        }
+        "mobilenet_v3_small" | "mnv3" => {
+            crate::fixtures::mobilenet_v3_small(&crate::fixtures::MobileNetV3Config {
+                width,
+                resolution: h,
+                in_channels: c,
+                classes: 10,
+                first_stride: a.stem_stride,
+                reduced_tail: true,
+                seed: a.seed,
+            })
+        }
+        _ => {
+            bail!("--arch: unknown architecture '{name}' (mobilenet_v2:W or mobilenet_v3_small:W)")
+        }
+    };
+    let onnx = crate::fixtures::to_onnx(&params, &crate::fixtures::ExportStyle::default());
+    let g = crate::onnx_import::import_onnx(&onnx, &Default::default())
+        .map_err(|e| anyhow::anyhow!("building --arch {spec}: {e}"))?;
+    Ok((g, true))
+}
+
+fn classes_of(d: &Dataset) -> usize {
+    d.labels
+        .as_ref()
+        .and_then(|l| l.iter().max())
+        .map_or(0, |m| m + 1)
+}
+
+/// Channels-last batches of the first images, for [`Net::init_bn_from_data`].
+fn init_batches(d: &Dataset, n: usize) -> Vec<(Vec<f32>, usize)> {
+    let idx: Vec<usize> = (0..d.len().min(n)).collect();
+    idx.chunks(128)
+        .map(|c| (train::gather(d, c, Augment::default(), None), c.len()))
+        .collect()
+}
+
+impl LearnArgs {
+    pub fn run(self) -> Result<()> {
+        let kind = PatchKind::parse(&self.patch)?;
+        let (graph, scratch) = base_graph(&self)?;
+        let s = graph.shape(graph.input);
+        let shape = (s.c, s.h, s.w);
+        let mut prep = Preprocess {
+            size: self.size.or(Some((s.h, s.w))),
+            channels: s.c,
+            ..Preprocess::default()
+        };
+        if !self.mean.is_empty() {
+            prep.mean = self.mean.clone();
+        }
+        if !self.std.is_empty() {
+            prep.std = self.std.clone();
+        }
+        let cfg = TrainConfig {
+            epochs: self.epochs,
+            lr: self.lr.unwrap_or(default_lr(kind)),
+            batch: self.batch,
+            seed: self.seed,
+            optimizer: if self.optimizer == "sgd" {
+                Optimizer::Sgd
+            } else {
+                Optimizer::Adam
+            },
+            weight_decay: self.weight_decay,
+            augment: self
+                .augment
+                .as_deref()
+                .map(parse_augment)
+                .transpose()?
+                .unwrap_or_default(),
+            bn_estimate: self.bn_samples,
+            progress: !self.json,
+        };
+        // (name, train, val)
+        let mut sets: Vec<(String, Dataset, Option<Dataset>)> = Vec::new();
+        let multi = !self.tasks.is_empty();
+        if multi {
+            for (name, x, l) in &self.tasks {
+                if sets.iter().any(|(n, _, _)| n == name) {
+                    bail!("task '{name}' is given twice");
+                }
+                let tr = load_data(x, l.as_deref(), &prep, self.limit)?;
+                let val = self
+                    .task_vals
+                    .iter()
+                    .find(|(n, _, _)| n == name)
+                    .map(|(_, x, l)| load_data(x, l.as_deref(), &prep, self.val_limit))
+                    .transpose()?;
+                sets.push((name.clone(), tr, val));
+            }
+            for (n, _, _) in &self.task_vals {
+                ensure!(
+                    sets.iter().any(|(m, _, _)| m == n),
+                    "--task-val names '{n}', which is not a --task"
+                );
+            }
+        } else {
+            let x = self.train.as_ref().context("--train is required")?;
+            let tr = load_data(x, self.train_labels.as_deref(), &prep, self.limit)?;
+            let val = self
+                .val
+                .as_ref()
+                .map(|v| load_data(v, self.val_labels.as_deref(), &prep, self.val_limit))
+                .transpose()?;
+            let name = self
+                .out
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("task")
+                .to_string();
+            sets.push((name, tr, val));
+        }
+        for (name, tr, val) in &sets {
+            ensure!(
+                tr.shape == shape,
+                "task '{name}': training samples are {:?} (c,h,w) but the model takes {shape:?}",
+                tr.shape
+            );
+            ensure!(
+                tr.labels.is_some(),
+                "task '{name}': training data needs labels (--train-labels, DATA,LABELS, or an ImageFolder)"
+            );
+            if let Some(v) = val {
+                ensure!(
+                    v.shape == shape && v.labels.is_some(),
+                    "task '{name}': validation data must be labelled samples of shape {shape:?}"
+                );
+            }
+        }
+        let started = Instant::now();
+        let mut runs = Vec::new();
+        for (name, tr, val) in &sets {
+            let init = if scratch {
+                BnInit::Fresh
+            } else {
+                BnInit::PreserveFunction
+            };
+            let mut net = Net::from_graph(&graph, kind, init, self.threads)?;
+            if !scratch && net.has_bn() {
+                net.init_bn_from_data(&init_batches(tr, 1024));
+            }
+            let classes = classes_of(tr).max(val.as_ref().map_or(0, classes_of));
+            if scratch || self.new_head || classes != net.classes() {
+                net.new_head(classes.max(2), self.seed);
+            }
+            if multi && self.shared == "train" {
+                net.train_shared();
+            }
+            runs.push(TaskRun::new(name.clone(), net, tr, val.as_ref()));
+        }
+        let trainable = runs[0].net.trainable_count();
+        let stats = train::train(&mut runs, &cfg, multi && self.shared == "train")?;
+        let written = self.write(&runs, multi)?;
+        let results: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                let last = r.history.last();
+                json!({
+                    "task": r.name,
+                    "classes": r.net.classes(),
+                    "train_images": r.train.len(),
+                    "val_top1": last.and_then(|e| e.val_top1),
+                    "history": r.history.iter().map(|e| json!({
+                        "epoch": e.epoch, "loss": e.loss, "train_top1": e.train_top1, "val_top1": e.val_top1
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let mut j = json!({
+            "patch": kind.name(),
+            "epochs": cfg.epochs,
+            "batch": cfg.batch,
+            "lr": cfg.lr,
+            "threads": self.threads,
+            "seed": cfg.seed,
+            "train_images": runs.iter().map(|r| r.train.len()).sum::<usize>(),
+            "images_per_s": stats.images_per_s,
+            "train_seconds": stats.train_seconds,
+            "seconds": started.elapsed().as_secs_f64(),
+            "trainable_params": trainable,
+            "val_top1": runs[0].history.last().and_then(|e| e.val_top1),
+            "out": written.iter().map(|p| p.to_string_lossy().to_string()).collect::<Vec<_>>(),
+        });
+        if multi {
+            j["shared"] = json!(self.shared);
+            j["tasks"] = json!(results);
+        } else {
+            j["history"] = results[0]["history"].clone();
+        }
+        if self.json {
+            println!("{j}");
+        } else {
+            for r in &runs {
+                let v = r
+                    .history
+                    .last()
+                    .and_then(|e| e.val_top1)
+                    .map_or("no validation data".to_string(), |v| {
+                        format!("val top-1 {:.2} %", 100.0 * v)
+                    });
+                println!("{}: {} ({} trainable parameters)", r.name, v, trainable);
+            }
+            println!(
+                "{:.0} training images/s over {} steps; wrote {}",
+                stats.images_per_s,
+                stats.steps,
+                written
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    fn write(&self, runs: &[TaskRun<'_>], multi: bool) -> Result<Vec<PathBuf>> {
+        let producer = format!("graftnet-learn {}", env!("CARGO_PKG_VERSION"));
+        let mut out = Vec::new();
+        if !multi {
+            if let Some(d) = self.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            }
+            std::fs::write(&self.out, to_onnx(&runs[0].net, &producer))
+                .with_context(|| format!("writing {}", self.out.display()))?;
+            out.push(self.out.clone());
+            return Ok(out);
+        }
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("creating {}", self.out.display()))?;
+        if self.shared == "train" {
+            let p = self.out.join("base.onnx");
+            std::fs::write(&p, to_onnx(&runs[0].net, &producer))
+                .with_context(|| format!("writing {}", p.display()))?;
+            out.push(p);
+        }
+        for r in runs {
+            let p = self.out.join(format!("{}.onnx", r.name));
+            std::fs::write(&p, to_onnx(&r.net, &producer))
+                .with_context(|| format!("writing {}", p.display()))?;
+            out.push(p);
+        }
+        Ok(out)
+    }
+}

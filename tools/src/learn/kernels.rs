@@ -1,0 +1,782 @@
+//! Float forward and backward kernels of the trainer, on batches stored
+//! channels-last (`[n][h][w][c]`, so a pointwise conv over a whole batch is
+//! one GEMM and depthwise/batch-norm loops run along contiguous channels).
+//!
+//! Every kernel here has a finite-difference gradient check in
+//! `learn/tests.rs`. GEMMs go through `matrixmultiply` (maintained, pure
+//! Rust, AVX2/FMA kernels, single-threaded here: the trainer splits work
+//! itself, see [`super::par`], so results are repeatable).
+//!
+//! Conventions: weights are ONNX OIHW (`[cout][cin/groups][kh][kw]`), as in
+//! [`crate::ir::Conv`]; gradients are *accumulated* into `dw`/`db`/`dx`
+//! only where a doc says so, otherwise written.
+
+use std::ops::Range;
+
+use super::par;
+use crate::ir::{Act, Unary};
+
+/// Batch shape, channels last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+impl Dims {
+    pub fn len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Pixels over the whole batch (rows of the `[pixels][c]` matrix).
+    pub fn rows(&self) -> usize {
+        self.n * self.h * self.w
+    }
+}
+
+/// `C (m x n) = alpha * A (m x k) * B (k x n) + beta * C`, any strides.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    (rsa, csa): (usize, usize),
+    b: &[f32],
+    (rsb, csb): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+    (rsc, csc): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |r: usize, cs: usize, rows: usize, cols: usize| (rows - 1) * r + (cols - 1) * cs;
+    if k > 0 {
+        assert!(a.len() > last(rsa, csa, m, k) && b.len() > last(rsb, csb, k, n));
+    }
+    assert!(c.len() > last(rsc, csc, m, n));
+    // SAFETY: the asserts above keep every element matrixmultiply reads or
+    // writes (rows 0..m / 0..k, columns 0..k / 0..n at the given strides)
+    // inside the three slices; `c` is a unique borrow, so it aliases
+    // neither `a` nor `b`.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa as isize,
+            csa as isize,
+            b.as_ptr(),
+            rsb as isize,
+            csb as isize,
+            beta,
+            c.as_mut_ptr(),
+            rsc as isize,
+            csc as isize,
+        );
+    }
+}
+
+/// A convolution's geometry (any kernel, stride, padding and groups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub cin: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    /// top, left, bottom, right
+    pub pads: [usize; 4],
+    pub groups: usize,
+}
+
+impl ConvSpec {
+    pub fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        let [pt, pl, pb, pr] = self.pads;
+        (
+            (h + pt + pb - self.kh) / self.sh + 1,
+            (w + pl + pr - self.kw) / self.sw + 1,
+        )
+    }
+    /// Weights per output channel.
+    pub fn row_len(&self) -> usize {
+        self.cin / self.groups * self.kh * self.kw
+    }
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.sh == 1 && self.sw == 1 && self.pads == [0; 4]
+    }
+    pub fn is_depthwise(&self) -> bool {
+        self.groups > 1 && self.groups == self.cin && self.cout == self.cin
+    }
+    /// Input coordinate of output `o` at tap `k` along one axis, if inside.
+    #[inline]
+    fn src(o: usize, k: usize, stride: usize, pad: usize, len: usize) -> Option<usize> {
+        (o * stride + k).checked_sub(pad).filter(|&i| i < len)
+    }
+}
+
+/// Convolution forward: `y = conv(x, w) + bias`. `x` is `d`, `y` is
+/// `(d.n, oh, ow, cout)`.
+pub fn conv_forward(
+    s: &ConvSpec,
+    x: &[f32],
+    d: Dims,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    threads: usize,
+) {
+    let (oh, ow) = s.out_hw(d.h, d.w);
+    if s.is_depthwise() {
+        dw_forward(s, x, d, w, y, threads);
+    } else if s.is_pointwise() {
+        let t = par::threads_for(threads, d.rows(), s.cin * s.cout);
+        par::map_rows(t, y, s.cout, |rows, yr| {
+            let xr = &x[rows.start * s.cin..rows.end * s.cin];
+            gemm(
+                rows.len(),
+                s.cin,
+                s.cout,
+                xr,
+                (s.cin, 1),
+                w,
+                (1, s.cin),
+                0.0,
+                yr,
+                (s.cout, 1),
+            );
+        });
+    } else {
+        let img = oh * ow * s.cout;
+        let t = par::threads_for(threads, d.n, img * s.row_len());
+        par::map_rows(t, y, img, |imgs, yr| {
+            let mut cols = Vec::new();
+            for (i, n) in imgs.enumerate() {
+                let yi = &mut yr[i * img..(i + 1) * img];
+                for g in 0..s.groups {
+                    im2col(s, x, d, n, g, &mut cols);
+                    let cog = s.cout / s.groups;
+                    let k = s.row_len();
+                    gemm(
+                        oh * ow,
+                        k,
+                        cog,
+                        &cols,
+                        (k, 1),
+                        &w[g * cog * k..],
+                        (1, k),
+                        0.0,
+                        &mut yi[g * cog..],
+                        (s.cout, 1),
+                    );
+                }
+            }
+        });
+    }
+    if let Some(b) = bias {
+        for row in y.chunks_mut(s.cout) {
+            for (v, b) in row.iter_mut().zip(b) {
+                *v += b;
+            }
+        }
+    }
+}
+
+/// Convolution backward. Writes `dx` (when given) and *adds* to `dw` (when
+/// given). The bias gradient is [`channel_sums`] of `dy`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_backward(
+    s: &ConvSpec,
+    x: &[f32],
+    d: Dims,
+    w: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: Option<&mut [f32]>,
+    threads: usize,
+) {
+    if s.is_depthwise() {
+        return dw_backward(s, x, d, w, dy, dx, dw, threads);
+    }
+    let (oh, ow) = s.out_hw(d.h, d.w);
+    if s.is_pointwise() {
+        let t = par::threads_for(threads, d.rows(), s.cin * s.cout);
+        if let Some(dx) = dx {
+            par::map_rows(t, dx, s.cin, |rows, dxr| {
+                let dyr = &dy[rows.start * s.cout..rows.end * s.cout];
+                gemm(
+                    rows.len(),
+                    s.cout,
+                    s.cin,
+                    dyr,
+                    (s.cout, 1),
+                    w,
+                    (s.cin, 1),
+                    0.0,
+                    dxr,
+                    (s.cin, 1),
+                );
+            });
+        }
+        if let Some(dw) = dw {
+            let parts = par::map(t, d.rows(), |rows| {
+                let mut g = vec![0f32; s.cout * s.cin];
+                gemm(
+                    s.cout,
+                    rows.len(),
+                    s.cin,
+                    &dy[rows.start * s.cout..],
+                    (1, s.cout),
+                    &x[rows.start * s.cin..],
+                    (s.cin, 1),
+                    0.0,
+                    &mut g,
+                    (s.cin, 1),
+                );
+                g
+            });
+            add_into(dw, &par::sum_in_order(parts));
+        }
+        return;
+    }
+    let k = s.row_len();
+    let cog = s.cout / s.groups;
+    let img_out = oh * ow * s.cout;
+    let t = par::threads_for(threads, d.n, img_out * k);
+    let want_dw = dw.is_some();
+    let work = |imgs: Range<usize>, dxr: Option<&mut [f32]>| -> Vec<f32> {
+        let mut gw = if want_dw {
+            vec![0f32; s.cout * k]
+        } else {
+            Vec::new()
+        };
+        let mut cols = Vec::new();
+        let mut dcols = vec![0f32; oh * ow * k];
+        let img_in = d.h * d.w * d.c;
+        let mut dxr = dxr;
+        if let Some(dxr) = dxr.as_deref_mut() {
+            dxr.fill(0.0);
+        }
+        for (i, n) in imgs.enumerate() {
+            let dyi = &dy[n * img_out..(n + 1) * img_out];
+            for g in 0..s.groups {
+                if want_dw {
+                    im2col(s, x, d, n, g, &mut cols);
+                    gemm(
+                        cog,
+                        oh * ow,
+                        k,
+                        &dyi[g * cog..],
+                        (1, s.cout),
+                        &cols,
+                        (k, 1),
+                        1.0,
+                        &mut gw[g * cog * k..],
+                        (k, 1),
+                    );
+                }
+                if let Some(dxr) = dxr.as_deref_mut() {
+                    gemm(
+                        oh * ow,
+                        cog,
+                        k,
+                        &dyi[g * cog..],
+                        (s.cout, 1),
+                        &w[g * cog * k..],
+                        (k, 1),
+                        0.0,
+                        &mut dcols,
+                        (k, 1),
+                    );
+                    col2im_add(s, &dcols, d, g, &mut dxr[i * img_in..(i + 1) * img_in]);
+                }
+            }
+        }
+        gw
+    };
+    let parts = match dx {
+        Some(dx) => par::map_rows(t, dx, d.h * d.w * d.c, |r, dxr| work(r, Some(dxr))),
+        None => par::map(t, d.n, |r| work(r, None)),
+    };
+    if let Some(dw) = dw {
+        add_into(dw, &par::sum_in_order(parts));
+    }
+}
+
+/// Rows `(oy, ox)` of group `g`'s patches of image `n`; columns in OIHW's
+/// `(ci, ky, kx)` order, zeros where the window covers padding.
+fn im2col(s: &ConvSpec, x: &[f32], d: Dims, n: usize, g: usize, cols: &mut Vec<f32>) {
+    let (oh, ow) = s.out_hw(d.h, d.w);
+    let cig = s.cin / s.groups;
+    let k = s.row_len();
+    cols.clear();
+    cols.resize(oh * ow * k, 0.0);
+    let [pt, pl, _, _] = s.pads;
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let row = &mut cols[(oy * ow + ox) * k..(oy * ow + ox + 1) * k];
+            for ky in 0..s.kh {
+                let Some(iy) = ConvSpec::src(oy, ky, s.sh, pt, d.h) else {
+                    continue;
+                };
+                for kx in 0..s.kw {
+                    let Some(ix) = ConvSpec::src(ox, kx, s.sw, pl, d.w) else {
+                        continue;
+                    };
+                    let base = ((n * d.h + iy) * d.w + ix) * d.c + g * cig;
+                    for ci in 0..cig {
+                        row[(ci * s.kh + ky) * s.kw + kx] = x[base + ci];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds patch gradients back onto one image's input gradient.
+fn col2im_add(s: &ConvSpec, dcols: &[f32], d: Dims, g: usize, dx: &mut [f32]) {
+    let (oh, ow) = s.out_hw(d.h, d.w);
+    let cig = s.cin / s.groups;
+    let k = s.row_len();
+    let [pt, pl, _, _] = s.pads;
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let row = &dcols[(oy * ow + ox) * k..(oy * ow + ox + 1) * k];
+            for ky in 0..s.kh {
+                let Some(iy) = ConvSpec::src(oy, ky, s.sh, pt, d.h) else {
+                    continue;
+                };
+                for kx in 0..s.kw {
+                    let Some(ix) = ConvSpec::src(ox, kx, s.sw, pl, d.w) else {
+                        continue;
+                    };
+                    let base = (iy * d.w + ix) * d.c + g * cig;
+                    for ci in 0..cig {
+                        dx[base + ci] += row[(ci * s.kh + ky) * s.kw + kx];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Depthwise weights `[c][tap]` as `[tap][c]`, so channel loops are contiguous.
+fn taps_major(s: &ConvSpec, w: &[f32]) -> Vec<f32> {
+    let taps = s.kh * s.kw;
+    let mut t = vec![0f32; taps * s.cout];
+    for c in 0..s.cout {
+        for k in 0..taps {
+            t[k * s.cout + c] = w[c * taps + k];
+        }
+    }
+    t
+}
+
+fn dw_forward(s: &ConvSpec, x: &[f32], d: Dims, w: &[f32], y: &mut [f32], threads: usize) {
+    let (oh, ow) = s.out_hw(d.h, d.w);
+    let c = s.cout;
+    let wt = taps_major(s, w);
+    let [pt, pl, _, _] = s.pads;
+    let t = par::threads_for(threads, d.n, oh * ow * c * s.kh * s.kw);
+    par::map_rows(t, y, oh * ow * c, |imgs, yr| {
+        for (i, n) in imgs.enumerate() {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = ((i * oh + oy) * ow + ox) * c;
+                    let out = &mut yr[o..o + c];
+                    out.fill(0.0);
+                    for ky in 0..s.kh {
+                        let Some(iy) = ConvSpec::src(oy, ky, s.sh, pt, d.h) else {
+                            continue;
+                        };
+                        for kx in 0..s.kw {
+                            let Some(ix) = ConvSpec::src(ox, kx, s.sw, pl, d.w) else {
+                                continue;
+                            };
+                            let xi = ((n * d.h + iy) * d.w + ix) * c;
+                            let xs = &x[xi..xi + c];
+                            let ws = &wt[(ky * s.kw + kx) * c..(ky * s.kw + kx + 1) * c];
+                            for ((o, &a), &b) in out.iter_mut().zip(xs).zip(ws) {
+                                *o += a * b;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dw_backward(
+    s: &ConvSpec,
+    x: &[f32],
+    d: Dims,
+    w: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    dw: Option<&mut [f32]>,
+    threads: usize,
+) {
+    let (oh, ow) = s.out_hw(d.h, d.w);
+    let c = s.cout;
+    let taps = s.kh * s.kw;
+    let wt = taps_major(s, w);
+    let [pt, pl, _, _] = s.pads;
+    let want_dw = dw.is_some();
+    let t = par::threads_for(threads, d.n, 2 * oh * ow * c * taps);
+    let work = |imgs: Range<usize>, mut dxr: Option<&mut [f32]>| -> Vec<f32> {
+        let mut gw = if want_dw {
+            vec![0f32; taps * c]
+        } else {
+            Vec::new()
+        };
+        if let Some(dxr) = dxr.as_deref_mut() {
+            dxr.fill(0.0);
+        }
+        for (i, n) in imgs.enumerate() {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let o = ((n * oh + oy) * ow + ox) * c;
+                    let g = &dy[o..o + c];
+                    for ky in 0..s.kh {
+                        let Some(iy) = ConvSpec::src(oy, ky, s.sh, pt, d.h) else {
+                            continue;
+                        };
+                        for kx in 0..s.kw {
+                            let Some(ix) = ConvSpec::src(ox, kx, s.sw, pl, d.w) else {
+                                continue;
+                            };
+                            let tap = ky * s.kw + kx;
+                            if want_dw {
+                                let xi = ((n * d.h + iy) * d.w + ix) * c;
+                                let xs = &x[xi..xi + c];
+                                let gs = &mut gw[tap * c..(tap + 1) * c];
+                                for ((acc, &a), &b) in gs.iter_mut().zip(g).zip(xs) {
+                                    *acc += a * b;
+                                }
+                            }
+                            if let Some(dxr) = dxr.as_deref_mut() {
+                                let xi = ((i * d.h + iy) * d.w + ix) * c;
+                                let ds = &mut dxr[xi..xi + c];
+                                let ws = &wt[tap * c..(tap + 1) * c];
+                                for ((acc, &a), &b) in ds.iter_mut().zip(g).zip(ws) {
+                                    *acc += a * b;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        gw
+    };
+    let parts = match dx {
+        Some(dx) => par::map_rows(t, dx, d.h * d.w * c, |r, dxr| work(r, Some(dxr))),
+        None => par::map(t, d.n, |r| work(r, None)),
+    };
+    if let Some(dw) = dw {
+        let g = par::sum_in_order(parts);
+        for ch in 0..c {
+            for k in 0..taps {
+                dw[ch * taps + k] += g[k * c + ch];
+            }
+        }
+    }
+}
+
+/// `acc += v`.
+pub fn add_into(acc: &mut [f32], v: &[f32]) {
+    for (a, b) in acc.iter_mut().zip(v) {
+        *a += b;
+    }
+}
+
+/// Per-channel sums of a `[rows][c]` matrix (f64 accumulation, fixed order).
+pub fn channel_sums(v: &[f32], c: usize, threads: usize) -> Vec<f64> {
+    let rows = v.len() / c.max(1);
+    let t = par::threads_for(threads, rows, c);
+    let parts = par::map(t, rows, |r| {
+        let mut s = vec![0f64; c];
+        for row in v[r.start * c..r.end * c].chunks(c) {
+            for (a, &b) in s.iter_mut().zip(row) {
+                *a += f64::from(b);
+            }
+        }
+        s
+    });
+    sum_f64(parts, c)
+}
+
+fn sum_f64(parts: Vec<Vec<f64>>, c: usize) -> Vec<f64> {
+    let mut acc = vec![0f64; c];
+    for p in parts {
+        for (a, b) in acc.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    acc
+}
+
+/// Per-channel mean and biased variance of a `[rows][c]` matrix.
+pub fn channel_moments(v: &[f32], c: usize, threads: usize) -> (Vec<f64>, Vec<f64>) {
+    let rows = (v.len() / c.max(1)).max(1) as f64;
+    let mean: Vec<f64> = channel_sums(v, c, threads)
+        .into_iter()
+        .map(|s| s / rows)
+        .collect();
+    let t = par::threads_for(threads, v.len() / c.max(1), c);
+    let parts = par::map(t, v.len() / c.max(1), |r| {
+        let mut s = vec![0f64; c];
+        for row in v[r.start * c..r.end * c].chunks(c) {
+            for ((a, &b), m) in s.iter_mut().zip(row).zip(&mean) {
+                let d = f64::from(b) - m;
+                *a += d * d;
+            }
+        }
+        s
+    });
+    let var = sum_f64(parts, c).into_iter().map(|s| s / rows).collect();
+    (mean, var)
+}
+
+/// Batch-norm with given per-channel statistics, then a clamp:
+/// `y = act(gamma * (z - mean) * inv_std + beta)`.
+pub fn bn_forward(
+    z: &[f32],
+    c: usize,
+    mean: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    act: Act,
+    y: &mut [f32],
+) {
+    let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect();
+    let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] * scale[k]).collect();
+    for (yr, zr) in y.chunks_mut(c).zip(z.chunks(c)) {
+        for k in 0..c {
+            yr[k] = act.apply(zr[k] * scale[k] + shift[k]);
+        }
+    }
+}
+
+/// Batch-norm backward in training mode (statistics of this batch).
+/// `du` is the gradient at the batch-norm output (after the clamp's mask).
+/// Writes `dz`; returns `(dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_backward_train(
+    z: &[f32],
+    c: usize,
+    mean: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    du: &[f32],
+    dz: &mut [f32],
+    threads: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let rows = z.len() / c;
+    let t = par::threads_for(threads, rows, 2 * c);
+    let parts = par::map(t, rows, |r| {
+        let mut sb = vec![0f64; 2 * c];
+        for (zr, gr) in z[r.start * c..r.end * c]
+            .chunks(c)
+            .zip(du[r.start * c..r.end * c].chunks(c))
+        {
+            for k in 0..c {
+                let xhat = (zr[k] - mean[k]) * inv_std[k];
+                sb[k] += f64::from(gr[k]);
+                sb[c + k] += f64::from(gr[k] * xhat);
+            }
+        }
+        sb
+    });
+    let s = sum_f64(parts, 2 * c);
+    let dbeta: Vec<f32> = s[..c].iter().map(|&v| v as f32).collect();
+    let dgamma: Vec<f32> = s[c..].iter().map(|&v| v as f32).collect();
+    let m = rows as f32;
+    let a: Vec<f32> = (0..c).map(|k| gamma[k] * inv_std[k]).collect();
+    let mb: Vec<f32> = (0..c).map(|k| dbeta[k] / m).collect();
+    let mg: Vec<f32> = (0..c).map(|k| dgamma[k] / m).collect();
+    par::map_rows(t, dz, c, |r, dzr| {
+        for ((dr, zr), gr) in dzr
+            .chunks_mut(c)
+            .zip(z[r.start * c..r.end * c].chunks(c))
+            .zip(du[r.start * c..r.end * c].chunks(c))
+        {
+            for k in 0..c {
+                let xhat = (zr[k] - mean[k]) * inv_std[k];
+                dr[k] = a[k] * (gr[k] - mb[k] - xhat * mg[k]);
+            }
+        }
+    });
+    (dgamma, dbeta)
+}
+
+/// Zeroes `dy` where a clamp was saturated; the mask is read off the
+/// clamp's output `y` (inside the open interval the clamp is the identity).
+pub fn act_mask(act: Act, y: &[f32], dy: &mut [f32]) {
+    let (lo, hi) = match act {
+        Act::None => return,
+        Act::Relu => (0.0, f32::INFINITY),
+        Act::Clip(lo, hi) => (lo, hi),
+    };
+    for (g, &v) in dy.iter_mut().zip(y) {
+        if v <= lo || v >= hi {
+            *g = 0.0;
+        }
+    }
+}
+
+/// Value and derivative of an elementwise function at `x`.
+pub fn unary_grad(u: &Unary, x: f32) -> (f32, f32) {
+    let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+    match u {
+        Unary::Relu => (x.max(0.0), if x > 0.0 { 1.0 } else { 0.0 }),
+        Unary::Clip(lo, hi) => (
+            x.max(*lo).min(*hi),
+            if x > *lo && x < *hi { 1.0 } else { 0.0 },
+        ),
+        Unary::HardSigmoid { alpha, beta } => {
+            let v = alpha * x + beta;
+            (
+                v.clamp(0.0, 1.0),
+                if v > 0.0 && v < 1.0 { *alpha } else { 0.0 },
+            )
+        }
+        Unary::HardSwish { alpha, beta } => {
+            let v = alpha * x + beta;
+            let h = v.clamp(0.0, 1.0);
+            let dh = if v > 0.0 && v < 1.0 { *alpha } else { 0.0 };
+            (x * h, h + x * dh)
+        }
+        Unary::Sigmoid => {
+            let s = sig(x);
+            (s, s * (1.0 - s))
+        }
+        Unary::Swish => {
+            let s = sig(x);
+            (x * s, s + x * s * (1.0 - s))
+        }
+        Unary::Tanh => {
+            let t = x.tanh();
+            (t, 1.0 - t * t)
+        }
+        Unary::LeakyRelu { alpha } => {
+            if x >= 0.0 {
+                (x, 1.0)
+            } else {
+                (alpha * x, *alpha)
+            }
+        }
+        Unary::Expr(e) => expr_grad(e, x),
+    }
+}
+
+/// Forward-mode derivative of an elementwise expression (dual numbers).
+fn expr_grad(e: &crate::ir::Expr, x: f32) -> (f32, f32) {
+    use crate::ir::Expr as E;
+    match e {
+        E::X => (x, 1.0),
+        E::Const(c) => (*c, 0.0),
+        E::Add(a, b) => {
+            let ((av, ad), (bv, bd)) = (expr_grad(a, x), expr_grad(b, x));
+            (av + bv, ad + bd)
+        }
+        E::Sub(a, b) => {
+            let ((av, ad), (bv, bd)) = (expr_grad(a, x), expr_grad(b, x));
+            (av - bv, ad - bd)
+        }
+        E::Mul(a, b) => {
+            let ((av, ad), (bv, bd)) = (expr_grad(a, x), expr_grad(b, x));
+            (av * bv, ad * bv + av * bd)
+        }
+        E::Div(a, b) => {
+            let ((av, ad), (bv, bd)) = (expr_grad(a, x), expr_grad(b, x));
+            (av / bv, (ad * bv - av * bd) / (bv * bv))
+        }
+        E::Max(a, b) => {
+            let ((av, ad), (bv, bd)) = (expr_grad(a, x), expr_grad(b, x));
+            if av >= bv {
+                (av, ad)
+            } else {
+                (bv, bd)
+            }
+        }
+        E::Min(a, b) => {
+            let ((av, ad), (bv, bd)) = (expr_grad(a, x), expr_grad(b, x));
+            if av <= bv {
+                (av, ad)
+            } else {
+                (bv, bd)
+            }
+        }
+        E::Neg(a) => {
+            let (v, d) = expr_grad(a, x);
+            (-v, -d)
+        }
+        E::Exp(a) => {
+            let (v, d) = expr_grad(a, x);
+            let e = v.exp();
+            (e, e * d)
+        }
+        E::Tanh(a) => {
+            let (v, d) = expr_grad(a, x);
+            let t = v.tanh();
+            (t, (1.0 - t * t) * d)
+        }
+        E::Sigmoid(a) => {
+            let (v, d) = expr_grad(a, x);
+            let s = 1.0 / (1.0 + (-v).exp());
+            (s, s * (1.0 - s) * d)
+        }
+    }
+}
+
+/// Softmax cross-entropy, mean over the batch. `logits` is `[n][k]`.
+/// Returns (loss, number correct) and writes `dlogits`.
+pub fn softmax_xent(
+    logits: &[f32],
+    k: usize,
+    labels: &[usize],
+    dlogits: &mut [f32],
+) -> (f64, usize) {
+    let n = labels.len();
+    let mut loss = 0f64;
+    let mut correct = 0;
+    for (i, &label) in labels.iter().enumerate() {
+        let row = &logits[i * k..(i + 1) * k];
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = row.iter().map(|&v| f64::from(v - m).exp()).sum();
+        let lse = f64::from(m) + sum.ln();
+        loss += lse - f64::from(row[label]);
+        if argmax(row) == label {
+            correct += 1;
+        }
+        let d = &mut dlogits[i * k..(i + 1) * k];
+        for j in 0..k {
+            let p = (f64::from(row[j]) - lse).exp();
+            d[j] = ((p - if j == label { 1.0 } else { 0.0 }) / n as f64) as f32;
+        }
+    }
+    (loss / n as f64, correct)
+}
+
+/// Index of the largest value (the first on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,903 @@
+//! The trainable network: an imported float graph ([`crate::ir::Graph`],
+//! batch norm already folded into its convs) turned back into layers with
+//! parameters, gradients and batch-norm, with forward and backward passes
+//! over channels-last batches.
+//!
+//! How a patch kind maps onto parameters (the paper's patches):
+//! - S/B (`sb`): every conv that reads a spatial map (not the squeeze-excite
+//!   convs or hidden fully-connected layers after a global pool) gets a
+//!   batch-norm layer back, initialised so the network computes exactly the
+//!   base's function on the task data (statistics estimated on it, `gamma =
+//!   sqrt(var + eps)`, `beta = mean + folded bias`); its `gamma`/`beta`
+//!   train, its statistics are the batch's during training and re-estimated
+//!   at the end. Stand-alone per-channel affines train as S/B too.
+//! - DW (`dw`): the depthwise kernels train; the folded biases stay.
+//! - logits: the classifier (the conv producing the graph output).
+//! - full: everything, with batch-norm after every spatial conv.
+//!
+//! Only parameters upstream of which something trains get gradients: a
+//! logits-only step runs backward through the classifier alone.
+
+use anyhow::{bail, Result};
+
+use super::kernels::{self as k, ConvSpec, Dims};
+use crate::ir::{Act, Graph, Op, Unary};
+use crate::rng::Rng;
+
+/// Which parameters a training run learns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchKind {
+    Logits,
+    SbLogits,
+    DwLogits,
+    SbDwLogits,
+    Full,
+}
+
+impl PatchKind {
+    pub const ALL: [PatchKind; 5] = [
+        PatchKind::Logits,
+        PatchKind::SbLogits,
+        PatchKind::DwLogits,
+        PatchKind::SbDwLogits,
+        PatchKind::Full,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            PatchKind::Logits => "logits",
+            PatchKind::SbLogits => "sb+logits",
+            PatchKind::DwLogits => "dw+logits",
+            PatchKind::SbDwLogits => "sb+dw+logits",
+            PatchKind::Full => "full",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        PatchKind::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown patch kind '{s}': use logits, sb+logits, dw+logits, sb+dw+logits or full"
+                )
+            })
+    }
+    /// Batch-norm layers exist (and train).
+    pub fn sb(self) -> bool {
+        matches!(
+            self,
+            PatchKind::SbLogits | PatchKind::SbDwLogits | PatchKind::Full
+        )
+    }
+    pub fn dw(self) -> bool {
+        matches!(
+            self,
+            PatchKind::DwLogits | PatchKind::SbDwLogits | PatchKind::Full
+        )
+    }
+}
+
+/// A parameter tensor with its gradient and optimizer state.
+#[derive(Clone, Debug, Default)]
+pub struct Param {
+    pub v: Vec<f32>,
+    pub g: Vec<f32>,
+    pub trainable: bool,
+    /// Optimizer moments (Adam: first and second; SGD: velocity in `m`).
+    pub m: Vec<f32>,
+    pub s: Vec<f32>,
+}
+
+impl Param {
+    fn new(v: Vec<f32>, trainable: bool) -> Self {
+        let n = if trainable { v.len() } else { 0 };
+        Param {
+            g: vec![0.0; n],
+            m: vec![0.0; n],
+            s: vec![0.0; n],
+            v,
+            trainable,
+        }
+    }
+}
+
+/// Batch-norm after a conv: `gamma * (z - mean) / sqrt(var + eps) + beta`.
+#[derive(Clone, Debug)]
+pub struct Bn {
+    pub gamma: Param,
+    pub beta: Param,
+    /// Running (inference) statistics.
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub eps: f32,
+    /// This batch's statistics (mean, 1/sqrt(var + eps)), kept for backward.
+    bmean: Vec<f32>,
+    binv: Vec<f32>,
+    /// Re-estimation: sums of batch means and unbiased variances, count.
+    acc: Option<(Vec<f64>, Vec<f64>, usize)>,
+}
+
+/// How batch-norm layers behave in a forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Running statistics; no caches needed for backward beyond inputs.
+    Eval,
+    /// Batch statistics; running statistics follow an exponential average.
+    Train,
+    /// Batch statistics, accumulated for an exact re-estimate
+    /// ([`Net::finish_bn_estimate`]); running statistics untouched.
+    Estimate,
+}
+
+/// Momentum of the running statistics during training (PyTorch's default).
+const BN_MOMENTUM: f32 = 0.1;
+
+#[derive(Clone, Debug)]
+pub enum Layer {
+    Conv {
+        spec: ConvSpec,
+        w: Param,
+        b: Param,
+        bn: Option<Bn>,
+        act: Act,
+        /// conv output before batch-norm (kept for backward)
+        z: Vec<f32>,
+    },
+    /// Per-channel `act(x * s + b)` (a batch-norm without a conv before it).
+    Affine {
+        s: Param,
+        b: Param,
+        act: Act,
+    },
+    Add,
+    Mul,
+    Unary(Unary),
+    GlobalAvgPool,
+    Concat,
+    /// Same values in the same order (only shapes whose channels-last and
+    /// channels-first orders agree).
+    Reshape,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub layer: Layer,
+    pub inputs: Vec<usize>,
+    pub output: usize,
+}
+
+/// A trainable network over batches.
+#[derive(Clone, Debug)]
+pub struct Net {
+    pub nodes: Vec<Node>,
+    /// (c, h, w) per tensor.
+    pub shapes: Vec<(usize, usize, usize)>,
+    pub input: usize,
+    pub output: usize,
+    /// The source model ended in Softmax (kept when writing ONNX).
+    pub softmax: bool,
+    /// Index of the classifier node.
+    pub head: usize,
+    pub threads: usize,
+    /// Depthwise kernels belong to the patch.
+    dw_patch: bool,
+    vals: Vec<Vec<f32>>,
+    grads: Vec<Option<Vec<f32>>>,
+    batch: usize,
+}
+
+/// How [`Net::from_graph`] initialises batch-norm layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BnInit {
+    /// Keep the base's function on the data given to [`Net::init_bn_from_data`].
+    PreserveFunction,
+    /// `gamma = 1, beta = 0` (training from scratch).
+    Fresh,
+}
+
+impl Net {
+    /// Builds the trainable network for `kind` from an imported graph.
+    pub fn from_graph(g: &Graph, kind: PatchKind, bn_init: BnInit, threads: usize) -> Result<Net> {
+        let head = g
+            .nodes
+            .iter()
+            .position(|n| n.output == g.output)
+            .filter(|&i| matches!(g.nodes[i].op, Op::Conv(_)))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "graftnet learn needs a model whose output is a fully-connected (Gemm/MatMul) or conv classifier; this model's output comes from a {} node",
+                    g.nodes
+                        .iter()
+                        .find(|n| n.output == g.output)
+                        .map_or("missing", |n| n.op.name())
+                )
+            })?;
+        // Tensors computed from a global pool only (squeeze-excite branches,
+        // hidden fully-connected layers): their convs get no batch-norm.
+        let mut pooled = vec![false; g.tensors.len()];
+        let mut nodes = Vec::with_capacity(g.nodes.len());
+        for (i, n) in g.nodes.iter().enumerate() {
+            let all_pooled = n.inputs.iter().all(|&t| pooled[t]);
+            pooled[n.output] = match &n.op {
+                Op::GlobalAvgPool => true,
+                Op::Conv(_)
+                | Op::Unary(_)
+                | Op::Reshape
+                | Op::ChannelAffine { .. }
+                | Op::Add
+                | Op::Mul => all_pooled,
+                _ => false,
+            };
+            let is_head = i == head;
+            let layer = match &n.op {
+                Op::Conv(c) => {
+                    if c.dilation != (1, 1) {
+                        bail!(
+                            "node '{}': dilated convolutions cannot be trained yet",
+                            n.name
+                        );
+                    }
+                    let spec = ConvSpec {
+                        cin: c.cin,
+                        cout: c.cout,
+                        kh: c.kh,
+                        kw: c.kw,
+                        sh: c.stride.0,
+                        sw: c.stride.1,
+                        pads: c.pads,
+                        groups: c.groups,
+                    };
+                    let spatial = !is_head && !all_pooled;
+                    let with_bn = kind.sb() && spatial;
+                    let w_train = is_head
+                        || kind == PatchKind::Full
+                        || (kind.dw() && spec.is_depthwise());
+                    let bn = with_bn.then(|| {
+                        let (gamma, beta) = match bn_init {
+                            BnInit::PreserveFunction => (vec![1.0; c.cout], c.bias.clone()),
+                            BnInit::Fresh => (vec![1.0; c.cout], vec![0.0; c.cout]),
+                        };
+                        Bn {
+                            gamma: Param::new(gamma, true),
+                            beta: Param::new(beta, true),
+                            mean: vec![0.0; c.cout],
+                            var: vec![1.0; c.cout],
+                            eps: 1e-5,
+                            bmean: vec![],
+                            binv: vec![],
+                            acc: None,
+                        }
+                    });
+                    let b_train = bn.is_none() && (is_head || kind == PatchKind::Full);
+                    let bias = if bn.is_some() {
+                        vec![0.0; c.cout]
+                    } else {
+                        c.bias.clone()
+                    };
+                    Layer::Conv {
+                        spec,
+                        w: Param::new(c.weight.clone(), w_train),
+                        b: Param::new(bias, b_train),
+                        bn,
+                        act: c.act,
+                        z: vec![],
+                    }
+                }
+                Op::ChannelAffine { scale, bias, act } => Layer::Affine {
+                    s: Param::new(scale.clone(), kind.sb()),
+                    b: Param::new(bias.clone(), kind.sb()),
+                    act: *act,
+                },
+                Op::Add => Layer::Add,
+                Op::Mul => Layer::Mul,
+                Op::Unary(u) => Layer::Unary(u.clone()),
+                Op::GlobalAvgPool => Layer::GlobalAvgPool,
+                Op::Concat => Layer::Concat,
+                Op::Reshape => {
+                    let a = g.shape(n.inputs[0]);
+                    let b = g.shape(n.output);
+                    if !((a.h == 1 && a.w == 1 && b.h == 1 && b.w == 1) || a == b) {
+                        bail!(
+                            "node '{}': a reshape from {a} to {b} cannot be trained yet (only between (c,1,1) shapes)",
+                            n.name
+                        );
+                    }
+                    Layer::Reshape
+                }
+                Op::AvgPool(_) | Op::MaxPool(_) => bail!(
+                    "node '{}': {} cannot be trained yet (graftnet learn supports Conv, BatchNormalization, Add, Mul, elementwise functions, GlobalAveragePool, Concat, Flatten/Gemm)",
+                    n.name,
+                    n.op.name()
+                ),
+            };
+            nodes.push(Node {
+                name: n.name.clone(),
+                layer,
+                inputs: n.inputs.clone(),
+                output: n.output,
+            });
+        }
+        let shapes = g
+            .tensors
+            .iter()
+            .map(|t| (t.shape.c, t.shape.h, t.shape.w))
+            .collect::<Vec<_>>();
+        Ok(Net {
+            vals: vec![vec![]; shapes.len()],
+            grads: vec![None; shapes.len()],
+            shapes,
+            nodes,
+            input: g.input,
+            output: g.output,
+            softmax: g.output_softmax,
+            head,
+            threads: threads.max(1),
+            dw_patch: kind.dw(),
+            batch: 0,
+        })
+    }
+
+    /// Number of classes the classifier has now.
+    pub fn classes(&self) -> usize {
+        self.shapes[self.output].0
+    }
+
+    /// Input (c, h, w).
+    pub fn input_shape(&self) -> (usize, usize, usize) {
+        self.shapes[self.input]
+    }
+
+    /// Replaces the classifier by a fresh one with `classes` outputs:
+    /// weights N(0, 0.01), bias 0 (seeded).
+    pub fn new_head(&mut self, classes: usize, seed: u64) {
+        let out = self.output;
+        let Layer::Conv { spec, w, b, .. } = &mut self.nodes[self.head].layer else {
+            unreachable!("the head is a conv (checked in from_graph)");
+        };
+        spec.cout = classes;
+        let mut r = Rng::for_name(seed, "learn.head");
+        *w = Param::new(r.normals(classes * spec.row_len(), 0.01), true);
+        *b = Param::new(vec![0.0; classes], true);
+        self.shapes[out].0 = classes;
+    }
+
+    fn dims(&self, t: usize) -> Dims {
+        let (c, h, w) = self.shapes[t];
+        Dims {
+            n: self.batch,
+            h,
+            w,
+            c,
+        }
+    }
+
+    /// Trainable parameters (values and gradients).
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut out = Vec::new();
+        for n in &mut self.nodes {
+            match &mut n.layer {
+                Layer::Conv { w, b, bn, .. } => {
+                    out.push(w);
+                    out.push(b);
+                    if let Some(bn) = bn {
+                        out.push(&mut bn.gamma);
+                        out.push(&mut bn.beta);
+                    }
+                }
+                Layer::Affine { s, b, .. } => {
+                    out.push(s);
+                    out.push(b);
+                }
+                _ => {}
+            }
+        }
+        out.retain(|p| p.trainable);
+        out
+    }
+
+    /// The network has batch-norm layers (S/B or full patches).
+    pub fn has_bn(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|n| matches!(n.layer, Layer::Conv { bn: Some(_), .. }))
+    }
+
+    /// The weights outside the patch: every conv's weights except the
+    /// classifier's and (for DW patches) the depthwise kernels, and the
+    /// biases of convs without batch-norm. In multi-task training these are
+    /// the shared network.
+    pub fn shared_params_mut(&mut self) -> Vec<&mut Param> {
+        let head = self.head;
+        let dw_patch = self.dw_patch;
+        let mut out = Vec::new();
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            if let Layer::Conv { spec, w, b, bn, .. } = &mut n.layer {
+                if i == head || (dw_patch && spec.is_depthwise()) {
+                    continue;
+                }
+                out.push(w);
+                if bn.is_none() {
+                    out.push(b);
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes the shared weights trainable (multi-task `--shared train`).
+    pub fn train_shared(&mut self) {
+        for p in self.shared_params_mut() {
+            if !p.trainable {
+                *p = Param::new(std::mem::take(&mut p.v), true);
+            }
+        }
+    }
+
+    /// Number of trainable values.
+    pub fn trainable_count(&mut self) -> usize {
+        self.params_mut().iter().map(|p| p.v.len()).sum()
+    }
+
+    /// Forward pass over `n` images given channels-last. Returns the logits
+    /// `[n][classes]`.
+    pub fn forward(&mut self, x: Vec<f32>, n: usize, mode: Mode) -> &[f32] {
+        self.batch = n;
+        debug_assert_eq!(x.len(), self.dims(self.input).len());
+        self.vals[self.input] = x;
+        for i in 0..self.nodes.len() {
+            let out = self.nodes[i].output;
+            let od = self.dims(out);
+            let mut y = std::mem::take(&mut self.vals[out]);
+            y.clear();
+            y.resize(od.len(), 0.0);
+            let ins = self.nodes[i].inputs.clone();
+            let id = self.dims(ins[0]);
+            let threads = self.threads;
+            let (vals, node) = (&self.vals, &mut self.nodes[i]);
+            let x = &vals[ins[0]];
+            match &mut node.layer {
+                Layer::Conv {
+                    spec,
+                    w,
+                    b,
+                    bn,
+                    act,
+                    z,
+                } => match bn {
+                    None => {
+                        k::conv_forward(spec, x, id, &w.v, Some(&b.v), &mut y, threads);
+                        for v in y.iter_mut() {
+                            *v = act.apply(*v);
+                        }
+                    }
+                    Some(bn) => {
+                        z.clear();
+                        z.resize(od.len(), 0.0);
+                        k::conv_forward(spec, x, id, &w.v, None, z, threads);
+                        bn_apply(bn, z, od.c, *act, &mut y, mode, threads);
+                    }
+                },
+                Layer::Affine { s, b, act } => {
+                    for (yr, xr) in y.chunks_mut(od.c).zip(x.chunks(od.c)) {
+                        for c in 0..od.c {
+                            yr[c] = act.apply(xr[c] * s.v[c] + b.v[c]);
+                        }
+                    }
+                }
+                Layer::Add => {
+                    let x2 = &vals[ins[1]];
+                    for ((o, a), b) in y.iter_mut().zip(x).zip(x2) {
+                        *o = a + b;
+                    }
+                }
+                Layer::Mul => {
+                    let x2 = &vals[ins[1]];
+                    if x2.len() == x.len() {
+                        for ((o, a), b) in y.iter_mut().zip(x).zip(x2) {
+                            *o = a * b;
+                        }
+                    } else {
+                        let hw = id.h * id.w * id.c;
+                        for (img, (yo, xi)) in y.chunks_mut(hw).zip(x.chunks(hw)).enumerate() {
+                            let gate = &x2[img * id.c..(img + 1) * id.c];
+                            for (yr, xr) in yo.chunks_mut(id.c).zip(xi.chunks(id.c)) {
+                                for c in 0..id.c {
+                                    yr[c] = xr[c] * gate[c];
+                                }
+                            }
+                        }
+                    }
+                }
+                Layer::Unary(u) => {
+                    for (o, &v) in y.iter_mut().zip(x) {
+                        *o = u.apply(v);
+                    }
+                }
+                Layer::GlobalAvgPool => {
+                    let hw = id.h * id.w;
+                    for (img, yo) in y.chunks_mut(id.c).enumerate() {
+                        let mut acc = vec![0f64; id.c];
+                        for row in x[img * hw * id.c..(img + 1) * hw * id.c].chunks(id.c) {
+                            for (a, &v) in acc.iter_mut().zip(row) {
+                                *a += f64::from(v);
+                            }
+                        }
+                        for (o, a) in yo.iter_mut().zip(acc) {
+                            *o = (a / hw as f64) as f32;
+                        }
+                    }
+                }
+                Layer::Concat => {
+                    let rows = od.rows();
+                    let mut off = 0;
+                    for &t in &ins {
+                        let c = self.shapes[t].0;
+                        let src = &vals[t];
+                        for r in 0..rows {
+                            y[r * od.c + off..r * od.c + off + c]
+                                .copy_from_slice(&src[r * c..(r + 1) * c]);
+                        }
+                        off += c;
+                    }
+                }
+                Layer::Reshape => y.copy_from_slice(x),
+            }
+            self.vals[out] = y;
+        }
+        &self.vals[self.output]
+    }
+
+    /// Which tensors need a gradient: those downstream of a trainable parameter.
+    fn needs_grad(&self) -> Vec<bool> {
+        let mut need = vec![false; self.shapes.len()];
+        for n in &self.nodes {
+            let own = match &n.layer {
+                Layer::Conv { w, b, bn, .. } => {
+                    w.trainable || b.trainable || bn.as_ref().is_some_and(|bn| bn.gamma.trainable)
+                }
+                Layer::Affine { s, b, .. } => s.trainable || b.trainable,
+                _ => false,
+            };
+            need[n.output] = own || n.inputs.iter().any(|&t| need[t]);
+        }
+        need
+    }
+
+    /// Backward pass from `dlogits` (after a [`Mode::Train`] forward of the
+    /// same batch): adds every trainable parameter's gradient.
+    pub fn backward(&mut self, dlogits: Vec<f32>) {
+        let need = self.needs_grad();
+        for g in self.grads.iter_mut() {
+            *g = None;
+        }
+        self.grads[self.output] = Some(dlogits);
+        let threads = self.threads;
+        for i in (0..self.nodes.len()).rev() {
+            let out = self.nodes[i].output;
+            if !need[out] {
+                continue;
+            }
+            let Some(mut dy) = self.grads[out].take() else {
+                continue;
+            };
+            let ins = self.nodes[i].inputs.clone();
+            let od = self.dims(out);
+            let id = self.dims(ins[0]);
+            let want0 = need[ins[0]];
+            let mut dx0: Option<Vec<f32>> = None;
+            let mut dx1: Option<Vec<f32>> = None;
+            let vals = &self.vals;
+            let x = &vals[ins[0]];
+            match &mut self.nodes[i].layer {
+                Layer::Conv {
+                    spec,
+                    w,
+                    b,
+                    bn,
+                    act,
+                    z,
+                } => {
+                    k::act_mask(*act, &vals[out], &mut dy);
+                    let dz = match bn {
+                        Some(bn) => {
+                            let mut dz = vec![0f32; dy.len()];
+                            let (dg, db) = k::bn_backward_train(
+                                z,
+                                od.c,
+                                &bn.bmean,
+                                &bn.binv,
+                                &bn.gamma.v,
+                                &dy,
+                                &mut dz,
+                                threads,
+                            );
+                            if bn.gamma.trainable {
+                                k::add_into(&mut bn.gamma.g, &dg);
+                                k::add_into(&mut bn.beta.g, &db);
+                            }
+                            dz
+                        }
+                        None => {
+                            if b.trainable {
+                                let s = k::channel_sums(&dy, od.c, threads);
+                                for (g, v) in b.g.iter_mut().zip(s) {
+                                    *g += v as f32;
+                                }
+                            }
+                            dy
+                        }
+                    };
+                    let mut dx = want0.then(|| vec![0f32; id.len()]);
+                    k::conv_backward(
+                        spec,
+                        x,
+                        id,
+                        &w.v,
+                        &dz,
+                        dx.as_deref_mut(),
+                        if w.trainable { Some(&mut w.g) } else { None },
+                        threads,
+                    );
+                    dx0 = dx;
+                }
+                Layer::Affine { s, b, act } => {
+                    k::act_mask(*act, &vals[out], &mut dy);
+                    if s.trainable {
+                        for (gr, xr) in dy.chunks(od.c).zip(x.chunks(od.c)) {
+                            for c in 0..od.c {
+                                s.g[c] += gr[c] * xr[c];
+                                b.g[c] += gr[c];
+                            }
+                        }
+                    }
+                    if want0 {
+                        for gr in dy.chunks_mut(od.c) {
+                            for c in 0..od.c {
+                                gr[c] *= s.v[c];
+                            }
+                        }
+                        dx0 = Some(dy);
+                    }
+                }
+                Layer::Add => {
+                    if need[ins[1]] {
+                        dx1 = Some(dy.clone());
+                    }
+                    dx0 = Some(dy);
+                }
+                Layer::Mul => {
+                    let x2 = &vals[ins[1]];
+                    if x2.len() == x.len() {
+                        if need[ins[1]] {
+                            dx1 = Some(dy.iter().zip(x).map(|(g, a)| g * a).collect());
+                        }
+                        if want0 {
+                            dx0 = Some(dy.iter().zip(x2).map(|(g, b)| g * b).collect());
+                        }
+                    } else {
+                        let hw = id.h * id.w * id.c;
+                        if need[ins[1]] {
+                            let mut dg = vec![0f32; x2.len()];
+                            for (img, (go, xi)) in dy.chunks(hw).zip(x.chunks(hw)).enumerate() {
+                                let d = &mut dg[img * id.c..(img + 1) * id.c];
+                                for (gr, xr) in go.chunks(id.c).zip(xi.chunks(id.c)) {
+                                    for c in 0..id.c {
+                                        d[c] += gr[c] * xr[c];
+                                    }
+                                }
+                            }
+                            dx1 = Some(dg);
+                        }
+                        if want0 {
+                            for (img, go) in dy.chunks_mut(hw).enumerate() {
+                                let gate = &x2[img * id.c..(img + 1) * id.c];
+                                for gr in go.chunks_mut(id.c) {
+                                    for c in 0..id.c {
+                                        gr[c] *= gate[c];
+                                    }
+                                }
+                            }
+                            dx0 = Some(dy);
+                        }
+                    }
+                }
+                Layer::Unary(u) => {
+                    for (g, &v) in dy.iter_mut().zip(x) {
+                        *g *= k::unary_grad(u, v).1;
+                    }
+                    dx0 = Some(dy);
+                }
+                Layer::GlobalAvgPool => {
+                    let hw = id.h * id.w;
+                    let mut dx = vec![0f32; id.len()];
+                    for (img, g) in dy.chunks(id.c).enumerate() {
+                        for row in dx[img * hw * id.c..(img + 1) * hw * id.c].chunks_mut(id.c) {
+                            for c in 0..id.c {
+                                row[c] = g[c] / hw as f32;
+                            }
+                        }
+                    }
+                    dx0 = Some(dx);
+                }
+                Layer::Concat => {
+                    let rows = od.rows();
+                    let mut off = 0;
+                    for &t in &ins {
+                        let c = self.shapes[t].0;
+                        if need[t] {
+                            let mut d = vec![0f32; rows * c];
+                            for r in 0..rows {
+                                d[r * c..(r + 1) * c]
+                                    .copy_from_slice(&dy[r * od.c + off..r * od.c + off + c]);
+                            }
+                            add_grad(&mut self.grads[t], d);
+                        }
+                        off += c;
+                    }
+                }
+                Layer::Reshape => dx0 = Some(dy),
+            }
+            if let Some(d) = dx0.filter(|_| want0) {
+                add_grad(&mut self.grads[ins[0]], d);
+            }
+            if let Some(d) = dx1 {
+                add_grad(&mut self.grads[ins[1]], d);
+            }
+        }
+    }
+
+    /// Zeroes every gradient.
+    pub fn zero_grads(&mut self) {
+        for p in self.params_mut() {
+            p.g.fill(0.0);
+        }
+    }
+
+    /// Starts an exact re-estimate of every batch-norm's statistics: run
+    /// [`Mode::Estimate`] forwards, then [`Net::finish_bn_estimate`].
+    pub fn start_bn_estimate(&mut self) {
+        for bn in self.bns_mut() {
+            bn.acc = Some((vec![0.0; bn.mean.len()], vec![0.0; bn.mean.len()], 0));
+        }
+    }
+
+    /// Running statistics := average of the batch means and unbiased batch
+    /// variances seen since [`Net::start_bn_estimate`] (PyTorch's
+    /// `momentum=None`).
+    pub fn finish_bn_estimate(&mut self) {
+        for bn in self.bns_mut() {
+            if let Some((m, v, n)) = bn.acc.take() {
+                if n > 0 {
+                    bn.mean = m.iter().map(|s| (s / n as f64) as f32).collect();
+                    bn.var = v.iter().map(|s| (s / n as f64) as f32).collect();
+                }
+            }
+        }
+    }
+
+    fn bns_mut(&mut self) -> impl Iterator<Item = &mut Bn> {
+        self.nodes.iter_mut().filter_map(|n| match &mut n.layer {
+            Layer::Conv { bn: Some(bn), .. } => Some(bn),
+            _ => None,
+        })
+    }
+
+    /// [`BnInit::PreserveFunction`]: given channels-last batches of task data,
+    /// sets every batch-norm so that the network computes the base's
+    /// function on that data: statistics of each conv's output with every
+    /// batch-norm acting as the identity (plus the folded bias, kept in
+    /// `beta`), then `gamma = sqrt(var + eps)`, `beta += mean`.
+    pub fn init_bn_from_data(&mut self, batches: &[(Vec<f32>, usize)]) {
+        // Identity batch-norms: mean 0, var such that gamma/sqrt(var+eps) = 1.
+        for bn in self.bns_mut() {
+            bn.gamma.v.fill(1.0);
+            bn.mean.fill(0.0);
+            bn.var.fill(1.0 - bn.eps);
+        }
+        let mut sums: Vec<Option<(Vec<f64>, Vec<f64>, usize)>> = vec![None; self.nodes.len()];
+        for (x, n) in batches {
+            self.forward(x.clone(), *n, Mode::Eval);
+            for (i, node) in self.nodes.iter().enumerate() {
+                if let Layer::Conv {
+                    bn: Some(bn),
+                    z,
+                    spec,
+                    ..
+                } = &node.layer
+                {
+                    let _ = bn;
+                    let c = spec.cout;
+                    let e = sums[i].get_or_insert_with(|| (vec![0.0; c], vec![0.0; c], 0));
+                    for row in z.chunks(c) {
+                        for ch in 0..c {
+                            let v = f64::from(row[ch]);
+                            e.0[ch] += v;
+                            e.1[ch] += v * v;
+                        }
+                    }
+                    e.2 += z.len() / c;
+                }
+            }
+        }
+        for (node, s) in self.nodes.iter_mut().zip(sums) {
+            if let (Layer::Conv { bn: Some(bn), .. }, Some((s1, s2, cnt))) = (&mut node.layer, s) {
+                let cnt = cnt.max(1) as f64;
+                for c in 0..bn.mean.len() {
+                    let m = s1[c] / cnt;
+                    let v = (s2[c] / cnt - m * m).max(0.0);
+                    bn.mean[c] = m as f32;
+                    bn.var[c] = v as f32;
+                    bn.gamma.v[c] = (v as f32 + bn.eps).sqrt();
+                    bn.beta.v[c] += m as f32;
+                }
+            }
+        }
+    }
+}
+
+fn add_grad(slot: &mut Option<Vec<f32>>, d: Vec<f32>) {
+    match slot {
+        Some(g) => k::add_into(g, &d),
+        None => *slot = Some(d),
+    }
+}
+
+/// Batch-norm forward in the given mode; keeps what backward needs.
+fn bn_apply(bn: &mut Bn, z: &[f32], c: usize, act: Act, y: &mut [f32], mode: Mode, threads: usize) {
+    let (mean, inv): (Vec<f32>, Vec<f32>) = match mode {
+        Mode::Eval => (
+            bn.mean.clone(),
+            bn.var.iter().map(|v| 1.0 / (v + bn.eps).sqrt()).collect(),
+        ),
+        Mode::Train | Mode::Estimate => {
+            let (m, v) = k::channel_moments(z, c, threads);
+            let rows = (z.len() / c) as f64;
+            let unbiased = |v: f64| {
+                if rows > 1.0 {
+                    v * rows / (rows - 1.0)
+                } else {
+                    v
+                }
+            };
+            if mode == Mode::Train {
+                for ch in 0..c {
+                    bn.mean[ch] = (1.0 - BN_MOMENTUM) * bn.mean[ch] + BN_MOMENTUM * m[ch] as f32;
+                    bn.var[ch] =
+                        (1.0 - BN_MOMENTUM) * bn.var[ch] + BN_MOMENTUM * unbiased(v[ch]) as f32;
+                }
+            } else if let Some((am, av, n)) = &mut bn.acc {
+                for ch in 0..c {
+                    am[ch] += m[ch];
+                    av[ch] += unbiased(v[ch]);
+                }
+                *n += 1;
+            }
+            (
+                m.iter().map(|&x| x as f32).collect(),
+                v.iter()
+                    .map(|&x| 1.0 / (x as f32 + bn.eps).sqrt())
+                    .collect(),
+            )
+        }
+    };
+    k::bn_forward(z, c, &mean, &inv, &bn.gamma.v, &bn.beta.v, act, y);
+    bn.bmean = mean;
+    bn.binv = inv;
+}
+
+/// Converts NCHW samples to channels-last.
+pub fn nchw_to_nhwc(x: &[f32], n: usize, (c, h, w): (usize, usize, usize), out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(n * c * h * w, 0.0);
+    if c == 1 {
+        out.copy_from_slice(&x[..n * h * w]);
+        return;
+    }
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..h * w {
+                out[(i * h * w + p) * c + ch] = x[(i * c + ch) * h * w + p];
+            }
+        }
+    }
+}

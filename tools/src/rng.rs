@@ -1,0 +1,58 @@
+//! The tools' one pseudo-random generator: splitmix64, seedable, with an
+//! independent stream per name. It fixes the synthetic fixtures' weights
+//! (changing it changes every fixture model's bytes) and the trainer's
+//! shuffles, initial weights and augmentations (`graftnet learn` is
+//! deterministic for a seed and a thread count).
+
+/// splitmix64: tiny, seedable, good enough for test weights.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        let mut r = Rng(seed ^ 0x6a09_e667_f3bc_c909);
+        r.next_u64();
+        r
+    }
+
+    /// An independent stream per (seed, name): changing or removing one
+    /// layer does not shift the weights of any other.
+    pub fn for_name(seed: u64, name: &str) -> Self {
+        // FNV-1a
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in name.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ h)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    pub fn uniform(&mut self, lo: f64, hi: f64) -> f32 {
+        (lo + (hi - lo) * self.unit()) as f32
+    }
+
+    pub fn normal(&mut self, mean: f64, std: f64) -> f32 {
+        // Box-Muller; 1 - unit() lies in (0, 1], so ln is finite.
+        let u1 = 1.0 - self.unit();
+        let u2 = self.unit();
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        (mean + std * z) as f32
+    }
+
+    pub fn normals(&mut self, n: usize, std: f64) -> Vec<f32> {
+        (0..n).map(|_| self.normal(0.0, std)).collect()
+    }
+}
