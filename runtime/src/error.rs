@@ -15,6 +15,14 @@ pub enum FormatError {
         /// bytes the buffer holds
         have: u32,
     },
+    /// The header declares a total length shorter than the blob's fixed
+    /// part (its header, or for a patch its header and name).
+    TooShort {
+        /// total length the header declares
+        declared: u32,
+        /// the fewest bytes a blob of this kind has
+        min: u32,
+    },
     /// The first four bytes are not the expected magic.
     BadMagic {
         /// the magic that was expected (`b"GNBB"` or `b"GNPT"`)
@@ -95,6 +103,10 @@ impl fmt::Display for FormatError {
             FormatError::Truncated { need, have } => {
                 write!(f, "blob truncated: needs {need} bytes, buffer holds {have}")
             }
+            FormatError::TooShort { declared, min } => write!(
+                f,
+                "header declares a total length of {declared} bytes, less than the {min} bytes of its fixed part"
+            ),
             FormatError::BadMagic { expected, found } => write!(
                 f,
                 "bad magic {:?}, expected {:?} (not a graftnet blob of this kind)",

@@ -370,3 +370,28 @@ fn npy_from(
     write_npy_f32(&p, &[1, t.c as usize, t.h as usize, t.w as usize], x).unwrap();
     npy(&p, None)
 }
+
+/// Issue 13, finding 1: the 80-byte header `"GNBB" 01 00 50 00` + 72 zero
+/// bytes (total length 0) made `Backbone::parse` index past the slice, and
+/// `graftnet inspect` / `run` exit 101. Now a typed error, and the CLI says
+/// what is wrong.
+#[test]
+fn header_shorter_than_itself_is_a_typed_error() {
+    let mut blob = vec![0u8; 80];
+    blob[..8].copy_from_slice(&[b'G', b'N', b'B', b'B', 0x01, 0x00, 0x50, 0x00]);
+    assert_eq!(
+        Backbone::parse(&blob).unwrap_err(),
+        FormatError::TooShort {
+            declared: 0,
+            min: 80
+        }
+    );
+    let dir = scratch("short-header");
+    std::fs::write(dir.join("backbone.gnb"), &blob).unwrap();
+    let e = graftnet_tools::inspect::inspect(&dir.join("backbone.gnb"), None, false).unwrap_err();
+    assert!(e.to_string().contains("total length of 0 bytes"), "{e}");
+    let d = ExportDir::open(&dir).unwrap();
+    let e = d.with_engine("base", |_| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("total length of 0 bytes"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}

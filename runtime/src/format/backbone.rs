@@ -100,6 +100,9 @@ impl TensorInfo {
         }
     }
     /// Writes the 16-byte record.
+    ///
+    /// # Panics
+    /// If `b` is shorter than [`TENSOR_LEN`].
     pub fn emit(&self, b: &mut [u8]) {
         wr_u16(b, 0, self.c);
         wr_u16(b, 2, self.h);
@@ -148,7 +151,7 @@ pub struct OpInfo {
 }
 
 impl OpInfo {
-    fn parse(b: &[u8]) -> Result<Self, &'static str> {
+    fn parse(b: &[u8; OP_LEN]) -> Result<Self, &'static str> {
         let kind = OpKind::from_u8(b[0]).ok_or("unknown op kind")?;
         let act = match b[1] {
             0 => Act::None,
@@ -175,6 +178,10 @@ impl OpInfo {
         })
     }
     /// Writes the 48-byte record.
+    ///
+    /// # Panics
+    /// If `b` is shorter than [`OP_LEN`].
+    #[allow(clippy::indexing_slicing)]
     pub fn emit(&self, b: &mut [u8]) {
         b[..OP_LEN].fill(0);
         b[0] = self.kind as u8;
@@ -255,17 +262,22 @@ pub struct Layout {
 impl Layout {
     /// The one layout rule: sections in order, task 4-aligned, weights
     /// 64-aligned.
+    ///
+    /// The arithmetic saturates, so header values that would overflow
+    /// `usize` (a 32-bit target reading `u32` lengths) give offsets no blob
+    /// can have, and the parser's comparison with the stored offsets and
+    /// the blob length refuses them.
     pub fn new(n_tensors: usize, n_ops: usize, task_len: usize, weights_len: usize) -> Self {
         let tensors_off = HEADER_LEN;
-        let ops_off = tensors_off + n_tensors * TENSOR_LEN;
-        let task_off = align_up(ops_off + n_ops * OP_LEN, 4);
-        let weights_off = align_up(task_off + task_len, WEIGHT_ALIGN);
+        let ops_off = tensors_off.saturating_add(n_tensors.saturating_mul(TENSOR_LEN));
+        let task_off = align_up(ops_off.saturating_add(n_ops.saturating_mul(OP_LEN)), 4);
+        let weights_off = align_up(task_off.saturating_add(task_len), WEIGHT_ALIGN);
         Layout {
             tensors_off,
             ops_off,
             task_off,
             weights_off,
-            total_len: weights_off + weights_len,
+            total_len: weights_off.saturating_add(weights_len),
         }
     }
 }
@@ -273,6 +285,10 @@ impl Layout {
 impl HeaderRepr {
     /// Writes the header into `blob[..80]`; the checksum and fingerprint are
     /// filled by [`seal`] once the rest of the blob is written.
+    ///
+    /// # Panics
+    /// If `blob` is shorter than [`HEADER_LEN`].
+    #[allow(clippy::indexing_slicing)]
     pub fn emit(&self, blob: &mut [u8]) {
         let b = &mut blob[..HEADER_LEN];
         b.fill(0);
@@ -324,8 +340,11 @@ impl HeaderRepr {
 }
 
 /// Fills in the fingerprint and checksum of a fully written backbone blob.
+///
+/// # Panics
+/// If `blob` is shorter than [`HEADER_LEN`].
 pub fn seal(blob: &mut [u8]) {
-    let fp = super::fnv1a64(&blob[HEADER_LEN..]);
+    let fp = super::fnv1a64(blob.get(HEADER_LEN..).unwrap_or(&[]));
     wr_u64(blob, field::FINGERPRINT, fp);
     let crc = blob_checksum(blob);
     wr_u32(blob, field::CHECKSUM, crc);
@@ -367,8 +386,7 @@ impl<'a> Backbone<'a> {
                 have,
             });
         }
-        let mut magic = [0u8; 4];
-        magic.copy_from_slice(&blob[field::MAGIC]);
+        let magic: [u8; 4] = super::rd(blob, field::MAGIC.start);
         if magic != BACKBONE_MAGIC {
             return Err(FormatError::BadMagic {
                 expected: BACKBONE_MAGIC,
@@ -386,13 +404,18 @@ impl<'a> Backbone<'a> {
             return Err(FormatError::BadLayout { section: "header" });
         }
         let hdr = HeaderRepr::parse(blob);
-        if hdr.total_len as usize > blob.len() {
+        if (hdr.total_len as usize) < HEADER_LEN {
+            return Err(FormatError::TooShort {
+                declared: hdr.total_len,
+                min: HEADER_LEN as u32,
+            });
+        }
+        let Some(blob) = blob.get(..hdr.total_len as usize) else {
             return Err(FormatError::Truncated {
                 need: hdr.total_len,
                 have,
             });
-        }
-        let blob = &blob[..hdr.total_len as usize];
+        };
         let stored = rd_u32(blob, field::CHECKSUM);
         let computed = blob_checksum(blob);
         if stored != computed {
@@ -429,8 +452,20 @@ impl<'a> Backbone<'a> {
         Ok(bb)
     }
 
+    /// Bytes `off..off + len` (validated at parse; empty if not).
     fn section(&self, off: u32, len: u32) -> &'a [u8] {
-        &self.blob[off as usize..off as usize + len as usize]
+        let off = off as usize;
+        self.blob
+            .get(off..off.saturating_add(len as usize))
+            .unwrap_or(&[])
+    }
+
+    /// Op record `i`, if it lies in the blob.
+    fn op_record(&self, i: usize) -> Option<&'a [u8; OP_LEN]> {
+        let off = (self.hdr.ops_off as usize).saturating_add(i.saturating_mul(OP_LEN));
+        self.blob
+            .get(off..off.saturating_add(OP_LEN))
+            .and_then(|b| b.try_into().ok())
     }
 
     /// The whole blob.
@@ -502,9 +537,7 @@ impl<'a> Backbone<'a> {
     }
     /// Op `i` (`i < n_ops()`; validated at parse).
     pub fn op(&self, i: usize) -> OpInfo {
-        let off = self.hdr.ops_off as usize + i * OP_LEN;
-        self.blob
-            .get(off..off + OP_LEN)
+        self.op_record(i)
             .and_then(|b| OpInfo::parse(b).ok())
             .unwrap_or(OpInfo {
                 kind: OpKind::MaxPool,
@@ -594,7 +627,9 @@ impl<'a> Backbone<'a> {
             if t.c == 0 || t.h == 0 || t.w == 0 {
                 return bad("zero-sized dimension");
             }
-            if (t.capacity as usize) < t.len() {
+            // In u64: c·h·w can pass 2^32 before validation (32-bit targets).
+            let len = t.c as u64 * t.h as u64 * t.w as u64;
+            if (t.capacity as u64) < len {
                 return bad("capacity smaller than its shape");
             }
             if !in_bounds(t.arena_off as usize, t.capacity as usize, arena) {
@@ -614,9 +649,11 @@ impl<'a> Backbone<'a> {
         let mut params = 0usize;
         let wlen = self.hdr.weights_len as usize;
         for i in 0..self.hdr.n_ops {
-            let off = self.hdr.ops_off as usize + i as usize * OP_LEN;
             let bad = |what| Err(FormatError::BadOp { op: i, what });
-            let op = match OpInfo::parse(&self.blob[off..off + OP_LEN]) {
+            let Some(rec) = self.op_record(i as usize) else {
+                return bad("record lies outside the blob");
+            };
+            let op = match OpInfo::parse(rec) {
                 Ok(op) => op,
                 Err(what) => return bad(what),
             };
@@ -972,5 +1009,58 @@ impl<'a> Backbone<'a> {
         }
         let _ = ENTRY_HEADER_LEN;
         Ok(TaskSummary { classes })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, finding 1: `"GNBB" 01 00 50 00` and 72 zero bytes (total
+    /// length 0) used to pass `total_len <= blob.len()` and then panic
+    /// reading the checksum. Every declared length below the header is a
+    /// typed error now.
+    #[test]
+    fn total_length_below_the_header_is_refused() {
+        let mut blob = [0u8; 80];
+        blob[..8].copy_from_slice(&[b'G', b'N', b'B', b'B', 0x01, 0x00, 0x50, 0x00]);
+        assert_eq!(
+            Backbone::parse(&blob).unwrap_err(),
+            FormatError::TooShort {
+                declared: 0,
+                min: 80
+            }
+        );
+        for declared in 0..80u32 {
+            blob[8..12].copy_from_slice(&declared.to_le_bytes());
+            assert_eq!(
+                Backbone::parse(&blob).unwrap_err(),
+                FormatError::TooShort { declared, min: 80 }
+            );
+        }
+    }
+
+    /// Header counts and lengths near `u32::MAX` give a layout no blob
+    /// has (saturating, not wrapping, on 32-bit targets too), so a header
+    /// resealed with them is refused, not sliced.
+    #[test]
+    fn huge_section_lengths_are_refused_without_overflow() {
+        let l = Layout::new(0xffff, 0xffff, u32::MAX as usize, u32::MAX as usize);
+        assert!(l.total_len > u32::MAX as usize || usize::BITS == 32);
+        let l = Layout::new(usize::MAX, usize::MAX, usize::MAX, usize::MAX);
+        assert!(l.total_len >= usize::MAX - WEIGHT_ALIGN);
+        let mut blob = [0u8; 80];
+        blob[..8].copy_from_slice(b"GNBB\x01\x00\x50\x00");
+        blob[8..12].copy_from_slice(&80u32.to_le_bytes());
+        for f in [field::TASK_LEN, field::WEIGHTS_LEN] {
+            blob[f..f + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        }
+        let crc = blob_checksum(&blob);
+        blob[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            Backbone::parse(&blob),
+            Err(FormatError::BadLayout { .. })
+        ));
     }
 }
