@@ -23,6 +23,18 @@ pub enum FormatError {
         /// the fewest bytes a blob of this kind has
         min: u32,
     },
+    /// The backbone declares more memory than its graph can use: an arena
+    /// larger than all its tensors side by side, or a tensor capacity larger
+    /// than its shape (or the class capacity) needs. Refused so that a
+    /// corrupt or hostile header cannot make a loader allocate gigabytes.
+    Oversized {
+        /// which size ("arena", "tensor capacity")
+        what: &'static str,
+        /// bytes declared
+        declared: u32,
+        /// the most the graph can use
+        max: u64,
+    },
     /// The first four bytes are not the expected magic.
     BadMagic {
         /// the magic that was expected (`b"GNBB"` or `b"GNPT"`)
@@ -106,6 +118,14 @@ impl fmt::Display for FormatError {
             FormatError::TooShort { declared, min } => write!(
                 f,
                 "header declares a total length of {declared} bytes, less than the {min} bytes of its fixed part"
+            ),
+            FormatError::Oversized {
+                what,
+                declared,
+                max,
+            } => write!(
+                f,
+                "{what} of {declared} bytes declared, but the graph never needs more than {max}"
             ),
             FormatError::BadMagic { expected, found } => write!(
                 f,

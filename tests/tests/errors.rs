@@ -371,6 +371,14 @@ fn npy_from(
     npy(&p, None)
 }
 
+/// Recomputes a backbone's fingerprint and checksum after an edit (what a
+/// buggy writer or an attacker would do).
+fn reseal_backbone(blob: &mut [u8]) {
+    let fp = graftnet::format::fnv1a64(&blob[80..]);
+    blob[16..24].copy_from_slice(&fp.to_le_bytes());
+    reseal(blob);
+}
+
 /// Issue 13, finding 1: the 80-byte header `"GNBB" 01 00 50 00` + 72 zero
 /// bytes (total length 0) made `Backbone::parse` index past the slice, and
 /// `graftnet inspect` / `run` exit 101. Now a typed error, and the CLI says
@@ -393,5 +401,51 @@ fn header_shorter_than_itself_is_a_typed_error() {
     let d = ExportDir::open(&dir).unwrap();
     let e = d.with_engine("base", |_| Ok(())).unwrap_err();
     assert!(e.to_string().contains("total length of 0 bytes"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 13, finding 2: a re-sealed backbone declaring a 4 GiB arena was
+/// accepted (and a loader allocated it). The arena may be at most all
+/// tensors side by side (16-aligned), a tensor's capacity at most its
+/// shape or the class capacity; the exporter's own plans stay inside.
+#[test]
+fn declared_arena_and_capacities_are_bounded_by_the_graph() {
+    let (dir, bb, _, _) = small_export("arena");
+    let back = Backbone::parse(&bb).unwrap();
+    let side_by_side: u64 = (0..back.n_tensors())
+        .map(|i| back.tensor(i))
+        .filter(|t| t.alias_of == graftnet::format::NONE)
+        .map(|t| (t.capacity as u64 + 15) & !15)
+        .sum();
+    assert!(back.arena_len() as u64 <= side_by_side);
+    let with_arena = |n: u32| {
+        let mut b = bb.clone();
+        b[64..68].copy_from_slice(&n.to_le_bytes());
+        reseal_backbone(&mut b);
+        b
+    };
+    Backbone::parse(&with_arena(side_by_side as u32)).expect("the bound itself is allowed");
+    for n in [side_by_side as u32 + 16, 1 << 31, u32::MAX] {
+        assert_eq!(
+            Backbone::parse(&with_arena(n)).unwrap_err(),
+            FormatError::Oversized {
+                what: "arena",
+                declared: n,
+                max: side_by_side
+            }
+        );
+    }
+    // Growing a tensor's capacity with the arena does not get around it.
+    let mut b = with_arena(u32::MAX);
+    let t0 = back.tensor(0);
+    b[80 + 12..80 + 16].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    reseal_backbone(&mut b);
+    let e = Backbone::parse(&b).unwrap_err();
+    assert!(
+        matches!(e, FormatError::Oversized { what: "tensor capacity", declared, max }
+            if declared == 1 << 30 && max == (t0.len() as u64).max(back.max_classes() as u64)),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("never needs more than"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -16,7 +16,7 @@ use super::entry::{
 };
 use super::{
     align_up, blob_checksum, in_bounds, rd_f32, rd_u16, rd_u32, rd_u64, wr_u16, wr_u32, wr_u64,
-    Act, OpKind, BACKBONE_MAGIC, NONE, VERSION, WEIGHT_ALIGN,
+    Act, OpKind, ARENA_ALIGN, BACKBONE_MAGIC, NONE, VERSION, WEIGHT_ALIGN,
 };
 use crate::error::FormatError;
 
@@ -621,6 +621,8 @@ impl<'a> Backbone<'a> {
         if self.hdr.input >= n_t || self.hdr.output >= n_t || self.hdr.head_op >= self.hdr.n_ops {
             return Err(FormatError::BadLayout { section: "header" });
         }
+        // All tensors side by side, each 16-aligned: no plan needs more.
+        let mut side_by_side = 0u64;
         for i in 0..n_t {
             let t = self.tensor(i as usize);
             let bad = |what| Err(FormatError::BadTensor { tensor: i, what });
@@ -632,12 +634,31 @@ impl<'a> Backbone<'a> {
             if (t.capacity as u64) < len {
                 return bad("capacity smaller than its shape");
             }
+            let cap_max = len.max(self.hdr.max_classes as u64);
+            if t.capacity as u64 > cap_max {
+                return Err(FormatError::Oversized {
+                    what: "tensor capacity",
+                    declared: t.capacity,
+                    max: cap_max,
+                });
+            }
             if !in_bounds(t.arena_off as usize, t.capacity as usize, arena) {
                 return bad("lies outside the arena");
             }
             if t.alias_of != NONE && t.alias_of >= n_t {
                 return bad("aliases a tensor that does not exist");
             }
+            if t.alias_of == NONE {
+                let a = ARENA_ALIGN as u64;
+                side_by_side += (t.capacity as u64 + a - 1) & !(a - 1);
+            }
+        }
+        if self.hdr.arena_len as u64 > side_by_side {
+            return Err(FormatError::Oversized {
+                what: "arena",
+                declared: self.hdr.arena_len,
+                max: side_by_side,
+            });
         }
         let out = self.output();
         if out.h != 1 || out.w != 1 || (out.capacity as usize) < self.hdr.max_classes as usize {
