@@ -35,6 +35,20 @@ pub enum FormatError {
         /// the most the graph can use
         max: u64,
     },
+    /// A per-channel scale or bias code is outside the range the exporter
+    /// writes (infinite, NaN or saturated).
+    BadCode {
+        /// entry index in its task section
+        entry: u32,
+        /// op the entry targets
+        op: u16,
+        /// output channel
+        channel: u16,
+        /// the code
+        code: u16,
+        /// what is wrong
+        what: &'static str,
+    },
     /// The first four bytes are not the expected magic.
     BadMagic {
         /// the magic that was expected (`b"GNBB"` or `b"GNPT"`)
@@ -126,6 +140,16 @@ impl fmt::Display for FormatError {
             } => write!(
                 f,
                 "{what} of {declared} bytes declared, but the graph never needs more than {max}"
+            ),
+            FormatError::BadCode {
+                entry,
+                op,
+                channel,
+                code,
+                what,
+            } => write!(
+                f,
+                "task entry {entry} (op {op}), channel {channel}: code {code:#06x} {what}"
             ),
             FormatError::BadMagic { expected, found } => write!(
                 f,

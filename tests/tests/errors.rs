@@ -240,6 +240,11 @@ fn failed_apply_leaves_the_previous_task_active() {
     let mut bad2 = dw.clone();
     let p2 = Patch::parse(&dw).unwrap();
     let mut pos = p2.header().entries_off as usize;
+    let tq_entry = p2
+        .entries()
+        .position(|e| e.kind == EntryKind::TensorQuant)
+        .unwrap() as u32;
+    assert!(tq_entry > 0);
     for ent in p2.entries() {
         if ent.kind == EntryKind::TensorQuant {
             let out_t = back.header().output as usize;
@@ -251,6 +256,12 @@ fn failed_apply_leaves_the_previous_task_active() {
     reseal(&mut bad2);
     let err2 = e.apply(Patch::parse(&bad2).unwrap()).unwrap_err();
     assert!(err2.to_string().contains("out of range"), "{err2}");
+    // The entry at fault is named, not "entry 0" (issue 13, finding 5): the
+    // head op fails only with the patch's activation scales.
+    assert!(
+        matches!(err2, FormatError::BadEntry { entry, .. } if entry == tq_entry),
+        "{err2:?}, tensor-quant entry {tq_entry}"
+    );
 
     assert_eq!(e.task_name(), "sb");
     assert_eq!(
@@ -447,5 +458,93 @@ fn declared_arena_and_capacities_are_bounded_by_the_graph() {
         "{e:?}"
     );
     assert!(e.to_string().contains("never needs more than"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Offset of each entry of a parsed patch in its blob.
+fn entry_offsets(p: &Patch<'_>) -> Vec<usize> {
+    let mut pos = p.header().entries_off as usize;
+    p.entries()
+        .map(|e| {
+            let at = pos;
+            pos += graftnet::format::entry::entry_len(e.payload.len());
+            at
+        })
+        .collect()
+}
+
+/// Issue 13, finding 5: scale codes at the top of their range and bias
+/// codes of ±Inf, NaN or the saturated ±65504 were applied and run. They
+/// are refused with the entry, op, channel and code, and the active task
+/// stays as it was. The all-zero scale code (a dead channel) is valid.
+#[test]
+fn out_of_range_codes_are_refused_and_leave_the_task_active() {
+    let (dir, bb, sb, _) = small_export("codes");
+    let back = Backbone::parse(&bb).unwrap();
+    let input = input_for(&back);
+    let mut arena = vec![0i8; back.arena_len()];
+    let mut params = vec![Requant::default(); back.params_len()];
+    let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
+    e.apply(Patch::parse(&sb).unwrap()).unwrap();
+    let before_params = e.params().to_vec();
+    let before = e.run_f32(&input).unwrap().quantized().to_vec();
+    let p = Patch::parse(&sb).unwrap();
+    let offsets = entry_offsets(&p);
+    let entries: Vec<_> = p.entries().collect();
+    let with_code = |kind: EntryKind, channel: usize, code: u16| {
+        let i = entries.iter().position(|x| x.kind == kind).unwrap();
+        let mut b = sb.clone();
+        let at = offsets[i] + 8 + 2 * channel;
+        b[at..at + 2].copy_from_slice(&code.to_le_bytes());
+        reseal(&mut b);
+        (i as u32, entries[i].op, b)
+    };
+    let cases = [
+        (EntryKind::ScaleCodes, 0x7fff),
+        (EntryKind::ScaleCodes, 0xffff),
+        (EntryKind::BiasCodes, 0x7c00), // +Inf
+        (EntryKind::BiasCodes, 0xfc00), // -Inf
+        (EntryKind::BiasCodes, 0x7e00), // NaN
+        (EntryKind::BiasCodes, 0x7bff), // 65504, saturated
+        (EntryKind::BiasCodes, 0xfbff), // -65504
+    ];
+    // (The engine borrows every patch it is handed, so they outlive the loop.)
+    let bads: Vec<_> = cases.iter().map(|&(k, c)| with_code(k, 1, c)).collect();
+    for (&(kind, code), (entry, op, bad)) in cases.iter().zip(&bads) {
+        let (entry, op) = (*entry, *op);
+        let err = e.apply(Patch::parse(bad).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, FormatError::BadCode { entry: en, op: o, channel: 1, code: c, .. }
+                if en == entry && o == op && c == code),
+            "{kind:?} {code:#06x}: {err:?}"
+        );
+        assert!(err.to_string().contains("channel 1"), "{err}");
+        assert_eq!(e.task_name(), "sb");
+        assert_eq!(e.params(), before_params.as_slice());
+        assert_eq!(e.run_f32(&input).unwrap().quantized(), before.as_slice());
+    }
+    let (_, _, dead) = with_code(EntryKind::ScaleCodes, 1, 0x0000);
+    e.apply(Patch::parse(&dead).unwrap())
+        .expect("scale code 0 is what an all-zero channel gets");
+    // The base task inside the backbone is held to the same rule.
+    let mut b = bb.clone();
+    let (mut pos, task_off) = (0usize, back.header().task_off as usize);
+    for ent in back.base_entries() {
+        if ent.kind == EntryKind::BiasCodes {
+            let at = task_off + pos + 8;
+            b[at..at + 2].copy_from_slice(&0x7c00u16.to_le_bytes());
+            break;
+        }
+        pos += graftnet::format::entry::entry_len(ent.payload.len());
+    }
+    reseal_backbone(&mut b);
+    assert!(matches!(
+        Backbone::parse(&b),
+        Err(FormatError::BadCode {
+            channel: 0,
+            code: 0x7c00,
+            ..
+        })
+    ));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -275,16 +275,43 @@ impl<'a, 'm> Engine<'a, 'm> {
             .unwrap_or(&[]);
         self.classes = summary.classes;
         if let Err(RunError::BadQuantization { op }) = self.derive() {
+            let entry = self.entry_at_fault(&patch, op);
             (self.patch, self.tq, self.classes) = prev;
             // The previous task derived before, so it derives again.
             let _ = self.derive();
             return Err(FormatError::BadEntry {
-                entry: 0,
+                entry,
                 op,
                 what: "quantization parameters out of range",
             });
         }
         Ok(())
+    }
+
+    /// The entry of `patch` (active, its derivation failed at `op`) that
+    /// makes `op` fail: the patch's tensor quantization if `op` derives with
+    /// the base's instead, else the patch's first entry for `op` (its codes
+    /// or weights), else the tensor quantization. Only on the error path.
+    fn entry_at_fault(&mut self, patch: &Patch<'a>, op: u16) -> u32 {
+        let index_of = |pred: &dyn Fn(&Entry<'_>) -> bool| {
+            patch.entries().position(|e| pred(&e)).map(|i| i as u32)
+        };
+        let tq_entry = index_of(&|e| e.kind == EntryKind::TensorQuant);
+        let op_entry = index_of(&|e| e.op == op);
+        let patched_tq = self.tq;
+        let base_tq = tensor_quant(self.bb.base_entries()).unwrap_or(&[]);
+        let scales_at_fault = tq_entry.is_some() && {
+            self.tq = base_tq;
+            let with_base_tq = self.derive();
+            self.tq = patched_tq;
+            with_base_tq != Err(RunError::BadQuantization { op })
+        };
+        let entry = if scales_at_fault {
+            tq_entry
+        } else {
+            op_entry.or(tq_entry)
+        };
+        entry.unwrap_or(0)
     }
 
     /// Switches back to the base task.

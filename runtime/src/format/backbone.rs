@@ -361,6 +361,32 @@ pub fn param_slots(op: &OpInfo, cout: usize) -> usize {
     }
 }
 
+/// The first out-of-range code of a scale- or bias-codes payload:
+/// `(channel, code, what)`. Runs on every task switch, so the common case
+/// is one branch-free pass (vectorized) and the search only on failure.
+fn code_problem(payload: &[u8], scale: bool) -> Option<(usize, u16, &'static str)> {
+    let problem = |code: u16| {
+        if scale {
+            crate::quant::scale_code_problem(code)
+        } else {
+            crate::quant::bias_code_problem(code)
+        }
+    };
+    let codes = payload.chunks_exact(2).map(|b| match *b {
+        [lo, hi] => u16::from_le_bytes([lo, hi]),
+        _ => 0,
+    });
+    let any = codes
+        .clone()
+        .fold(false, |acc, c| acc | problem(c).is_some());
+    if !any {
+        return None;
+    }
+    codes
+        .enumerate()
+        .find_map(|(c, code)| problem(code).map(|what| (c, code, what)))
+}
+
 /// What a validated task section says beyond its entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TaskSummary {
@@ -951,7 +977,17 @@ impl<'a> Backbone<'a> {
                                 "per-channel codes must hold 2 bytes per output channel",
                             ));
                         }
-                        if ent.kind == EntryKind::ScaleCodes {
+                        let scale = ent.kind == EntryKind::ScaleCodes;
+                        if let Some((c, code, what)) = code_problem(ent.payload, scale) {
+                            return Err(FormatError::BadCode {
+                                entry: e_idx,
+                                op: i,
+                                channel: c as u16,
+                                code,
+                                what,
+                            });
+                        }
+                        if scale {
                             sc = true
                         } else {
                             bc = true
