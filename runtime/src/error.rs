@@ -221,6 +221,12 @@ pub enum RunError {
         /// op index
         op: u16,
     },
+    /// A float input holds NaN or an infinity (a sensor or preprocessing
+    /// fault); refused rather than quantized to an arbitrary int8 value.
+    NonFiniteInput {
+        /// index of the first such value (NCHW order)
+        index: u32,
+    },
 }
 
 impl fmt::Display for RunError {
@@ -243,6 +249,9 @@ impl fmt::Display for RunError {
                 f,
                 "op {op}: quantization parameters out of range (zero, infinite or huge scale ratio)"
             ),
+            RunError::NonFiniteInput { index } => {
+                write!(f, "input value {index} (NCHW order) is NaN or infinite")
+            }
         }
     }
 }

@@ -548,3 +548,118 @@ fn out_of_range_codes_are_refused_and_leave_the_task_active() {
     ));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Writes a tiny model and `calib` as its calibration set; returns the
+/// export options (base only).
+fn tiny_with_calib(tag: &str, calib: impl Fn(&mut Vec<f32>)) -> (PathBuf, ExportOptions) {
+    let dir = scratch(tag);
+    let base = tiny_cnn(1);
+    std::fs::write(
+        dir.join("base.onnx"),
+        to_onnx(&base, &ExportStyle::default()),
+    )
+    .unwrap();
+    let [_, c, h, w] = base.input_shape();
+    let mut x = random_inputs(4, c, h, w, 5);
+    calib(&mut x);
+    write_npy_f32(dir.join("calib.npy"), &[4, c, h, w], &x).unwrap();
+    let opts = ExportOptions {
+        base: dir.join("base.onnx"),
+        calib: dir.join("calib.npy"),
+        out: dir.join("out"),
+        ..Default::default()
+    };
+    (dir, opts)
+}
+
+/// Issue 13, finding 3: NaN or infinite calibration data exported with
+/// exit 0 (all-NaN silently, a single bad value unnoticed). The export now
+/// fails naming the file and the first bad value, and writes nothing.
+#[test]
+fn exporter_refuses_non_finite_calibration_data() {
+    let n_per = |o: &ExportOptions| {
+        let d = graftnet_tools::data::read_npy(&o.calib).unwrap();
+        d.shape[1] * d.shape[2] * d.shape[3]
+    };
+    for (tag, at, v) in [
+        ("calib-nan-one", Some(77usize), f32::NAN),
+        ("calib-inf-one", Some(5), f32::INFINITY),
+        ("calib-ninf-one", Some(0), f32::NEG_INFINITY),
+        ("calib-nan-all", None, f32::NAN),
+    ] {
+        let (dir, o) = tiny_with_calib(tag, |x| match at {
+            Some(i) => x[i] = v,
+            None => x.iter_mut().for_each(|y| *y = v),
+        });
+        let first = at.unwrap_or(0);
+        let e = format!("{:#}", export(&o).unwrap_err());
+        assert!(
+            e.contains("calib.npy") && e.contains(&format!("flat index {first} ")),
+            "{tag}: {e}"
+        );
+        assert!(e.contains("not finite"), "{e}");
+        let n = n_per(&o);
+        assert!(
+            e.contains(&format!("position [{}, ", first / n)),
+            "{tag}: {e}"
+        );
+        assert!(
+            !o.out.join("backbone.gnb").exists(),
+            "{tag}: wrote a backbone"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Issue 13, finding 3: calibration values of 3e38 exported with exit 0 a
+/// backbone that `inspect` and `run` refuse ("quantization parameters out
+/// of range"). The export runs the runtime on its blobs first and fails,
+/// naming the op and its tensors, without writing anything.
+#[test]
+fn exporter_refuses_what_the_runtime_would_refuse() {
+    let (dir, o) = tiny_with_calib("calib-huge", |x| x.iter_mut().for_each(|y| *y *= 3e38));
+    let e = format!("{:#}", export(&o).unwrap_err());
+    assert!(e.contains("the runtime would refuse this export"), "{e}");
+    assert!(e.contains("is node '") && e.contains("scale"), "{e}");
+    assert!(!o.out.join("backbone.gnb").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 13, finding 3: NaN or an infinity in an input is refused by the
+/// runtime (`RunError::NonFiniteInput`) and by `graftnet run`'s loader,
+/// which names the file and the value.
+#[test]
+fn non_finite_inputs_are_refused() {
+    let (dir, bb, _, _) = small_export("input-nan");
+    let back = Backbone::parse(&bb).unwrap();
+    let mut arena = vec![0i8; back.arena_len()];
+    let mut params = vec![Requant::default(); back.params_len()];
+    let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
+    let good = input_for(&back);
+    let want = e.run_f32(&good).unwrap().quantized().to_vec();
+    for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut x = good.clone();
+        x[3] = v;
+        assert_eq!(
+            e.run_f32(&x).unwrap_err(),
+            graftnet::RunError::NonFiniteInput { index: 3 }
+        );
+        let mut q = vec![0i8; x.len()];
+        assert_eq!(
+            e.quantize_input(&x, &mut q).unwrap_err(),
+            graftnet::RunError::NonFiniteInput { index: 3 }
+        );
+    }
+    assert_eq!(e.run_f32(&good).unwrap().quantized(), want.as_slice());
+    let t = back.input();
+    let mut x = good.clone();
+    x[3] = f32::NAN;
+    let p = dir.join("nan.npy");
+    write_npy_f32(&p, &[1, t.c as usize, t.h as usize, t.w as usize], &x).unwrap();
+    let err = graftnet_tools::data::load_input(&p, &Default::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("nan.npy") && err.to_string().contains("flat index 3 "),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

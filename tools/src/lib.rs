@@ -13,3 +13,4 @@ pub mod onnx_import;
 pub mod pipeline;
 pub mod quantize;
 pub mod reference;
+pub mod verify;

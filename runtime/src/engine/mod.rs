@@ -346,7 +346,8 @@ impl<'a, 'm> Engine<'a, 'm> {
     }
 
     /// Quantizes a float input given in NCHW order (`c*h*w` values) into
-    /// `out` (NHWC int8), with the active task's input quantization.
+    /// `out` (NHWC int8), with the active task's input quantization; NaN or
+    /// an infinity is refused ([`RunError::NonFiniteInput`]).
     pub fn quantize_input(&self, x_chw: &[f32], out: &mut [i8]) -> Result<(), RunError> {
         let t = self.bb.input();
         let n = t.len();
@@ -356,6 +357,7 @@ impl<'a, 'm> Engine<'a, 'm> {
                 got: x_chw.len() as u32,
             });
         }
+        check_finite(x_chw)?;
         let (s, zp) = self.input_quant();
         let (c, hw) = (t.c as usize, t.h as usize * t.w as usize);
         for ch in 0..c {
@@ -366,7 +368,8 @@ impl<'a, 'm> Engine<'a, 'm> {
         Ok(())
     }
 
-    /// Runs one inference on a float NCHW input (quantized in place).
+    /// Runs one inference on a float NCHW input (quantized in place). NaN or
+    /// an infinity in the input is refused ([`RunError::NonFiniteInput`]).
     pub fn run_f32(&mut self, x_chw: &[f32]) -> Result<Scores<'_>, RunError> {
         let t = self.bb.input();
         let off = t.arena_off as usize;
@@ -377,6 +380,7 @@ impl<'a, 'm> Engine<'a, 'm> {
                 got: x_chw.len() as u32,
             });
         }
+        check_finite(x_chw)?;
         let (s, zp) = self.input_quant();
         let (c, hw) = (t.c as usize, t.h as usize * t.w as usize);
         let dst = &mut self.arena[off..off + n];
@@ -604,6 +608,16 @@ impl<'a, 'm> Engine<'a, 'm> {
             zp,
             softmax: self.bb.softmax(),
         }
+    }
+}
+
+/// Refuses NaN and infinities in a float input: a sensor or preprocessing
+/// fault should surface, not become an arbitrary int8 value and a
+/// confident class.
+fn check_finite(x: &[f32]) -> Result<(), RunError> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(RunError::NonFiniteInput { index: i as u32 }),
+        None => Ok(()),
     }
 }
 
