@@ -663,3 +663,49 @@ fn non_finite_inputs_are_refused() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Issue 13, finding 4: exporting into an existing directory rewrote the
+/// manifest but left old `.gnp` files, which still matched the fingerprint
+/// and were served. The export removes them (and says so), and the loader
+/// serves only what the manifest lists.
+#[test]
+fn stale_patches_are_removed_and_never_served() {
+    let (dir, _, _, dw) = small_export("stale");
+    let out = dir.join("out");
+    // Export again into the same directory, without the dw task.
+    let opts = ExportOptions {
+        base: dir.join("base.onnx"),
+        tasks: vec![("sb".into(), dir.join("sb.onnx"))],
+        calib: dir.join("calib.npy"),
+        out: out.clone(),
+        ..Default::default()
+    };
+    let r = export(&opts).unwrap();
+    assert_eq!(r.removed, vec![out.join("dw.gnp")]);
+    assert!(!out.join("dw.gnp").exists());
+    let d = ExportDir::open(&out).unwrap();
+    assert_eq!(d.task_names(), vec!["base", "sb"]);
+    assert!(d.ignored.is_empty());
+    // A stale copy put back by hand still matches the backbone...
+    std::fs::write(out.join("dw.gnp"), &dw).unwrap();
+    let bb = std::fs::read(out.join("backbone.gnb")).unwrap();
+    assert_eq!(
+        Patch::parse(&dw).unwrap().backbone_fingerprint(),
+        Backbone::parse(&bb).unwrap().fingerprint()
+    );
+    // ...but is not served.
+    let d = ExportDir::open(&out).unwrap();
+    assert_eq!(d.task_names(), vec!["base", "sb"]);
+    assert_eq!(d.ignored, vec![out.join("dw.gnp")]);
+    assert!(d.warnings()[0].contains("not listed in manifest.json"));
+    let err = d.with_engine("dw", |_| Ok(())).unwrap_err();
+    assert!(err.downcast_ref::<UnknownTask>().is_some(), "{err}");
+    // A listed patch that is missing is an error, not a smaller task list.
+    std::fs::remove_file(out.join("sb.gnp")).unwrap();
+    let err = ExportDir::open(&out).unwrap_err();
+    assert!(
+        err.to_string().contains("'sb.gnp', which is missing"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

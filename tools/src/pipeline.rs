@@ -71,6 +71,9 @@ pub struct ExportReport {
     pub fingerprint: u64,
     pub tasks: Vec<TaskReport>,
     pub input_shape: (usize, usize, usize),
+    /// `.gnp` files of an earlier export in the output directory that this
+    /// export does not list, removed (see `remove_stale_patches`)
+    pub removed: Vec<PathBuf>,
 }
 
 /// Reads a model and calibration data and quantizes it, exactly as every
@@ -281,7 +284,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             entries,
         });
     }
-    let report = ExportReport {
+    let mut report = ExportReport {
         backbone: bb_path,
         backbone_bytes: bb.bytes.len(),
         weights_bytes: bb.weights_len,
@@ -291,9 +294,33 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         fingerprint,
         tasks: reports,
         input_shape: shape,
+        removed: vec![],
     };
     write_manifest(opts, &report)?;
+    report.removed = remove_stale_patches(&opts.out, &report.tasks)?;
     Ok(report)
+}
+
+/// Removes the `.gnp` files in `out` that this export did not write: left
+/// from an earlier export into the same directory, they would still carry
+/// a matching fingerprint if the backbone is unchanged, and a loader
+/// listing the directory would serve a task the manifest no longer has.
+/// Returns the files removed.
+fn remove_stale_patches(out: &Path, tasks: &[TaskReport]) -> Result<Vec<PathBuf>> {
+    let written: Vec<&Path> = tasks.iter().filter_map(|t| t.patch.as_deref()).collect();
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(out).with_context(|| format!("listing {}", out.display()))? {
+        let p = e
+            .with_context(|| format!("listing {}", out.display()))?
+            .path();
+        if p.extension().is_some_and(|x| x == "gnp") && !written.contains(&p.as_path()) {
+            std::fs::remove_file(&p)
+                .with_context(|| format!("removing the stale patch {}", p.display()))?;
+            removed.push(p);
+        }
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<()> {
