@@ -15,6 +15,40 @@ pub enum FormatError {
         /// bytes the buffer holds
         have: u32,
     },
+    /// The header declares a total length shorter than the blob's fixed
+    /// part (its header, or for a patch its header and name).
+    TooShort {
+        /// total length the header declares
+        declared: u32,
+        /// the fewest bytes a blob of this kind has
+        min: u32,
+    },
+    /// The backbone declares more memory than its graph can use: an arena
+    /// larger than all its tensors side by side, or a tensor capacity larger
+    /// than its shape (or the class capacity) needs. Refused so that a
+    /// corrupt or hostile header cannot make a loader allocate gigabytes.
+    Oversized {
+        /// which size ("arena", "tensor capacity")
+        what: &'static str,
+        /// bytes declared
+        declared: u32,
+        /// the most the graph can use
+        max: u64,
+    },
+    /// A per-channel scale or bias code is outside the range the exporter
+    /// writes (infinite, NaN or saturated).
+    BadCode {
+        /// entry index in its task section
+        entry: u32,
+        /// op the entry targets
+        op: u16,
+        /// output channel
+        channel: u16,
+        /// the code
+        code: u16,
+        /// what is wrong
+        what: &'static str,
+    },
     /// The first four bytes are not the expected magic.
     BadMagic {
         /// the magic that was expected (`b"GNBB"` or `b"GNPT"`)
@@ -95,6 +129,28 @@ impl fmt::Display for FormatError {
             FormatError::Truncated { need, have } => {
                 write!(f, "blob truncated: needs {need} bytes, buffer holds {have}")
             }
+            FormatError::TooShort { declared, min } => write!(
+                f,
+                "header declares a total length of {declared} bytes, less than the {min} bytes of its fixed part"
+            ),
+            FormatError::Oversized {
+                what,
+                declared,
+                max,
+            } => write!(
+                f,
+                "{what} of {declared} bytes declared, but the graph never needs more than {max}"
+            ),
+            FormatError::BadCode {
+                entry,
+                op,
+                channel,
+                code,
+                what,
+            } => write!(
+                f,
+                "task entry {entry} (op {op}), channel {channel}: code {code:#06x} {what}"
+            ),
             FormatError::BadMagic { expected, found } => write!(
                 f,
                 "bad magic {:?}, expected {:?} (not a graftnet blob of this kind)",
@@ -165,6 +221,12 @@ pub enum RunError {
         /// op index
         op: u16,
     },
+    /// A float input holds NaN or an infinity (a sensor or preprocessing
+    /// fault); refused rather than quantized to an arbitrary int8 value.
+    NonFiniteInput {
+        /// index of the first such value (NCHW order)
+        index: u32,
+    },
 }
 
 impl fmt::Display for RunError {
@@ -187,6 +249,9 @@ impl fmt::Display for RunError {
                 f,
                 "op {op}: quantization parameters out of range (zero, infinite or huge scale ratio)"
             ),
+            RunError::NonFiniteInput { index } => {
+                write!(f, "input value {index} (NCHW order) is NaN or infinite")
+            }
         }
     }
 }

@@ -240,6 +240,11 @@ fn failed_apply_leaves_the_previous_task_active() {
     let mut bad2 = dw.clone();
     let p2 = Patch::parse(&dw).unwrap();
     let mut pos = p2.header().entries_off as usize;
+    let tq_entry = p2
+        .entries()
+        .position(|e| e.kind == EntryKind::TensorQuant)
+        .unwrap() as u32;
+    assert!(tq_entry > 0);
     for ent in p2.entries() {
         if ent.kind == EntryKind::TensorQuant {
             let out_t = back.header().output as usize;
@@ -251,6 +256,12 @@ fn failed_apply_leaves_the_previous_task_active() {
     reseal(&mut bad2);
     let err2 = e.apply(Patch::parse(&bad2).unwrap()).unwrap_err();
     assert!(err2.to_string().contains("out of range"), "{err2}");
+    // The entry at fault is named, not "entry 0" (issue 13, finding 5): the
+    // head op fails only with the patch's activation scales.
+    assert!(
+        matches!(err2, FormatError::BadEntry { entry, .. } if entry == tq_entry),
+        "{err2:?}, tensor-quant entry {tq_entry}"
+    );
 
     assert_eq!(e.task_name(), "sb");
     assert_eq!(
@@ -369,4 +380,332 @@ fn npy_from(
     let p = dir.join("one.npy");
     write_npy_f32(&p, &[1, t.c as usize, t.h as usize, t.w as usize], x).unwrap();
     npy(&p, None)
+}
+
+/// Recomputes a backbone's fingerprint and checksum after an edit (what a
+/// buggy writer or an attacker would do).
+fn reseal_backbone(blob: &mut [u8]) {
+    let fp = graftnet::format::fnv1a64(&blob[80..]);
+    blob[16..24].copy_from_slice(&fp.to_le_bytes());
+    reseal(blob);
+}
+
+/// Issue 13, finding 1: the 80-byte header `"GNBB" 01 00 50 00` + 72 zero
+/// bytes (total length 0) made `Backbone::parse` index past the slice, and
+/// `graftnet inspect` / `run` exit 101. Now a typed error, and the CLI says
+/// what is wrong.
+#[test]
+fn header_shorter_than_itself_is_a_typed_error() {
+    let mut blob = vec![0u8; 80];
+    blob[..8].copy_from_slice(&[b'G', b'N', b'B', b'B', 0x01, 0x00, 0x50, 0x00]);
+    assert_eq!(
+        Backbone::parse(&blob).unwrap_err(),
+        FormatError::TooShort {
+            declared: 0,
+            min: 80
+        }
+    );
+    let dir = scratch("short-header");
+    std::fs::write(dir.join("backbone.gnb"), &blob).unwrap();
+    let e = graftnet_tools::inspect::inspect(&dir.join("backbone.gnb"), None, false).unwrap_err();
+    assert!(e.to_string().contains("total length of 0 bytes"), "{e}");
+    let d = ExportDir::open(&dir).unwrap();
+    let e = d.with_engine("base", |_| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("total length of 0 bytes"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 13, finding 2: a re-sealed backbone declaring a 4 GiB arena was
+/// accepted (and a loader allocated it). The arena may be at most all
+/// tensors side by side (16-aligned), a tensor's capacity at most its
+/// shape or the class capacity; the exporter's own plans stay inside.
+#[test]
+fn declared_arena_and_capacities_are_bounded_by_the_graph() {
+    let (dir, bb, _, _) = small_export("arena");
+    let back = Backbone::parse(&bb).unwrap();
+    let side_by_side: u64 = (0..back.n_tensors())
+        .map(|i| back.tensor(i))
+        .filter(|t| t.alias_of == graftnet::format::NONE)
+        .map(|t| (t.capacity as u64 + 15) & !15)
+        .sum();
+    assert!(back.arena_len() as u64 <= side_by_side);
+    let with_arena = |n: u32| {
+        let mut b = bb.clone();
+        b[64..68].copy_from_slice(&n.to_le_bytes());
+        reseal_backbone(&mut b);
+        b
+    };
+    Backbone::parse(&with_arena(side_by_side as u32)).expect("the bound itself is allowed");
+    for n in [side_by_side as u32 + 16, 1 << 31, u32::MAX] {
+        assert_eq!(
+            Backbone::parse(&with_arena(n)).unwrap_err(),
+            FormatError::Oversized {
+                what: "arena",
+                declared: n,
+                max: side_by_side
+            }
+        );
+    }
+    // Growing a tensor's capacity with the arena does not get around it.
+    let mut b = with_arena(u32::MAX);
+    let t0 = back.tensor(0);
+    b[80 + 12..80 + 16].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    reseal_backbone(&mut b);
+    let e = Backbone::parse(&b).unwrap_err();
+    assert!(
+        matches!(e, FormatError::Oversized { what: "tensor capacity", declared, max }
+            if declared == 1 << 30 && max == (t0.len() as u64).max(back.max_classes() as u64)),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("never needs more than"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Offset of each entry of a parsed patch in its blob.
+fn entry_offsets(p: &Patch<'_>) -> Vec<usize> {
+    let mut pos = p.header().entries_off as usize;
+    p.entries()
+        .map(|e| {
+            let at = pos;
+            pos += graftnet::format::entry::entry_len(e.payload.len());
+            at
+        })
+        .collect()
+}
+
+/// Issue 13, finding 5: scale codes at the top of their range and bias
+/// codes of ±Inf, NaN or the saturated ±65504 were applied and run. They
+/// are refused with the entry, op, channel and code, and the active task
+/// stays as it was. The all-zero scale code (a dead channel) is valid.
+#[test]
+fn out_of_range_codes_are_refused_and_leave_the_task_active() {
+    let (dir, bb, sb, _) = small_export("codes");
+    let back = Backbone::parse(&bb).unwrap();
+    let input = input_for(&back);
+    let mut arena = vec![0i8; back.arena_len()];
+    let mut params = vec![Requant::default(); back.params_len()];
+    let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
+    e.apply(Patch::parse(&sb).unwrap()).unwrap();
+    let before_params = e.params().to_vec();
+    let before = e.run_f32(&input).unwrap().quantized().to_vec();
+    let p = Patch::parse(&sb).unwrap();
+    let offsets = entry_offsets(&p);
+    let entries: Vec<_> = p.entries().collect();
+    let with_code = |kind: EntryKind, channel: usize, code: u16| {
+        let i = entries.iter().position(|x| x.kind == kind).unwrap();
+        let mut b = sb.clone();
+        let at = offsets[i] + 8 + 2 * channel;
+        b[at..at + 2].copy_from_slice(&code.to_le_bytes());
+        reseal(&mut b);
+        (i as u32, entries[i].op, b)
+    };
+    let cases = [
+        (EntryKind::ScaleCodes, 0x7fff),
+        (EntryKind::ScaleCodes, 0xffff),
+        (EntryKind::BiasCodes, 0x7c00), // +Inf
+        (EntryKind::BiasCodes, 0xfc00), // -Inf
+        (EntryKind::BiasCodes, 0x7e00), // NaN
+        (EntryKind::BiasCodes, 0x7bff), // 65504, saturated
+        (EntryKind::BiasCodes, 0xfbff), // -65504
+    ];
+    // (The engine borrows every patch it is handed, so they outlive the loop.)
+    let bads: Vec<_> = cases.iter().map(|&(k, c)| with_code(k, 1, c)).collect();
+    for (&(kind, code), (entry, op, bad)) in cases.iter().zip(&bads) {
+        let (entry, op) = (*entry, *op);
+        let err = e.apply(Patch::parse(bad).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, FormatError::BadCode { entry: en, op: o, channel: 1, code: c, .. }
+                if en == entry && o == op && c == code),
+            "{kind:?} {code:#06x}: {err:?}"
+        );
+        assert!(err.to_string().contains("channel 1"), "{err}");
+        assert_eq!(e.task_name(), "sb");
+        assert_eq!(e.params(), before_params.as_slice());
+        assert_eq!(e.run_f32(&input).unwrap().quantized(), before.as_slice());
+    }
+    let (_, _, dead) = with_code(EntryKind::ScaleCodes, 1, 0x0000);
+    e.apply(Patch::parse(&dead).unwrap())
+        .expect("scale code 0 is what an all-zero channel gets");
+    // The base task inside the backbone is held to the same rule.
+    let mut b = bb.clone();
+    let (mut pos, task_off) = (0usize, back.header().task_off as usize);
+    for ent in back.base_entries() {
+        if ent.kind == EntryKind::BiasCodes {
+            let at = task_off + pos + 8;
+            b[at..at + 2].copy_from_slice(&0x7c00u16.to_le_bytes());
+            break;
+        }
+        pos += graftnet::format::entry::entry_len(ent.payload.len());
+    }
+    reseal_backbone(&mut b);
+    assert!(matches!(
+        Backbone::parse(&b),
+        Err(FormatError::BadCode {
+            channel: 0,
+            code: 0x7c00,
+            ..
+        })
+    ));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Writes a tiny model and `calib` as its calibration set; returns the
+/// export options (base only).
+fn tiny_with_calib(tag: &str, calib: impl Fn(&mut Vec<f32>)) -> (PathBuf, ExportOptions) {
+    let dir = scratch(tag);
+    let base = tiny_cnn(1);
+    std::fs::write(
+        dir.join("base.onnx"),
+        to_onnx(&base, &ExportStyle::default()),
+    )
+    .unwrap();
+    let [_, c, h, w] = base.input_shape();
+    let mut x = random_inputs(4, c, h, w, 5);
+    calib(&mut x);
+    write_npy_f32(dir.join("calib.npy"), &[4, c, h, w], &x).unwrap();
+    let opts = ExportOptions {
+        base: dir.join("base.onnx"),
+        calib: dir.join("calib.npy"),
+        out: dir.join("out"),
+        ..Default::default()
+    };
+    (dir, opts)
+}
+
+/// Issue 13, finding 3: NaN or infinite calibration data exported with
+/// exit 0 (all-NaN silently, a single bad value unnoticed). The export now
+/// fails naming the file and the first bad value, and writes nothing.
+#[test]
+fn exporter_refuses_non_finite_calibration_data() {
+    let n_per = |o: &ExportOptions| {
+        let d = graftnet_tools::data::read_npy(&o.calib).unwrap();
+        d.shape[1] * d.shape[2] * d.shape[3]
+    };
+    for (tag, at, v) in [
+        ("calib-nan-one", Some(77usize), f32::NAN),
+        ("calib-inf-one", Some(5), f32::INFINITY),
+        ("calib-ninf-one", Some(0), f32::NEG_INFINITY),
+        ("calib-nan-all", None, f32::NAN),
+    ] {
+        let (dir, o) = tiny_with_calib(tag, |x| match at {
+            Some(i) => x[i] = v,
+            None => x.iter_mut().for_each(|y| *y = v),
+        });
+        let first = at.unwrap_or(0);
+        let e = format!("{:#}", export(&o).unwrap_err());
+        assert!(
+            e.contains("calib.npy") && e.contains(&format!("flat index {first} ")),
+            "{tag}: {e}"
+        );
+        assert!(e.contains("not finite"), "{e}");
+        let n = n_per(&o);
+        assert!(
+            e.contains(&format!("position [{}, ", first / n)),
+            "{tag}: {e}"
+        );
+        assert!(
+            !o.out.join("backbone.gnb").exists(),
+            "{tag}: wrote a backbone"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Issue 13, finding 3: calibration values of 3e38 exported with exit 0 a
+/// backbone that `inspect` and `run` refuse ("quantization parameters out
+/// of range"). The export runs the runtime on its blobs first and fails,
+/// naming the op and its tensors, without writing anything.
+#[test]
+fn exporter_refuses_what_the_runtime_would_refuse() {
+    let (dir, o) = tiny_with_calib("calib-huge", |x| x.iter_mut().for_each(|y| *y *= 3e38));
+    let e = format!("{:#}", export(&o).unwrap_err());
+    assert!(e.contains("the runtime would refuse this export"), "{e}");
+    assert!(e.contains("is node '") && e.contains("scale"), "{e}");
+    assert!(!o.out.join("backbone.gnb").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 13, finding 3: NaN or an infinity in an input is refused by the
+/// runtime (`RunError::NonFiniteInput`) and by `graftnet run`'s loader,
+/// which names the file and the value.
+#[test]
+fn non_finite_inputs_are_refused() {
+    let (dir, bb, _, _) = small_export("input-nan");
+    let back = Backbone::parse(&bb).unwrap();
+    let mut arena = vec![0i8; back.arena_len()];
+    let mut params = vec![Requant::default(); back.params_len()];
+    let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
+    let good = input_for(&back);
+    let want = e.run_f32(&good).unwrap().quantized().to_vec();
+    for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut x = good.clone();
+        x[3] = v;
+        assert_eq!(
+            e.run_f32(&x).unwrap_err(),
+            graftnet::RunError::NonFiniteInput { index: 3 }
+        );
+        let mut q = vec![0i8; x.len()];
+        assert_eq!(
+            e.quantize_input(&x, &mut q).unwrap_err(),
+            graftnet::RunError::NonFiniteInput { index: 3 }
+        );
+    }
+    assert_eq!(e.run_f32(&good).unwrap().quantized(), want.as_slice());
+    let t = back.input();
+    let mut x = good.clone();
+    x[3] = f32::NAN;
+    let p = dir.join("nan.npy");
+    write_npy_f32(&p, &[1, t.c as usize, t.h as usize, t.w as usize], &x).unwrap();
+    let err = graftnet_tools::data::load_input(&p, &Default::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("nan.npy") && err.to_string().contains("flat index 3 "),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Issue 13, finding 4: exporting into an existing directory rewrote the
+/// manifest but left old `.gnp` files, which still matched the fingerprint
+/// and were served. The export removes them (and says so), and the loader
+/// serves only what the manifest lists.
+#[test]
+fn stale_patches_are_removed_and_never_served() {
+    let (dir, _, _, dw) = small_export("stale");
+    let out = dir.join("out");
+    // Export again into the same directory, without the dw task.
+    let opts = ExportOptions {
+        base: dir.join("base.onnx"),
+        tasks: vec![("sb".into(), dir.join("sb.onnx"))],
+        calib: dir.join("calib.npy"),
+        out: out.clone(),
+        ..Default::default()
+    };
+    let r = export(&opts).unwrap();
+    assert_eq!(r.removed, vec![out.join("dw.gnp")]);
+    assert!(!out.join("dw.gnp").exists());
+    let d = ExportDir::open(&out).unwrap();
+    assert_eq!(d.task_names(), vec!["base", "sb"]);
+    assert!(d.ignored.is_empty());
+    // A stale copy put back by hand still matches the backbone...
+    std::fs::write(out.join("dw.gnp"), &dw).unwrap();
+    let bb = std::fs::read(out.join("backbone.gnb")).unwrap();
+    assert_eq!(
+        Patch::parse(&dw).unwrap().backbone_fingerprint(),
+        Backbone::parse(&bb).unwrap().fingerprint()
+    );
+    // ...but is not served.
+    let d = ExportDir::open(&out).unwrap();
+    assert_eq!(d.task_names(), vec!["base", "sb"]);
+    assert_eq!(d.ignored, vec![out.join("dw.gnp")]);
+    assert!(d.warnings()[0].contains("not listed in manifest.json"));
+    let err = d.with_engine("dw", |_| Ok(())).unwrap_err();
+    assert!(err.downcast_ref::<UnknownTask>().is_some(), "{err}");
+    // A listed patch that is missing is an error, not a smaller task list.
+    std::fs::remove_file(out.join("sb.gnp")).unwrap();
+    let err = ExportDir::open(&out).unwrap_err();
+    assert!(
+        err.to_string().contains("'sb.gnp', which is missing"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

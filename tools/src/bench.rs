@@ -291,6 +291,9 @@ fn time_tract(
 /// Runs `graftnet bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let ex = ExportDir::open(&args.dir)?;
+    for w in ex.warnings() {
+        eprintln!("graftnet: warning: {w}");
+    }
     let task = args.task.clone().unwrap_or_else(|| BASE_TASK.to_string());
     if task != BASE_TASK && !ex.patches.contains_key(&task) {
         bail!(

@@ -884,6 +884,7 @@ pub fn load_dataset(x: &Path, labels: Option<&Path>, prep: &Preprocess) -> Resul
     let samples = arr
         .as_f32()
         .with_context(|| format!("samples in {}", x.display()))?;
+    check_finite(x, &arr.shape, &samples)?;
     let labels = labels.map(|l| read_labels(l, n)).transpose()?;
     Ok(Dataset {
         shape: (c, h, w),
@@ -939,6 +940,7 @@ fn load_image_dir(dir: &Path, labels: Option<&Path>, prep: &Preprocess) -> Resul
     let mut samples = Vec::new();
     for (p, _) in &files {
         let (s, x) = load_image(p, prep)?;
+        check_finite(p, &[s.0, s.1, s.2], &x)?;
         match shape {
             None => {
                 shape = Some(s);
@@ -974,7 +976,9 @@ fn load_image_dir(dir: &Path, labels: Option<&Path>, prep: &Preprocess) -> Resul
 /// or an image file (preprocessed with `prep`). Returns ((C, H, W), CHW data).
 pub fn load_input(path: &Path, prep: &Preprocess) -> Result<((usize, usize, usize), Vec<f32>)> {
     if !is_npy(path) {
-        return load_image(path, prep);
+        let (s, x) = load_image(path, prep)?;
+        check_finite(path, &[s.0, s.1, s.2], &x)?;
+        return Ok((s, x));
     }
     let arr = read_npy(path)?;
     let shape = match arr.shape.as_slice() {
@@ -984,11 +988,37 @@ pub fn load_input(path: &Path, prep: &Preprocess) -> Result<((usize, usize, usiz
             path.display()
         ),
     };
-    Ok((
-        shape,
-        arr.as_f32()
-            .with_context(|| format!("{}", path.display()))?,
-    ))
+    let x = arr
+        .as_f32()
+        .with_context(|| format!("{}", path.display()))?;
+    check_finite(path, &arr.shape, &x)?;
+    Ok((shape, x))
+}
+
+/// Refuses NaN and infinities in model inputs and calibration data, naming
+/// the file and the first bad value: quantization ranges computed over them
+/// would be meaningless, and an int8 model cannot represent them.
+/// `shape` is the array's shape, for the position of the value.
+pub fn check_finite(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
+    let Some(i) = values.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let mut pos = vec![0; shape.len()];
+    let mut rest = i;
+    for (p, &d) in pos.iter_mut().zip(shape).rev() {
+        if d > 0 {
+            *p = rest % d;
+            rest /= d;
+        }
+    }
+    let bad = values.iter().filter(|v| !v.is_finite()).count();
+    bail!(
+        "{}: value {} at flat index {i} (position {pos:?} in shape {shape:?}) is not finite \
+         ({bad} of {} values are NaN or infinite); inputs and calibration data must be finite",
+        path.display(),
+        values[i],
+        values.len()
+    )
 }
 
 // ====================================================================== raw data packages

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use graftnet::{Backbone, Engine, Patch, Requant};
 
 use crate::pipeline::BASE_TASK;
@@ -37,10 +37,14 @@ pub struct ExportDir {
     /// task name -> patch bytes
     pub patches: BTreeMap<String, Vec<u8>>,
     pub manifest: Option<serde_json::Value>,
+    /// `*.gnp` files in the directory that the manifest does not list, left
+    /// out (see [`listed_patches`])
+    pub ignored: Vec<PathBuf>,
 }
 
 impl ExportDir {
-    /// Reads `DIR/backbone.gnb` and every `DIR/*.gnp`.
+    /// Reads `DIR/backbone.gnb` and the patches `DIR/manifest.json` lists
+    /// (every `DIR/*.gnp` if there is no manifest; see [`listed_patches`]).
     pub fn open(dir: &Path) -> Result<Self> {
         let bbp = dir.join("backbone.gnb");
         let backbone = std::fs::read(&bbp).with_context(|| {
@@ -50,26 +54,50 @@ impl ExportDir {
                 dir.display()
             )
         })?;
-        let mut patches = BTreeMap::new();
-        for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-            let p = e?.path();
-            if p.extension().is_some_and(|x| x == "gnp") {
-                let name = p.file_stem().unwrap().to_string_lossy().to_string();
-                patches.insert(
-                    name,
-                    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
-                );
+        let manifest = match std::fs::read_to_string(dir.join("manifest.json")) {
+            Ok(s) => Some(
+                serde_json::from_str(&s)
+                    .with_context(|| format!("parsing {}", dir.join("manifest.json").display()))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading {}", dir.join("manifest.json").display()))
             }
+        };
+        let (files, ignored) = listed_patches(dir, manifest.as_ref())?;
+        let mut patches = BTreeMap::new();
+        for p in files {
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            patches.insert(
+                name,
+                std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+            );
         }
-        let manifest = std::fs::read_to_string(dir.join("manifest.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str(&s).ok());
         Ok(ExportDir {
             dir: dir.to_path_buf(),
             backbone,
             patches,
             manifest,
+            ignored,
         })
+    }
+
+    /// One line per `*.gnp` file left out because the manifest does not
+    /// list it (for the CLI to print on stderr).
+    pub fn warnings(&self) -> Vec<String> {
+        self.ignored
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}: not listed in manifest.json (a stale or foreign patch); not served",
+                    p.display()
+                )
+            })
+            .collect()
     }
 
     /// Every task: `base` and one per patch.
@@ -144,6 +172,62 @@ impl ExportDir {
             .and_then(|bb| from(bb.base_entries()))
             .unwrap_or_default()
     }
+}
+
+/// The patch files of export directory `dir`: `(served, ignored)`.
+///
+/// With a `manifest.json` (every `graftnet export` writes one) the served
+/// files are exactly the ones its `tasks[].patch` names, and any other
+/// `*.gnp` in the directory is ignored: a patch left from an earlier export
+/// into the same directory still matches the backbone's fingerprint, and
+/// serving it would bring back a task the export dropped. A listed file
+/// that is missing is an error. Without a manifest (a directory assembled
+/// by hand) every `*.gnp` is served.
+pub fn listed_patches(
+    dir: &Path,
+    manifest: Option<&serde_json::Value>,
+) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
+    let mut present = Vec::new();
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "gnp") {
+            present.push(p);
+        }
+    }
+    present.sort();
+    let Some(m) = manifest else {
+        return Ok((present, vec![]));
+    };
+    let mut listed = Vec::new();
+    let tasks = m.get("tasks").and_then(|t| t.as_array());
+    for file in tasks
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("patch")?.as_str())
+    {
+        // A plain file name in the directory, nothing else.
+        let plain = Path::new(file).file_name().is_some_and(|n| n == file);
+        if !plain || !file.ends_with(".gnp") {
+            bail!(
+                "{}: lists patch '{file}', which is not a .gnp file name in the directory",
+                dir.join("manifest.json").display()
+            );
+        }
+        let p = dir.join(file);
+        if !present.contains(&p) {
+            bail!(
+                "{}: lists patch '{file}', which is missing",
+                dir.join("manifest.json").display()
+            );
+        }
+        listed.push(p);
+    }
+    listed.sort();
+    let ignored = present
+        .into_iter()
+        .filter(|p| !listed.contains(p))
+        .collect();
+    Ok((listed, ignored))
 }
 
 /// Top-1 index of a float vector (first on ties).

@@ -16,3 +16,4 @@ pub mod pipeline;
 pub mod quantize;
 pub mod reference;
 pub mod rng;
+pub mod verify;

@@ -356,6 +356,12 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         backbone: a.backbone,
     };
     let r = pipeline::export(&opts)?;
+    for p in &r.removed {
+        eprintln!(
+            "graftnet: removed {}: a patch of an earlier export that this export does not list",
+            p.display()
+        );
+    }
     if a.json {
         let tasks: Vec<_> = r
             .tasks
@@ -435,6 +441,9 @@ fn manifest_prep(dir: &ExportDir, prep: &PrepArgs, shape: (usize, usize, usize))
 
 fn cmd_run(dir: &Path, task: &str, input: &Path, prep: &PrepArgs, json_out: bool) -> Result<()> {
     let d = ExportDir::open(dir)?;
+    for w in d.warnings() {
+        eprintln!("graftnet: warning: {w}");
+    }
     let shape = input_shape_of(&d)?;
     let p = manifest_prep(&d, prep, shape);
     let (s, x) = data::load_input(input, &p)?;
@@ -549,6 +558,9 @@ fn cmd_eval(
     json_out: bool,
 ) -> Result<()> {
     let d = ExportDir::open(dir)?;
+    for w in d.warnings() {
+        eprintln!("graftnet: warning: {w}");
+    }
     d.patch(task)?; // unknown task -> error before loading data
     let shape = input_shape_of(&d)?;
     let p = manifest_prep(&d, prep, shape);

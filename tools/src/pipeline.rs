@@ -14,6 +14,7 @@ use crate::export::{self, OtherPolicy, PatchEntry};
 use crate::ir::Graph;
 use crate::onnx_import::{import_onnx_file, ImportOptions};
 use crate::quantize::{self, QModel};
+use crate::verify;
 
 /// Name of the base task.
 pub const BASE_TASK: &str = "base";
@@ -75,6 +76,9 @@ pub struct ExportReport {
     pub fingerprint: u64,
     pub tasks: Vec<TaskReport>,
     pub input_shape: (usize, usize, usize),
+    /// `.gnp` files of an earlier export in the output directory that this
+    /// export does not list, removed (see `remove_stale_patches`)
+    pub removed: Vec<PathBuf>,
 }
 
 /// Reads a model and calibration data and quantizes it, exactly as every
@@ -276,9 +280,21 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             bb
         }
     };
-    let parsed = graftnet::Backbone::parse(&bb.bytes)
-        .map_err(|e| anyhow::anyhow!("internal error: the written backbone does not parse: {e}"))?;
-    let fingerprint = parsed.fingerprint();
+    // (A backbone that does not parse fails `check_export` below.)
+    let fingerprint = graftnet::Backbone::parse(&bb.bytes).map_or(0, |b| b.fingerprint());
+    let mut patches = Vec::new();
+    for (name, _, q) in &tasks_q {
+        let entries = export::diff(&base_q, q, opts.other, name)?;
+        let blob = export::emit_patch(name, fingerprint, q.classes(), &entries)?;
+        patches.push((entries, blob));
+    }
+    // Nothing is written unless the runtime takes all of it.
+    let checked: Vec<(&str, &QModel, &[u8])> = tasks_q
+        .iter()
+        .zip(&patches)
+        .map(|((name, _, q), (_, blob))| (name.as_str(), q, blob.as_slice()))
+        .collect();
+    verify::check_export(&base_q, &bb.bytes, &checked)?;
     let bb_path = opts.out.join("backbone.gnb");
     std::fs::write(&bb_path, &bb.bytes)
         .with_context(|| format!("writing {}", bb_path.display()))?;
@@ -291,17 +307,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         bytes_by_class: vec![],
         entries: vec![],
     }];
-    for (name, path, q) in &tasks_q {
-        let entries = export::diff(&base_q, q, opts.other, name)?;
-        let blob = export::emit_patch(name, fingerprint, q.classes(), &entries)?;
-        // Check the patch against the backbone now, not on the device.
-        let patch = graftnet::Patch::parse(&blob)
-            .map_err(|e| anyhow::anyhow!("internal error: patch '{name}' does not parse: {e}"))?;
-        parsed
-            .validate_task(patch.entry_bytes(), patch.n_entries(), false)
-            .map_err(|e| {
-                anyhow::anyhow!("internal error: patch '{name}' does not fit the backbone: {e}")
-            })?;
+    for ((name, path, q), (entries, blob)) in tasks_q.iter().zip(patches) {
         let p = opts.out.join(format!("{name}.gnp"));
         std::fs::write(&p, &blob).with_context(|| format!("writing {}", p.display()))?;
         reports.push(TaskReport {
@@ -314,7 +320,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             entries,
         });
     }
-    let report = ExportReport {
+    let mut report = ExportReport {
         backbone: bb_path,
         backbone_bytes: bb.bytes.len(),
         weights_bytes: bb.weights_len,
@@ -324,8 +330,10 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         fingerprint,
         tasks: reports,
         input_shape: shape,
+        removed: vec![],
     };
-    write_manifest(opts, &report)?;
+    let listed = write_manifest(opts, &report)?;
+    report.removed = remove_stale_patches(&opts.out, &listed)?;
     Ok(report)
 }
 
@@ -364,7 +372,30 @@ fn describe_backbone_difference(old: &[u8], new: &[u8]) -> String {
     what.join("; ")
 }
 
-fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<()> {
+/// Removes the `.gnp` files in `out` that the manifest does not list: left
+/// from an earlier export into the same directory, they would still carry
+/// a matching fingerprint if the backbone is unchanged, and a loader
+/// listing the directory would serve a task the manifest no longer has.
+/// Returns the files removed.
+fn remove_stale_patches(out: &Path, listed: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let written: Vec<&Path> = listed.iter().map(PathBuf::as_path).collect();
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(out).with_context(|| format!("listing {}", out.display()))? {
+        let p = e
+            .with_context(|| format!("listing {}", out.display()))?
+            .path();
+        if p.extension().is_some_and(|x| x == "gnp") && !written.contains(&p.as_path()) {
+            std::fs::remove_file(&p)
+                .with_context(|| format!("removing the stale patch {}", p.display()))?;
+            removed.push(p);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// Writes `manifest.json`; returns the patch files it lists.
+fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<Vec<PathBuf>> {
     use serde_json::json;
     let mut tasks: Vec<_> = r
         .tasks
@@ -411,5 +442,8 @@ fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<()> {
     let p = opts.out.join("manifest.json");
     std::fs::write(&p, serde_json::to_string_pretty(&m)?)
         .with_context(|| format!("writing {}", p.display()))?;
-    Ok(())
+    Ok(tasks
+        .iter()
+        .filter_map(|t| t["patch"].as_str().map(|f| opts.out.join(f)))
+        .collect())
 }

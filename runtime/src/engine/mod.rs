@@ -275,16 +275,43 @@ impl<'a, 'm> Engine<'a, 'm> {
             .unwrap_or(&[]);
         self.classes = summary.classes;
         if let Err(RunError::BadQuantization { op }) = self.derive() {
+            let entry = self.entry_at_fault(&patch, op);
             (self.patch, self.tq, self.classes) = prev;
             // The previous task derived before, so it derives again.
             let _ = self.derive();
             return Err(FormatError::BadEntry {
-                entry: 0,
+                entry,
                 op,
                 what: "quantization parameters out of range",
             });
         }
         Ok(())
+    }
+
+    /// The entry of `patch` (active, its derivation failed at `op`) that
+    /// makes `op` fail: the patch's tensor quantization if `op` derives with
+    /// the base's instead, else the patch's first entry for `op` (its codes
+    /// or weights), else the tensor quantization. Only on the error path.
+    fn entry_at_fault(&mut self, patch: &Patch<'a>, op: u16) -> u32 {
+        let index_of = |pred: &dyn Fn(&Entry<'_>) -> bool| {
+            patch.entries().position(|e| pred(&e)).map(|i| i as u32)
+        };
+        let tq_entry = index_of(&|e| e.kind == EntryKind::TensorQuant);
+        let op_entry = index_of(&|e| e.op == op);
+        let patched_tq = self.tq;
+        let base_tq = tensor_quant(self.bb.base_entries()).unwrap_or(&[]);
+        let scales_at_fault = tq_entry.is_some() && {
+            self.tq = base_tq;
+            let with_base_tq = self.derive();
+            self.tq = patched_tq;
+            with_base_tq != Err(RunError::BadQuantization { op })
+        };
+        let entry = if scales_at_fault {
+            tq_entry
+        } else {
+            op_entry.or(tq_entry)
+        };
+        entry.unwrap_or(0)
     }
 
     /// Switches back to the base task.
@@ -319,7 +346,8 @@ impl<'a, 'm> Engine<'a, 'm> {
     }
 
     /// Quantizes a float input given in NCHW order (`c*h*w` values) into
-    /// `out` (NHWC int8), with the active task's input quantization.
+    /// `out` (NHWC int8), with the active task's input quantization; NaN or
+    /// an infinity is refused ([`RunError::NonFiniteInput`]).
     pub fn quantize_input(&self, x_chw: &[f32], out: &mut [i8]) -> Result<(), RunError> {
         let t = self.bb.input();
         let n = t.len();
@@ -329,6 +357,7 @@ impl<'a, 'm> Engine<'a, 'm> {
                 got: x_chw.len() as u32,
             });
         }
+        check_finite(x_chw)?;
         let (s, zp) = self.input_quant();
         let (c, hw) = (t.c as usize, t.h as usize * t.w as usize);
         for ch in 0..c {
@@ -339,7 +368,8 @@ impl<'a, 'm> Engine<'a, 'm> {
         Ok(())
     }
 
-    /// Runs one inference on a float NCHW input (quantized in place).
+    /// Runs one inference on a float NCHW input (quantized in place). NaN or
+    /// an infinity in the input is refused ([`RunError::NonFiniteInput`]).
     pub fn run_f32(&mut self, x_chw: &[f32]) -> Result<Scores<'_>, RunError> {
         let t = self.bb.input();
         let off = t.arena_off as usize;
@@ -350,6 +380,7 @@ impl<'a, 'm> Engine<'a, 'm> {
                 got: x_chw.len() as u32,
             });
         }
+        check_finite(x_chw)?;
         let (s, zp) = self.input_quant();
         let (c, hw) = (t.c as usize, t.h as usize * t.w as usize);
         let dst = &mut self.arena[off..off + n];
@@ -577,6 +608,16 @@ impl<'a, 'm> Engine<'a, 'm> {
             zp,
             softmax: self.bb.softmax(),
         }
+    }
+}
+
+/// Refuses NaN and infinities in a float input: a sensor or preprocessing
+/// fault should surface, not become an arbitrary int8 value and a
+/// confident class.
+fn check_finite(x: &[f32]) -> Result<(), RunError> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(RunError::NonFiniteInput { index: i as u32 }),
+        None => Ok(()),
     }
 }
 

@@ -11,12 +11,12 @@
 //! bounds, every tensor and op record, the base task's entries); afterwards
 //! no accessor panics and the weights are used in place.
 
-use super::entry::{
-    read_raw, EntryClass, EntryIter, EntryKind, Luts, Rows, HEADER_LEN as ENTRY_HEADER_LEN,
-};
+mod task;
+
+use super::entry::EntryIter;
 use super::{
     align_up, blob_checksum, in_bounds, rd_f32, rd_u16, rd_u32, rd_u64, wr_u16, wr_u32, wr_u64,
-    Act, OpKind, BACKBONE_MAGIC, NONE, VERSION, WEIGHT_ALIGN,
+    Act, OpKind, ARENA_ALIGN, BACKBONE_MAGIC, NONE, VERSION, WEIGHT_ALIGN,
 };
 use crate::error::FormatError;
 
@@ -100,6 +100,9 @@ impl TensorInfo {
         }
     }
     /// Writes the 16-byte record.
+    ///
+    /// # Panics
+    /// If `b` is shorter than [`TENSOR_LEN`].
     pub fn emit(&self, b: &mut [u8]) {
         wr_u16(b, 0, self.c);
         wr_u16(b, 2, self.h);
@@ -148,7 +151,7 @@ pub struct OpInfo {
 }
 
 impl OpInfo {
-    fn parse(b: &[u8]) -> Result<Self, &'static str> {
+    fn parse(b: &[u8; OP_LEN]) -> Result<Self, &'static str> {
         let kind = OpKind::from_u8(b[0]).ok_or("unknown op kind")?;
         let act = match b[1] {
             0 => Act::None,
@@ -175,6 +178,10 @@ impl OpInfo {
         })
     }
     /// Writes the 48-byte record.
+    ///
+    /// # Panics
+    /// If `b` is shorter than [`OP_LEN`].
+    #[allow(clippy::indexing_slicing)]
     pub fn emit(&self, b: &mut [u8]) {
         b[..OP_LEN].fill(0);
         b[0] = self.kind as u8;
@@ -255,17 +262,22 @@ pub struct Layout {
 impl Layout {
     /// The one layout rule: sections in order, task 4-aligned, weights
     /// 64-aligned.
+    ///
+    /// The arithmetic saturates, so header values that would overflow
+    /// `usize` (a 32-bit target reading `u32` lengths) give offsets no blob
+    /// can have, and the parser's comparison with the stored offsets and
+    /// the blob length refuses them.
     pub fn new(n_tensors: usize, n_ops: usize, task_len: usize, weights_len: usize) -> Self {
         let tensors_off = HEADER_LEN;
-        let ops_off = tensors_off + n_tensors * TENSOR_LEN;
-        let task_off = align_up(ops_off + n_ops * OP_LEN, 4);
-        let weights_off = align_up(task_off + task_len, WEIGHT_ALIGN);
+        let ops_off = tensors_off.saturating_add(n_tensors.saturating_mul(TENSOR_LEN));
+        let task_off = align_up(ops_off.saturating_add(n_ops.saturating_mul(OP_LEN)), 4);
+        let weights_off = align_up(task_off.saturating_add(task_len), WEIGHT_ALIGN);
         Layout {
             tensors_off,
             ops_off,
             task_off,
             weights_off,
-            total_len: weights_off + weights_len,
+            total_len: weights_off.saturating_add(weights_len),
         }
     }
 }
@@ -273,6 +285,10 @@ impl Layout {
 impl HeaderRepr {
     /// Writes the header into `blob[..80]`; the checksum and fingerprint are
     /// filled by [`seal`] once the rest of the blob is written.
+    ///
+    /// # Panics
+    /// If `blob` is shorter than [`HEADER_LEN`].
+    #[allow(clippy::indexing_slicing)]
     pub fn emit(&self, blob: &mut [u8]) {
         let b = &mut blob[..HEADER_LEN];
         b.fill(0);
@@ -324,8 +340,11 @@ impl HeaderRepr {
 }
 
 /// Fills in the fingerprint and checksum of a fully written backbone blob.
+///
+/// # Panics
+/// If `blob` is shorter than [`HEADER_LEN`].
 pub fn seal(blob: &mut [u8]) {
-    let fp = super::fnv1a64(&blob[HEADER_LEN..]);
+    let fp = super::fnv1a64(blob.get(HEADER_LEN..).unwrap_or(&[]));
     wr_u64(blob, field::FINGERPRINT, fp);
     let crc = blob_checksum(blob);
     wr_u32(blob, field::CHECKSUM, crc);
@@ -367,8 +386,7 @@ impl<'a> Backbone<'a> {
                 have,
             });
         }
-        let mut magic = [0u8; 4];
-        magic.copy_from_slice(&blob[field::MAGIC]);
+        let magic: [u8; 4] = super::rd(blob, field::MAGIC.start);
         if magic != BACKBONE_MAGIC {
             return Err(FormatError::BadMagic {
                 expected: BACKBONE_MAGIC,
@@ -386,13 +404,18 @@ impl<'a> Backbone<'a> {
             return Err(FormatError::BadLayout { section: "header" });
         }
         let hdr = HeaderRepr::parse(blob);
-        if hdr.total_len as usize > blob.len() {
+        if (hdr.total_len as usize) < HEADER_LEN {
+            return Err(FormatError::TooShort {
+                declared: hdr.total_len,
+                min: HEADER_LEN as u32,
+            });
+        }
+        let Some(blob) = blob.get(..hdr.total_len as usize) else {
             return Err(FormatError::Truncated {
                 need: hdr.total_len,
                 have,
             });
-        }
-        let blob = &blob[..hdr.total_len as usize];
+        };
         let stored = rd_u32(blob, field::CHECKSUM);
         let computed = blob_checksum(blob);
         if stored != computed {
@@ -429,8 +452,20 @@ impl<'a> Backbone<'a> {
         Ok(bb)
     }
 
+    /// Bytes `off..off + len` (validated at parse; empty if not).
     fn section(&self, off: u32, len: u32) -> &'a [u8] {
-        &self.blob[off as usize..off as usize + len as usize]
+        let off = off as usize;
+        self.blob
+            .get(off..off.saturating_add(len as usize))
+            .unwrap_or(&[])
+    }
+
+    /// Op record `i`, if it lies in the blob.
+    fn op_record(&self, i: usize) -> Option<&'a [u8; OP_LEN]> {
+        let off = (self.hdr.ops_off as usize).saturating_add(i.saturating_mul(OP_LEN));
+        self.blob
+            .get(off..off.saturating_add(OP_LEN))
+            .and_then(|b| b.try_into().ok())
     }
 
     /// The whole blob.
@@ -502,9 +537,7 @@ impl<'a> Backbone<'a> {
     }
     /// Op `i` (`i < n_ops()`; validated at parse).
     pub fn op(&self, i: usize) -> OpInfo {
-        let off = self.hdr.ops_off as usize + i * OP_LEN;
-        self.blob
-            .get(off..off + OP_LEN)
+        self.op_record(i)
             .and_then(|b| OpInfo::parse(b).ok())
             .unwrap_or(OpInfo {
                 kind: OpKind::MaxPool,
@@ -588,14 +621,26 @@ impl<'a> Backbone<'a> {
         if self.hdr.input >= n_t || self.hdr.output >= n_t || self.hdr.head_op >= self.hdr.n_ops {
             return Err(FormatError::BadLayout { section: "header" });
         }
+        // All tensors side by side, each 16-aligned: no plan needs more.
+        let mut side_by_side = 0u64;
         for i in 0..n_t {
             let t = self.tensor(i as usize);
             let bad = |what| Err(FormatError::BadTensor { tensor: i, what });
             if t.c == 0 || t.h == 0 || t.w == 0 {
                 return bad("zero-sized dimension");
             }
-            if (t.capacity as usize) < t.len() {
+            // In u64: c·h·w can pass 2^32 before validation (32-bit targets).
+            let len = t.c as u64 * t.h as u64 * t.w as u64;
+            if (t.capacity as u64) < len {
                 return bad("capacity smaller than its shape");
+            }
+            let cap_max = len.max(self.hdr.max_classes as u64);
+            if t.capacity as u64 > cap_max {
+                return Err(FormatError::Oversized {
+                    what: "tensor capacity",
+                    declared: t.capacity,
+                    max: cap_max,
+                });
             }
             if !in_bounds(t.arena_off as usize, t.capacity as usize, arena) {
                 return bad("lies outside the arena");
@@ -603,6 +648,17 @@ impl<'a> Backbone<'a> {
             if t.alias_of != NONE && t.alias_of >= n_t {
                 return bad("aliases a tensor that does not exist");
             }
+            if t.alias_of == NONE {
+                let a = ARENA_ALIGN as u64;
+                side_by_side += (t.capacity as u64 + a - 1) & !(a - 1);
+            }
+        }
+        if self.hdr.arena_len as u64 > side_by_side {
+            return Err(FormatError::Oversized {
+                what: "arena",
+                declared: self.hdr.arena_len,
+                max: side_by_side,
+            });
         }
         let out = self.output();
         if out.h != 1 || out.w != 1 || (out.capacity as usize) < self.hdr.max_classes as usize {
@@ -614,9 +670,11 @@ impl<'a> Backbone<'a> {
         let mut params = 0usize;
         let wlen = self.hdr.weights_len as usize;
         for i in 0..self.hdr.n_ops {
-            let off = self.hdr.ops_off as usize + i as usize * OP_LEN;
             let bad = |what| Err(FormatError::BadOp { op: i, what });
-            let op = match OpInfo::parse(&self.blob[off..off + OP_LEN]) {
+            let Some(rec) = self.op_record(i as usize) else {
+                return bad("record lies outside the blob");
+            };
+            let op = match OpInfo::parse(rec) {
                 Ok(op) => op,
                 Err(what) => return bad(what),
             };
@@ -753,224 +811,57 @@ impl<'a> Backbone<'a> {
         }
         Ok(())
     }
+}
 
-    /// Validates a task section (the base task, or a patch body) against this
-    /// graph. `base` requires every per-op entry the runtime needs; a patch
-    /// may carry any subset, in strictly increasing (op, kind) order.
-    pub fn validate_task(
-        &self,
-        bytes: &[u8],
-        count: u32,
-        base: bool,
-    ) -> Result<TaskSummary, FormatError> {
-        let n_ops = self.hdr.n_ops;
-        // Pass 1: headers, order, classes.
-        let mut pos = 0usize;
-        let mut prev: Option<(u16, u8)> = None;
-        let mut classes: Option<u16> = None;
-        let mut has_tq = false;
-        for e in 0..count {
-            let raw = read_raw(bytes, pos).ok_or(FormatError::BadEntry {
-                entry: e,
-                op: NONE,
-                what: "entry runs past the end of its section",
-            })?;
-            let bad = |what| FormatError::BadEntry {
-                entry: e,
-                op: raw.op,
-                what,
-            };
-            let kind = EntryKind::from_u8(raw.kind).ok_or(bad("unknown entry kind"))?;
-            EntryClass::from_u8(raw.class).ok_or(bad("unknown entry class"))?;
-            let key = (raw.op, raw.kind);
-            if prev.is_some_and(|p| p >= key) {
-                return Err(bad(
-                    "entries are not in strictly increasing (op, kind) order",
-                ));
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Issue 13, finding 1: `"GNBB" 01 00 50 00` and 72 zero bytes (total
+    /// length 0) used to pass `total_len <= blob.len()` and then panic
+    /// reading the checksum. Every declared length below the header is a
+    /// typed error now.
+    #[test]
+    fn total_length_below_the_header_is_refused() {
+        let mut blob = [0u8; 80];
+        blob[..8].copy_from_slice(&[b'G', b'N', b'B', b'B', 0x01, 0x00, 0x50, 0x00]);
+        assert_eq!(
+            Backbone::parse(&blob).unwrap_err(),
+            FormatError::TooShort {
+                declared: 0,
+                min: 80
             }
-            prev = Some(key);
-            match kind {
-                EntryKind::TensorQuant | EntryKind::Labels => {
-                    if raw.op != NONE {
-                        return Err(bad("whole-model entry must target op 0xffff"));
-                    }
-                }
-                _ => {
-                    if raw.op >= n_ops {
-                        return Err(bad("target op out of range"));
-                    }
-                }
-            }
-            if kind == EntryKind::Classes {
-                if raw.op != self.hdr.head_op || raw.payload.len() != 4 {
-                    return Err(bad(
-                        "classes entry must target the head op with a 4-byte payload",
-                    ));
-                }
-                let c = rd_u16(raw.payload, 0);
-                if c == 0 {
-                    return Err(bad("zero classes"));
-                }
-                if c > self.hdr.max_classes {
-                    return Err(FormatError::TooManyClasses {
-                        classes: c,
-                        max: self.hdr.max_classes,
-                    });
-                }
-                classes = Some(c);
-            }
-            if kind == EntryKind::TensorQuant {
-                has_tq = true;
-                if raw.payload.len() != 8 * self.hdr.n_tensors as usize {
-                    return Err(bad("tensor-quant payload must hold 8 bytes per tensor"));
-                }
-                for t in 0..self.hdr.n_tensors as usize {
-                    let s = rd_f32(raw.payload, 8 * t);
-                    if !(s.is_finite() && s > 0.0) {
-                        return Err(bad("a tensor scale is zero, negative or not finite"));
-                    }
-                }
-            }
-            pos = raw.next;
+        );
+        for declared in 0..80u32 {
+            blob[8..12].copy_from_slice(&declared.to_le_bytes());
+            assert_eq!(
+                Backbone::parse(&blob).unwrap_err(),
+                FormatError::TooShort { declared, min: 80 }
+            );
         }
-        if pos != bytes.len() {
-            return Err(FormatError::BadLayout {
-                section: "task entries",
-            });
+    }
+
+    /// Header counts and lengths near `u32::MAX` give a layout no blob
+    /// has (saturating, not wrapping, on 32-bit targets too), so a header
+    /// resealed with them is refused, not sliced.
+    #[test]
+    fn huge_section_lengths_are_refused_without_overflow() {
+        let l = Layout::new(0xffff, 0xffff, u32::MAX as usize, u32::MAX as usize);
+        assert!(l.total_len > u32::MAX as usize || usize::BITS == 32);
+        let l = Layout::new(usize::MAX, usize::MAX, usize::MAX, usize::MAX);
+        assert!(l.total_len >= usize::MAX - WEIGHT_ALIGN);
+        let mut blob = [0u8; 80];
+        blob[..8].copy_from_slice(b"GNBB\x01\x00\x50\x00");
+        blob[8..12].copy_from_slice(&80u32.to_le_bytes());
+        for f in [field::TASK_LEN, field::WEIGHTS_LEN] {
+            blob[f..f + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         }
-        if !has_tq && base {
-            return Err(FormatError::BadEntry {
-                entry: 0,
-                op: NONE,
-                what: "base task lacks tensor quantization",
-            });
-        }
-        let head_out = self.tensor(self.hdr.output as usize).c;
-        let classes = classes.unwrap_or(head_out);
-        if base && classes != head_out {
-            return Err(FormatError::BadEntry {
-                entry: 0,
-                op: self.hdr.head_op,
-                what: "base task class count differs from the output tensor",
-            });
-        }
-        let head_changes = classes != head_out;
-        // Pass 2: payload sizes per target op, and completeness.
-        let mut it = EntryIter::new(bytes, count);
-        let mut next = it.next();
-        let mut e_idx = 0u32;
-        for i in 0..n_ops {
-            let op = self.op(i as usize);
-            let cout = self.cout(i as usize, &op, classes);
-            let row = if op.kind.has_weights() {
-                self.row_len(&op)
-            } else {
-                0
-            };
-            let (mut sc, mut bc, mut wt, mut lut) = (false, false, false, false);
-            while let Some(ent) = next {
-                if ent.op == NONE || ent.op < i {
-                    next = it.next();
-                    e_idx += 1;
-                    continue;
-                }
-                if ent.op > i {
-                    break;
-                }
-                let bad = |what| FormatError::BadEntry {
-                    entry: e_idx,
-                    op: i,
-                    what,
-                };
-                let conv = op.kind.has_weights();
-                match ent.kind {
-                    EntryKind::ScaleCodes | EntryKind::BiasCodes => {
-                        if !conv {
-                            return Err(bad("per-channel codes target an op without weights"));
-                        }
-                        if ent.payload.len() != 2 * cout {
-                            return Err(bad(
-                                "per-channel codes must hold 2 bytes per output channel",
-                            ));
-                        }
-                        if ent.kind == EntryKind::ScaleCodes {
-                            sc = true
-                        } else {
-                            bc = true
-                        }
-                    }
-                    EntryKind::Weights => {
-                        if !conv {
-                            return Err(bad("weights target an op without weights"));
-                        }
-                        if ent.payload.len() != cout * row {
-                            return Err(bad(
-                                "weights payload size differs from the op's weight tensor",
-                            ));
-                        }
-                        wt = true;
-                    }
-                    EntryKind::Rows => {
-                        if !conv {
-                            return Err(bad("rows target an op without weights"));
-                        }
-                        let rows = Rows::new_checked(ent.payload, row)
-                            .ok_or(bad("malformed rows payload"))?;
-                        let mut last: Option<u16> = None;
-                        for r in 0..rows.len() {
-                            let c = rows.channel(r);
-                            if c as usize >= cout || last.is_some_and(|l| l >= c) {
-                                return Err(bad("row channels out of range or not ascending"));
-                            }
-                            last = Some(c);
-                        }
-                    }
-                    EntryKind::Lut => {
-                        let channels = self.tensor(op.out as usize).c as usize;
-                        if op.kind != OpKind::Lut
-                            || Luts::new_checked(ent.payload, channels).is_none()
-                        {
-                            return Err(bad(
-                                "lookup table must target a lut op and hold 256 bytes, or per-channel tables with every index in range",
-                            ));
-                        }
-                        lut = true;
-                    }
-                    EntryKind::Classes => {}
-                    EntryKind::TensorQuant | EntryKind::Labels => {
-                        return Err(bad("misplaced entry"))
-                    }
-                }
-                next = it.next();
-                e_idx += 1;
-            }
-            let is_head = i == self.hdr.head_op;
-            if base || (is_head && head_changes) {
-                let need_codes = op.kind.has_weights();
-                if need_codes && !(sc && bc) {
-                    return Err(FormatError::BadEntry {
-                        entry: e_idx,
-                        op: i,
-                        what: "missing scale or bias codes for a conv op",
-                    });
-                }
-                if is_head && head_changes && !wt {
-                    return Err(FormatError::BadEntry {
-                        entry: e_idx,
-                        op: i,
-                        what: "a new class count needs new classifier weights",
-                    });
-                }
-                if base && op.kind == OpKind::Lut && !lut {
-                    return Err(FormatError::BadEntry {
-                        entry: e_idx,
-                        op: i,
-                        what: "missing lookup table",
-                    });
-                }
-            }
-        }
-        let _ = ENTRY_HEADER_LEN;
-        Ok(TaskSummary { classes })
+        let crc = blob_checksum(&blob);
+        blob[12..16].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            Backbone::parse(&blob),
+            Err(FormatError::BadLayout { .. })
+        ));
     }
 }

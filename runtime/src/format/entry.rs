@@ -15,7 +15,7 @@
 //! (`Backbone::validate_task`); it stops rather than panics if handed bytes
 //! that were not.
 
-use super::{align_up, in_bounds, rd_u16, rd_u32, wr_u16, wr_u32};
+use super::{align_up, in_bounds, rd_u16, wr_u16, wr_u32};
 
 /// Entry header length.
 pub const HEADER_LEN: usize = 8;
@@ -176,17 +176,16 @@ pub(crate) fn read_raw(bytes: &[u8], pos: usize) -> Option<RawEntry<'_>> {
     if !in_bounds(pos, HEADER_LEN, bytes.len()) {
         return None;
     }
-    let len = rd_u32(bytes, pos + 4) as usize;
+    let [kind, class, o0, o1, l0, l1, l2, l3] = super::rd::<HEADER_LEN>(bytes, pos);
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
     let start = pos + HEADER_LEN;
-    if !in_bounds(start, len, bytes.len()) {
-        return None;
-    }
+    let payload = bytes.get(start..start.checked_add(len)?)?;
     let next = start.checked_add(align_up(len, 4))?;
     Some(RawEntry {
-        kind: bytes[pos],
-        class: bytes[pos + 1],
-        op: rd_u16(bytes, pos + 2),
-        payload: &bytes[start..start + len],
+        kind,
+        class,
+        op: u16::from_le_bytes([o0, o1]),
+        payload,
         next: next.min(bytes.len()),
     })
 }
@@ -216,6 +215,10 @@ pub const fn entry_len(payload_len: usize) -> usize {
 
 /// Writes one entry at the start of `out` (which must hold
 /// `entry_len(payload.len())` bytes) and returns the bytes written.
+///
+/// # Panics
+/// If `out` is too short.
+#[allow(clippy::indexing_slicing)]
 pub fn emit_entry(
     out: &mut [u8],
     kind: EntryKind,
@@ -275,10 +278,12 @@ impl<'a> Rows<'a> {
     pub fn channel(&self, i: usize) -> u16 {
         rd_u16(self.payload, 4 + 2 * i)
     }
-    /// Weights of row `i`.
+    /// Weights of row `i` (`i < len()`, else empty).
     pub fn row(&self, i: usize) -> &'a [u8] {
-        let start = 4 + align_up(2 * self.count, 4) + i * self.row_len;
-        &self.payload[start..start + self.row_len]
+        let start = 4 + align_up(2 * self.count, 4) + i.saturating_mul(self.row_len);
+        self.payload
+            .get(start..start.saturating_add(self.row_len))
+            .unwrap_or(&[])
     }
     /// Row for `channel`, if replaced.
     pub fn find(&self, channel: u16) -> Option<&'a [u8]> {
@@ -289,6 +294,10 @@ impl<'a> Rows<'a> {
 }
 
 /// Writes a `Rows` payload (`out.len() == rows_payload_len(..)`).
+///
+/// # Panics
+/// If `out` or `rows` is too short.
+#[allow(clippy::indexing_slicing)]
 pub fn emit_rows(out: &mut [u8], channels: &[u16], rows: &[u8], row_len: usize) {
     out.fill(0);
     wr_u16(out, 0, channels.len() as u16);
@@ -334,13 +343,13 @@ impl<'a> Luts<'a> {
         if count == 0 || count > 255 || payload.len() != luts_payload_len(count, channels) {
             return None;
         }
-        let index = &payload[4..4 + channels];
+        let index = payload.get(4..4 + channels)?;
         if index.iter().any(|&t| t as usize >= count) {
             return None;
         }
         Some(Luts {
             index,
-            tables: &payload[4 + align_up(channels, 4)..],
+            tables: payload.get(4 + align_up(channels, 4)..)?,
         })
     }
     /// One table for every channel (not per-channel).
@@ -359,6 +368,10 @@ impl<'a> Luts<'a> {
 
 /// Writes a per-channel `Lut` payload (`out.len() ==
 /// luts_payload_len(tables.len() / 256, index.len())`).
+///
+/// # Panics
+/// If `out` is too short.
+#[allow(clippy::indexing_slicing)]
 pub fn emit_luts(out: &mut [u8], index: &[u8], tables: &[u8]) {
     out.fill(0);
     wr_u16(out, 0, (tables.len() / 256) as u16);
@@ -368,6 +381,7 @@ pub fn emit_luts(out: &mut [u8], index: &[u8], tables: &[u8]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::kernels::scalar;

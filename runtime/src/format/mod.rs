@@ -9,6 +9,37 @@
 //! definition. Normative spec: `runtime/FORMAT.md`.
 //!
 //! All integers are little-endian. Offsets are from the start of the blob.
+//!
+//! # No panics on any input
+//!
+//! The parsers take bytes from flash, a file or a radio link, so no input
+//! may make them (or a later accessor) panic. Clippy enforces it for this
+//! module tree: `indexing_slicing`, `unwrap_used`, `expect_used` and
+//! `panic` are denied. Every read goes through `get` (a missing range is a
+//! typed error, or an empty slice / zero field where an earlier check has
+//! already ruled it out), field reads through `rd_*`, which read zero
+//! rather than panic, and fixed-size records through `&[u8; N]` arrays with
+//! constant indices. The allowed exceptions are narrow: the writers
+//! (`emit`, `seal`, `wr_*`), which fill buffers their caller sized by the
+//! layout rule and say so under `# Panics`; the CRC tables, indexed by a
+//! byte masked to `0..256`; and the tests.
+//!
+//! Arithmetic on header values cannot overflow either: lengths and offsets
+//! are `u32`, section offsets follow from them by [`backbone::Layout::new`],
+//! which saturates (a sum past `usize` on a 32-bit target gives an offset
+//! no blob has, and is refused), range ends are formed with `checked_add` /
+//! `saturating_add` or after `in_bounds`, and sizes that can pass 2^32
+//! before they are validated (`c·h·w`, all tensors side by side) are
+//! computed in `u64`. Declared sizes a loader allocates from (arena,
+//! parameter table) are bounded by the graph, so a hostile header cannot
+//! ask for gigabytes.
+
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 pub mod backbone;
 pub mod entry;
@@ -110,6 +141,8 @@ pub struct Crc32(u32);
 
 /// Slicing-by-8 tables: `CRC_TABLES[0]` is the classic byte table,
 /// `CRC_TABLES[k][i]` advances `CRC_TABLES[k-1][i]` by one more zero byte.
+// Evaluated at compile time: an index out of bounds fails the build.
+#[allow(clippy::indexing_slicing)]
 const CRC_TABLES: [[u32; 256]; 8] = {
     let mut t = [[0u32; 256]; 8];
     let mut i = 0;
@@ -161,23 +194,29 @@ impl Crc32 {
 /// The CRC-32 register (before the final inversion) after `data`, by the
 /// slicing-by-8 tables: the definition every CRC kernel reproduces.
 pub fn crc32_table_update(reg: u32, data: &[u8]) -> u32 {
-    let t = &CRC_TABLES;
+    // Table `k` at the low byte of `x`: the index is below 256 by the mask.
+    #[inline(always)]
+    #[allow(clippy::indexing_slicing)]
+    fn tab(k: usize, x: u32) -> u32 {
+        CRC_TABLES[k & 7][(x & 0xff) as usize]
+    }
     let mut c = reg;
     let mut chunks = data.chunks_exact(8);
     for b in &mut chunks {
-        let one = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) ^ c;
-        let two = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-        c = t[7][(one & 0xff) as usize]
-            ^ t[6][((one >> 8) & 0xff) as usize]
-            ^ t[5][((one >> 16) & 0xff) as usize]
-            ^ t[4][(one >> 24) as usize]
-            ^ t[3][(two & 0xff) as usize]
-            ^ t[2][((two >> 8) & 0xff) as usize]
-            ^ t[1][((two >> 16) & 0xff) as usize]
-            ^ t[0][(two >> 24) as usize];
+        let w = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+        let one = w as u32 ^ c;
+        let two = (w >> 32) as u32;
+        c = tab(7, one)
+            ^ tab(6, one >> 8)
+            ^ tab(5, one >> 16)
+            ^ tab(4, one >> 24)
+            ^ tab(3, two)
+            ^ tab(2, two >> 8)
+            ^ tab(1, two >> 16)
+            ^ tab(0, two >> 24);
     }
     for &b in chunks.remainder() {
-        c = t[0][((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
+        c = tab(0, c ^ b as u32) ^ (c >> 8);
     }
     c
 }
@@ -189,11 +228,13 @@ impl Default for Crc32 {
 }
 
 /// CRC-32 of a whole blob whose checksum field is at `12..16`, read as zero.
+/// (A slice too short to hold the field, which no parser passes, gives the
+/// CRC of its first 12 bytes and four zeros.)
 pub fn blob_checksum(blob: &[u8]) -> u32 {
     let mut c = Crc32::new();
-    c.update(&blob[..12]);
+    c.update(blob.get(..12).unwrap_or(blob));
     c.update(&[0; 4]);
-    c.update(&blob[16..]);
+    c.update(blob.get(16..).unwrap_or(&[]));
     c.finish()
 }
 
@@ -207,15 +248,23 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
     h
 }
 
-// Little-endian field access. Callers pass ranges that `check_len` (or the
-// parse step) has already proven to be in bounds.
+// Little-endian field access. Readers get offsets that `check_len` (or the
+// parse step) has already proven to be in bounds; should a check ever miss
+// one, the field reads as zero (which later checks refuse) instead of
+// panicking. Writers fill buffers their caller sized by the layout rule.
+#[inline]
+pub(crate) fn rd<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
+    b.get(at..at.saturating_add(N))
+        .and_then(|s| s.try_into().ok())
+        .unwrap_or([0; N])
+}
 #[inline]
 pub(crate) fn rd_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+    u16::from_le_bytes(rd(b, at))
 }
 #[inline]
 pub(crate) fn rd_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    u32::from_le_bytes(rd(b, at))
 }
 #[inline]
 pub(crate) fn rd_i32(b: &[u8], at: usize) -> i32 {
@@ -223,30 +272,36 @@ pub(crate) fn rd_i32(b: &[u8], at: usize) -> i32 {
 }
 #[inline]
 pub(crate) fn rd_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
+    u64::from_le_bytes(rd(b, at))
 }
 #[inline]
 pub(crate) fn rd_f32(b: &[u8], at: usize) -> f32 {
     f32::from_bits(rd_u32(b, at))
 }
+/// # Panics
+/// If `b` is shorter than `at + N` (a writer's sizing bug).
+#[inline]
+#[allow(clippy::indexing_slicing)]
+fn wr<const N: usize>(b: &mut [u8], at: usize, v: [u8; N]) {
+    b[at..at + N].copy_from_slice(&v);
+}
 #[inline]
 pub(crate) fn wr_u16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    wr(b, at, v.to_le_bytes());
 }
 #[inline]
 pub(crate) fn wr_u32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    wr(b, at, v.to_le_bytes());
 }
 #[inline]
 pub(crate) fn wr_u64(b: &mut [u8], at: usize, v: u64) {
-    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    wr(b, at, v.to_le_bytes());
 }
 
-/// Rounds `n` up to a multiple of `a` (a power of two).
+/// Rounds `n` up to a multiple of `a` (a power of two); saturates to the
+/// largest multiple of `a` instead of overflowing.
 pub const fn align_up(n: usize, a: usize) -> usize {
-    (n + a - 1) & !(a - 1)
+    n.saturating_add(a - 1) & !(a - 1)
 }
 
 /// `[lo, hi)` lies inside `len` bytes.
@@ -255,6 +310,7 @@ pub(crate) fn in_bounds(off: usize, n: usize, len: usize) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -61,6 +61,10 @@ impl HeaderRepr {
         align_up(HEADER_LEN + name_len, 4)
     }
     /// Writes the header (checksum left zero: see [`seal`]).
+    ///
+    /// # Panics
+    /// If `blob` is shorter than [`HEADER_LEN`].
+    #[allow(clippy::indexing_slicing)]
     pub fn emit(&self, blob: &mut [u8]) {
         let b = &mut blob[..HEADER_LEN];
         b.fill(0);
@@ -77,6 +81,9 @@ impl HeaderRepr {
 }
 
 /// Fills in the checksum of a fully written patch.
+///
+/// # Panics
+/// If `blob` is shorter than [`HEADER_LEN`].
 pub fn seal(blob: &mut [u8]) {
     let crc = blob_checksum(blob);
     wr_u32(blob, field::CHECKSUM, crc);
@@ -92,21 +99,29 @@ pub struct Patch<'a> {
 impl<'a> Patch<'a> {
     /// Checks the header, checksum and entry framing.
     pub fn parse(blob: &'a [u8]) -> Result<Self, FormatError> {
-        let hdr = check_header(blob)?;
-        let blob = &blob[..hdr.total_len as usize];
+        let hdr = check_fixed(blob)?;
+        // `check_fixed` proved HEADER_LEN + name_len <= entries_off <= total_len.
+        let Some(blob) = blob.get(..hdr.total_len as usize) else {
+            return Err(FormatError::Truncated {
+                need: hdr.total_len,
+                have: blob.len() as u32,
+            });
+        };
         let stored = rd_u32(blob, field::CHECKSUM);
         let computed = blob_checksum(blob);
         if stored != computed {
             return Err(FormatError::ChecksumMismatch { stored, computed });
         }
-        let name = &blob[HEADER_LEN..HEADER_LEN + hdr.name_len as usize];
+        let name = blob
+            .get(HEADER_LEN..HEADER_LEN + hdr.name_len as usize)
+            .unwrap_or(&[]);
         if core::str::from_utf8(name).is_err() {
             return Err(FormatError::BadLayout {
                 section: "name (not UTF-8)",
             });
         }
         // Framing: exactly n_entries entries fill the rest.
-        let body = &blob[hdr.entries_off as usize..];
+        let body = blob.get(hdr.entries_off as usize..).unwrap_or(&[]);
         let mut pos = 0;
         for e in 0..hdr.n_entries {
             let raw = read_raw(body, pos).ok_or(FormatError::BadEntry {
@@ -128,27 +143,24 @@ impl<'a> Patch<'a> {
         buf: &'a mut [u8],
     ) -> Result<Self, FormatError> {
         let have = buf.len() as u32;
-        if buf.len() < HEADER_LEN {
+        let Some(head) = buf.get_mut(..HEADER_LEN) else {
             return Err(FormatError::BufferTooSmall {
                 need: HEADER_LEN as u32,
                 have,
             });
-        }
-        reader
-            .read_exact(&mut buf[..HEADER_LEN])
-            .map_err(|_| FormatError::Io)?;
-        let total = check_fixed(&buf[..HEADER_LEN])?.total_len as usize;
-        if total > buf.len() {
+        };
+        reader.read_exact(head).map_err(|_| FormatError::Io)?;
+        // `check_fixed` proved total >= entries_off >= HEADER_LEN.
+        let total = check_fixed(head)?.total_len as usize;
+        let Some(rest) = buf.get_mut(HEADER_LEN..total) else {
             return Err(FormatError::BufferTooSmall {
                 need: total as u32,
                 have,
             });
-        }
-        reader
-            .read_exact(&mut buf[HEADER_LEN..total])
-            .map_err(|_| FormatError::Io)?;
+        };
+        reader.read_exact(rest).map_err(|_| FormatError::Io)?;
         let buf: &'a [u8] = buf;
-        Patch::parse(&buf[..total])
+        Patch::parse(buf.get(..total).unwrap_or(&[]))
     }
 
     /// Bytes a streamed patch needs, from its first 48 bytes.
@@ -166,7 +178,10 @@ impl<'a> Patch<'a> {
     }
     /// Task name.
     pub fn name(&self) -> &'a str {
-        let b = &self.blob[HEADER_LEN..HEADER_LEN + self.hdr.name_len as usize];
+        let b = self
+            .blob
+            .get(HEADER_LEN..HEADER_LEN + self.hdr.name_len as usize)
+            .unwrap_or(&[]);
         core::str::from_utf8(b).unwrap_or("")
     }
     /// Fingerprint of the backbone the patch was made for.
@@ -179,7 +194,9 @@ impl<'a> Patch<'a> {
     }
     /// The entry section.
     pub fn entry_bytes(&self) -> &'a [u8] {
-        &self.blob[self.hdr.entries_off as usize..]
+        self.blob
+            .get(self.hdr.entries_off as usize..)
+            .unwrap_or(&[])
     }
     /// The entries.
     pub fn entries(&self) -> EntryIter<'a> {
@@ -200,8 +217,7 @@ fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
             have,
         });
     }
-    let mut magic = [0u8; 4];
-    magic.copy_from_slice(&b[field::MAGIC]);
+    let magic: [u8; 4] = super::rd(b, field::MAGIC.start);
     if magic != PATCH_MAGIC {
         return Err(FormatError::BadMagic {
             expected: PATCH_MAGIC,
@@ -232,18 +248,42 @@ fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
         return Err(FormatError::BadLayout { section: "name" });
     }
     if (hdr.total_len as usize) < hdr.entries_off as usize {
-        return Err(FormatError::BadLayout { section: "entries" });
+        return Err(FormatError::TooShort {
+            declared: hdr.total_len,
+            min: hdr.entries_off,
+        });
     }
     Ok(hdr)
 }
 
-fn check_header(b: &[u8]) -> Result<HeaderRepr, FormatError> {
-    let hdr = check_fixed(b)?;
-    if hdr.total_len as usize > b.len() {
-        return Err(FormatError::Truncated {
-            need: hdr.total_len,
-            have: b.len() as u32,
-        });
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A patch header whose total length is below its header and name:
+    /// a typed error (it was `BadLayout`), never a slice past the end.
+    #[test]
+    fn total_length_below_the_header_is_refused() {
+        let mut blob = [0u8; 48];
+        blob[..8].copy_from_slice(b"GNPT\x01\x00\x30\x00");
+        blob[field::ENTRIES_OFF..field::ENTRIES_OFF + 4].copy_from_slice(&48u32.to_le_bytes());
+        for declared in 0..48u32 {
+            blob[8..12].copy_from_slice(&declared.to_le_bytes());
+            assert_eq!(
+                Patch::parse(&blob).unwrap_err(),
+                FormatError::TooShort { declared, min: 48 }
+            );
+            let mut reader: &[u8] = &blob;
+            let mut buf = [0u8; 64];
+            assert_eq!(
+                Patch::read(&mut reader, &mut buf).unwrap_err(),
+                FormatError::TooShort { declared, min: 48 }
+            );
+        }
+        // The smallest valid patch: no name, no entries.
+        blob[8..12].copy_from_slice(&48u32.to_le_bytes());
+        seal(&mut blob);
+        assert_eq!(Patch::parse(&blob).unwrap().n_entries(), 0);
     }
-    Ok(hdr)
 }

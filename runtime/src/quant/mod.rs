@@ -85,6 +85,29 @@ pub fn encode_scale_nearest(s: f64, negate: bool) -> u16 {
     pick | if negate { SCALE_SIGN } else { 0 }
 }
 
+/// Why a scale code is out of range, or `None`. The one refused value is
+/// the saturated code (magnitude bits all ones, about 2^16): the encoder
+/// writes it for a scale beyond the code's range or an infinite one, so it
+/// stands for a weight scale the format cannot hold. The other extreme,
+/// code 0 (2^-48), is what an all-zero (dead) channel gets and is valid.
+pub fn scale_code_problem(code: u16) -> Option<&'static str> {
+    (code & !SCALE_SIGN == 0x7fff)
+        .then_some("is the saturated scale code (weight scale beyond 2^16)")
+}
+
+/// Why a bias code is out of range, or `None`: an infinity or NaN
+/// (exponent bits all ones), or the saturated value ±65504, which the
+/// encoder writes for any bias it cannot hold.
+pub fn bias_code_problem(code: u16) -> Option<&'static str> {
+    if (code >> 10) & 0x1f == 0x1f {
+        Some("is an infinite or NaN bias")
+    } else if code & 0x7fff == 0x7bff {
+        Some("is the saturated bias ±65504 (bias beyond binary16)")
+    } else {
+        None
+    }
+}
+
 /// Decodes an IEEE-754 binary16 bias code.
 pub fn decode_bias(code: u16) -> f64 {
     let sign = if code & 0x8000 != 0 { -1.0 } else { 1.0 };
@@ -93,7 +116,8 @@ pub fn decode_bias(code: u16) -> f64 {
     let mag = if e == 0 {
         m * pow2(-24)
     } else if e == 31 {
-        // Inf/NaN never come out of the encoder; read them as the largest value.
+        // Inf/NaN never come out of the encoder and validation refuses them
+        // (`bias_code_problem`); read them as the largest value.
         65504.0
     } else {
         (1024.0 + m) * pow2(e - 25)
@@ -102,7 +126,8 @@ pub fn decode_bias(code: u16) -> f64 {
 }
 
 /// Encodes a bias as IEEE-754 binary16, round to nearest even, saturating
-/// at +-65504 (NaN reads as 0).
+/// at +-65504 (NaN reads as 0). Validation refuses the saturated code
+/// ([`bias_code_problem`]), so an exporter must not write one.
 pub fn encode_bias(b: f64) -> u16 {
     if b.is_nan() {
         return 0;

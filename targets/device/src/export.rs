@@ -1,10 +1,17 @@
-//! An export directory on the device: `backbone.gnb` and every `*.gnp` beside it.
+//! An export directory on the device: `backbone.gnb`, `manifest.json` and
+//! the `*.gnp` patches the manifest lists.
 //!
 //! The blobs are read into memory once at start-up (a ~0.5 MB backbone; an
 //! mmap would save the copy but not the page-ins, which happen anyway on the
 //! first inference) and borrowed by the engine for the process lifetime.
 //! Patches that fail to parse, or that belong to another backbone, are
 //! reported and left out; the device serves the rest.
+//!
+//! The manifest decides which patches exist: a `.gnp` it does not list (left
+//! from an earlier export into the same directory, which still matches the
+//! backbone's fingerprint) is reported and not served, and a listed one that
+//! is missing stops the start. Without a `manifest.json` (a directory
+//! assembled by hand) every `*.gnp` is served.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -20,8 +27,10 @@ pub struct ExportBytes {
     pub dir: PathBuf,
     /// `backbone.gnb`
     pub backbone: Vec<u8>,
-    /// `(file, bytes)` of every `*.gnp`, sorted by file name
+    /// `(file, bytes)` of every `*.gnp` the manifest lists, sorted by file name
     pub patches: Vec<(PathBuf, Vec<u8>)>,
+    /// `*.gnp` files the manifest does not list: not read, not served
+    pub ignored: Vec<PathBuf>,
 }
 
 /// A start-up failure, with the file it concerns.
@@ -36,23 +45,67 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// The patch files of export directory `dir`: `(served, ignored)`, each
+/// sorted. See the module doc.
+pub fn listed_patches(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), LoadError> {
+    let mut present = Vec::new();
+    let rd = std::fs::read_dir(dir).map_err(|e| LoadError(format!("listing {}: {e}", dir.display())))?;
+    for ent in rd {
+        let p = ent.map_err(|e| LoadError(format!("listing {}: {e}", dir.display())))?.path();
+        if p.extension().is_some_and(|x| x == "gnp") {
+            present.push(p);
+        }
+    }
+    present.sort();
+    let mp = dir.join("manifest.json");
+    let text = match std::fs::read_to_string(&mp) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((present, vec![])),
+        Err(e) => return Err(LoadError(format!("reading {}: {e}", mp.display()))),
+    };
+    let m: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| LoadError(format!("{}: {e}", mp.display())))?;
+    let mut listed = Vec::new();
+    let tasks = m.get("tasks").and_then(|t| t.as_array());
+    for file in tasks.into_iter().flatten().filter_map(|t| t.get("patch")?.as_str()) {
+        // A plain file name in the directory, nothing else.
+        let plain = Path::new(file).file_name().is_some_and(|n| n == file);
+        if !plain || !file.ends_with(".gnp") {
+            return Err(LoadError(format!("{}: lists patch '{file}', which is not a .gnp file name in the directory", mp.display())));
+        }
+        let p = dir.join(file);
+        if !present.contains(&p) {
+            return Err(LoadError(format!("{}: lists patch '{file}', which is missing", mp.display())));
+        }
+        listed.push(p);
+    }
+    listed.sort();
+    let ignored = present.into_iter().filter(|p| !listed.contains(p)).collect();
+    Ok((listed, ignored))
+}
+
 impl ExportBytes {
-    /// Reads `dir/backbone.gnb` and every `dir/*.gnp`.
+    /// Reads `dir/backbone.gnb` and the patches `dir/manifest.json` lists
+    /// (every `dir/*.gnp` without a manifest).
     pub fn read(dir: &Path) -> Result<Self, LoadError> {
         let bbp = dir.join("backbone.gnb");
         let backbone = std::fs::read(&bbp)
             .map_err(|e| LoadError(format!("reading {}: {e} (is {} an export directory?)", bbp.display(), dir.display())))?;
+        let (files, ignored) = listed_patches(dir)?;
         let mut patches = Vec::new();
-        let rd = std::fs::read_dir(dir).map_err(|e| LoadError(format!("listing {}: {e}", dir.display())))?;
-        for ent in rd {
-            let p = ent.map_err(|e| LoadError(format!("listing {}: {e}", dir.display())))?.path();
-            if p.extension().is_some_and(|x| x == "gnp") {
-                let b = std::fs::read(&p).map_err(|e| LoadError(format!("reading {}: {e}", p.display())))?;
-                patches.push((p, b));
-            }
+        for p in files {
+            let b = std::fs::read(&p).map_err(|e| LoadError(format!("reading {}: {e}", p.display())))?;
+            patches.push((p, b));
         }
-        patches.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(ExportBytes { dir: dir.to_path_buf(), backbone, patches })
+        Ok(ExportBytes { dir: dir.to_path_buf(), backbone, patches, ignored })
+    }
+
+    /// One warning per `*.gnp` left out because the manifest does not list it.
+    pub fn warnings(&self) -> Vec<String> {
+        self.ignored
+            .iter()
+            .map(|p| format!("{}: not listed in manifest.json (a stale or foreign patch); not served", p.display()))
+            .collect()
     }
 
     /// Parses the backbone.
@@ -91,5 +144,46 @@ impl ExportBytes {
             }
         }
         (ok, warnings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("graftnet-device-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// Issue 13, finding 4: a `.gnp` left from an earlier export is not
+    /// served when the manifest does not list it; without a manifest every
+    /// `.gnp` is; a listed file that is missing is an error.
+    #[test]
+    fn only_patches_the_manifest_lists_are_served() {
+        let d = scratch("manifest");
+        for f in ["backbone.gnb", "a.gnp", "stale.gnp"] {
+            std::fs::write(d.join(f), f).unwrap();
+        }
+        let x = ExportBytes::read(&d).unwrap();
+        assert_eq!(x.patches.len(), 2, "no manifest: every .gnp");
+        std::fs::write(
+            d.join("manifest.json"),
+            r#"{"tasks": [{"name": "base", "patch": null}, {"name": "a", "patch": "a.gnp"}]}"#,
+        )
+        .unwrap();
+        let x = ExportBytes::read(&d).unwrap();
+        assert_eq!(x.patches, vec![(d.join("a.gnp"), b"a.gnp".to_vec())]);
+        assert_eq!(x.ignored, vec![d.join("stale.gnp")]);
+        assert!(x.warnings()[0].contains("not listed in manifest.json"));
+        std::fs::remove_file(d.join("a.gnp")).unwrap();
+        let e = ExportBytes::read(&d).err().unwrap();
+        assert!(e.0.contains("'a.gnp', which is missing"), "{e}");
+        std::fs::write(d.join("manifest.json"), r#"{"tasks": [{"name": "x", "patch": "../x.gnp"}]}"#).unwrap();
+        let e = ExportBytes::read(&d).err().unwrap();
+        assert!(e.0.contains("not a .gnp file name"), "{e}");
+        let _ = std::fs::remove_dir_all(d);
     }
 }

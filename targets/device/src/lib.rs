@@ -4,7 +4,8 @@
 //! graftnet-device --dir EXPORT_DIR [--socket PATH]
 //! ```
 //!
-//! Loads `EXPORT_DIR/backbone.gnb` and every `EXPORT_DIR/*.gnp`, then serves
+//! Loads `EXPORT_DIR/backbone.gnb` and the `EXPORT_DIR/*.gnp` its
+//! `manifest.json` lists (see [`export`]), then serves
 //! task-tagged inference requests, one JSON object per line (see
 //! [`protocol`]), on stdin/stdout and, with `--socket`, on a Unix stream
 //! socket (one thread per connection, one engine shared by all). Without a
@@ -130,6 +131,9 @@ fn cpu_features() -> String {
 
 fn run(board: Board, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let bytes = ExportBytes::read(&args.dir)?;
+    for w in bytes.warnings() {
+        eprintln!("graftnet-device: warning: {w}");
+    }
     let bb = bytes.backbone()?;
     let (patches, warnings) = bytes.patches(&bb);
     for w in &warnings {
