@@ -50,12 +50,16 @@ pub struct LearnArgs {
     /// OUT/base.onnx holds the new shared network).
     #[arg(long, default_value = "frozen", value_parser = ["frozen", "train"])]
     pub shared: String,
+    /// Learning rate of the shared weights with --shared train (default: --lr / 25).
+    #[arg(long)]
+    pub shared_lr: Option<f32>,
     /// logits, sb+logits, dw+logits, sb+dw+logits or full
     #[arg(long, default_value = "sb+logits")]
     pub patch: String,
     #[arg(long, default_value_t = 2)]
     pub epochs: usize,
-    /// Peak learning rate (default: 5e-2 for S/B patches, 1e-2 logits, 2e-3 DW and full).
+    /// Peak learning rate (default: 5e-2 S/B, 1e-2 logits, 3e-2 DW and full
+    /// from a base (relative to each channel's RMS weight), 5e-3 from scratch).
     #[arg(long)]
     pub lr: Option<f32>,
     #[arg(long, default_value_t = 32)]
@@ -166,7 +170,7 @@ pub fn load_data(
     limit: usize,
 ) -> Result<Dataset> {
     let mut d = if is_idx(x) {
-        load_idx(x, labels, prep)?
+        load_idx(x, labels, prep, limit)?
     } else {
         data::load_dataset(x, labels, prep).with_context(|| format!("loading {}", x.display()))?
     };
@@ -191,7 +195,7 @@ pub fn load_data(
 
 /// IDX images (`N x H x W` bytes, e.g. Fashion-MNIST) scaled to [0, 1],
 /// resized to `prep.size` (bilinear) and normalised with `prep.mean/std`.
-fn load_idx(x: &Path, labels: Option<&Path>, prep: &Preprocess) -> Result<Dataset> {
+fn load_idx(x: &Path, labels: Option<&Path>, prep: &Preprocess, limit: usize) -> Result<Dataset> {
     let (dims, bytes) = data::read_idx_gz(x)?;
     let &[n, h, w] = dims.as_slice() else {
         bail!(
@@ -207,8 +211,9 @@ fn load_idx(x: &Path, labels: Option<&Path>, prep: &Preprocess) -> Result<Datase
     );
     let (oh, ow) = prep.size.unwrap_or((h, w));
     let (m, s) = (prep.mean[0], prep.std[0]);
-    let mut samples = Vec::with_capacity(n * oh * ow);
-    for img in bytes.chunks(h * w) {
+    let keep = if limit > 0 { n.min(limit) } else { n };
+    let mut samples = Vec::with_capacity(keep * oh * ow);
+    for img in bytes.chunks(h * w).take(keep) {
         let f: Vec<f32> = img.iter().map(|&b| f32::from(b) / 255.0).collect();
         let r = if (oh, ow) == (h, w) {
             f
@@ -227,7 +232,7 @@ fn load_idx(x: &Path, labels: Option<&Path>, prep: &Preprocess) -> Result<Datase
                 l.display(),
                 x.display()
             );
-            Some(lb.into_iter().map(usize::from).collect())
+            Some(lb.into_iter().take(keep).map(usize::from).collect())
         }
         Some(l) => {
             let v = data::read_npy(l)?
@@ -250,11 +255,15 @@ fn load_idx(x: &Path, labels: Option<&Path>, prep: &Preprocess) -> Result<Datase
     })
 }
 
-fn default_lr(kind: PatchKind) -> f32 {
+/// Default peak learning rates (see LEARN.md, "Learning rates"). Conv
+/// weights trained from a base take steps relative to their channel's RMS,
+/// so their rate is a relative step size.
+fn default_lr(kind: PatchKind, scratch: bool) -> f32 {
     match kind {
+        _ if scratch => 5e-3,
         PatchKind::SbLogits => 5e-2,
         PatchKind::Logits => 1e-2,
-        PatchKind::DwLogits | PatchKind::SbDwLogits | PatchKind::Full => 2e-3,
+        PatchKind::DwLogits | PatchKind::SbDwLogits | PatchKind::Full => 3e-2,
     }
 }
 
@@ -343,7 +352,7 @@ impl LearnArgs {
         }
         let cfg = TrainConfig {
             epochs: self.epochs,
-            lr: self.lr.unwrap_or(default_lr(kind)),
+            lr: self.lr.unwrap_or(default_lr(kind, scratch)),
             batch: self.batch,
             seed: self.seed,
             optimizer: if self.optimizer == "sgd" {
@@ -434,7 +443,12 @@ impl LearnArgs {
                 net.new_head(classes.max(2), self.seed);
             }
             if multi && self.shared == "train" {
-                net.train_shared();
+                let shared_lr = self.shared_lr.unwrap_or(cfg.lr / 25.0);
+                ensure!(
+                    shared_lr.is_finite() && shared_lr > 0.0,
+                    "--shared-lr must be a positive number"
+                );
+                net.train_shared(shared_lr / cfg.lr);
             }
             runs.push(TaskRun::new(name.clone(), net, tr, val.as_ref()));
         }

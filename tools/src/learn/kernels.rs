@@ -500,18 +500,45 @@ pub fn add_into(acc: &mut [f32], v: &[f32]) {
     }
 }
 
-/// Per-channel sums of a `[rows][c]` matrix (f64 accumulation, fixed order).
+/// Rows per tile: per-channel loops run over whole tiles of
+/// `TILE_ROWS * c` values against per-channel vectors repeated as often, so
+/// every inner loop is a flat, vectorizable loop whatever `c` is.
+const TILE_ROWS: usize = 64;
+
+/// `v` (one value per channel) repeated for `rows` rows.
+fn tiled(v: &[f32], rows: usize) -> Vec<f32> {
+    let mut t = Vec::with_capacity(v.len() * rows);
+    for _ in 0..rows {
+        t.extend_from_slice(v);
+    }
+    t
+}
+
+/// Folds a tile-shaped accumulator back to one value per channel (f64).
+fn fold_tile(acc: &[f32], c: usize, out: &mut [f64]) {
+    for row in acc.chunks_exact(c) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o += f64::from(v);
+        }
+    }
+}
+
+/// Per-channel sums of a `[rows][c]` matrix (f32 within a tile, f64
+/// across tiles, fixed order).
 pub fn channel_sums(v: &[f32], c: usize, threads: usize) -> Vec<f64> {
     let rows = v.len() / c.max(1);
     let t = par::threads_for(threads, rows, c);
     let parts = par::map(t, rows, |r| {
-        let mut s = vec![0f64; c];
-        for row in v[r.start * c..r.end * c].chunks(c) {
-            for (a, &b) in s.iter_mut().zip(row) {
-                *a += f64::from(b);
+        let mut out = vec![0f64; c];
+        let mut acc = vec![0f32; TILE_ROWS * c];
+        for tile in v[r.start * c..r.end * c].chunks(TILE_ROWS * c) {
+            acc.fill(0.0);
+            for (a, &x) in acc.iter_mut().zip(tile) {
+                *a += x;
             }
+            fold_tile(&acc, c, &mut out);
         }
-        s
+        out
     });
     sum_f64(parts, c)
 }
@@ -526,30 +553,58 @@ fn sum_f64(parts: Vec<Vec<f64>>, c: usize) -> Vec<f64> {
     acc
 }
 
-/// Per-channel mean and biased variance of a `[rows][c]` matrix.
+/// Per-channel mean and biased variance of a `[rows][c]` matrix. One pass:
+/// sums of `x - pivot` and its square (the pivot, row 0, keeps the
+/// subtraction from cancelling), f32 within a tile, f64 across tiles.
 pub fn channel_moments(v: &[f32], c: usize, threads: usize) -> (Vec<f64>, Vec<f64>) {
-    let rows = (v.len() / c.max(1)).max(1) as f64;
-    let mean: Vec<f64> = channel_sums(v, c, threads)
-        .into_iter()
-        .map(|s| s / rows)
-        .collect();
-    let t = par::threads_for(threads, v.len() / c.max(1), c);
-    let parts = par::map(t, v.len() / c.max(1), |r| {
-        let mut s = vec![0f64; c];
-        for row in v[r.start * c..r.end * c].chunks(c) {
-            for ((a, &b), m) in s.iter_mut().zip(row).zip(&mean) {
-                let d = f64::from(b) - m;
-                *a += d * d;
+    let rows = v.len() / c.max(1);
+    if rows == 0 {
+        return (vec![0.0; c], vec![0.0; c]);
+    }
+    let pivot = tiled(&v[..c], TILE_ROWS);
+    let t = par::threads_for(threads, rows, 2 * c);
+    let parts = par::map(t, rows, |r| {
+        let mut out = vec![0f64; 2 * c];
+        let mut s1 = vec![0f32; TILE_ROWS * c];
+        let mut s2 = vec![0f32; TILE_ROWS * c];
+        for tile in v[r.start * c..r.end * c].chunks(TILE_ROWS * c) {
+            s1.fill(0.0);
+            s2.fill(0.0);
+            for (((a, b), &x), &p) in s1.iter_mut().zip(s2.iter_mut()).zip(tile).zip(&pivot) {
+                let d = x - p;
+                *a += d;
+                *b += d * d;
             }
+            let (o1, o2) = out.split_at_mut(c);
+            fold_tile(&s1, c, o1);
+            fold_tile(&s2, c, o2);
         }
-        s
+        out
     });
-    let var = sum_f64(parts, c).into_iter().map(|s| s / rows).collect();
+    let acc = sum_f64(parts, 2 * c);
+    let n = rows as f64;
+    let mut mean = vec![0f64; c];
+    let mut var = vec![0f64; c];
+    for k in 0..c {
+        let m = acc[k] / n;
+        mean[k] = f64::from(pivot[k]) + m;
+        var[k] = (acc[c + k] / n - m * m).max(0.0);
+    }
     (mean, var)
+}
+
+/// The clamp of an activation as (lo, hi).
+fn bounds(act: Act) -> (f32, f32) {
+    match act {
+        Act::None => (f32::NEG_INFINITY, f32::INFINITY),
+        Act::Relu => (0.0, f32::INFINITY),
+        Act::Clip(lo, hi) => (lo, hi),
+    }
 }
 
 /// Batch-norm with given per-channel statistics, then a clamp:
 /// `y = act(gamma * (z - mean) * inv_std + beta)`.
+#[allow(clippy::too_many_arguments)]
 pub fn bn_forward(
     z: &[f32],
     c: usize,
@@ -559,45 +614,64 @@ pub fn bn_forward(
     beta: &[f32],
     act: Act,
     y: &mut [f32],
+    threads: usize,
 ) {
     let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect();
     let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] * scale[k]).collect();
-    for (yr, zr) in y.chunks_mut(c).zip(z.chunks(c)) {
-        for k in 0..c {
-            yr[k] = act.apply(zr[k] * scale[k] + shift[k]);
+    let (scale, shift) = (tiled(&scale, TILE_ROWS), tiled(&shift, TILE_ROWS));
+    let (lo, hi) = bounds(act);
+    let t = par::threads_for(threads, z.len() / c.max(1), c);
+    par::map_rows(t, y, c, |r, yr| {
+        let zr = &z[r.start * c..r.end * c];
+        for (yt, zt) in yr.chunks_mut(TILE_ROWS * c).zip(zr.chunks(TILE_ROWS * c)) {
+            for (((y, &z), &s), &b) in yt.iter_mut().zip(zt).zip(&scale).zip(&shift) {
+                *y = (z * s + b).max(lo).min(hi);
+            }
         }
-    }
+    });
 }
 
 /// Batch-norm backward in training mode (statistics of this batch).
-/// `du` is the gradient at the batch-norm output (after the clamp's mask).
-/// Writes `dz`; returns `(dgamma, dbeta)`.
-#[allow(clippy::too_many_arguments)]
+/// `g` holds the gradient at the batch-norm output (after the clamp's mask)
+/// and is overwritten with the gradient at its input `z`. Returns
+/// `(dgamma, dbeta)`.
 pub fn bn_backward_train(
     z: &[f32],
     c: usize,
     mean: &[f32],
     inv_std: &[f32],
     gamma: &[f32],
-    du: &[f32],
-    dz: &mut [f32],
+    g: &mut [f32],
     threads: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let rows = z.len() / c;
     let t = par::threads_for(threads, rows, 2 * c);
+    let (mean_t, inv_t) = (tiled(mean, TILE_ROWS), tiled(inv_std, TILE_ROWS));
+    let gs: &[f32] = g;
     let parts = par::map(t, rows, |r| {
-        let mut sb = vec![0f64; 2 * c];
-        for (zr, gr) in z[r.start * c..r.end * c]
-            .chunks(c)
-            .zip(du[r.start * c..r.end * c].chunks(c))
-        {
-            for k in 0..c {
-                let xhat = (zr[k] - mean[k]) * inv_std[k];
-                sb[k] += f64::from(gr[k]);
-                sb[c + k] += f64::from(gr[k] * xhat);
+        let mut out = vec![0f64; 2 * c];
+        let mut s1 = vec![0f32; TILE_ROWS * c];
+        let mut s2 = vec![0f32; TILE_ROWS * c];
+        let zb = &z[r.start * c..r.end * c];
+        let gb = &gs[r.start * c..r.end * c];
+        for (zt, gt) in zb.chunks(TILE_ROWS * c).zip(gb.chunks(TILE_ROWS * c)) {
+            s1.fill(0.0);
+            s2.fill(0.0);
+            for ((((a, b), &z), &g), (&m, &i)) in s1
+                .iter_mut()
+                .zip(s2.iter_mut())
+                .zip(zt)
+                .zip(gt)
+                .zip(mean_t.iter().zip(&inv_t))
+            {
+                *a += g;
+                *b += g * ((z - m) * i);
             }
+            let (o1, o2) = out.split_at_mut(c);
+            fold_tile(&s1, c, o1);
+            fold_tile(&s2, c, o2);
         }
-        sb
+        out
     });
     let s = sum_f64(parts, 2 * c);
     let dbeta: Vec<f32> = s[..c].iter().map(|&v| v as f32).collect();
@@ -605,16 +679,22 @@ pub fn bn_backward_train(
     let m = rows as f32;
     let a: Vec<f32> = (0..c).map(|k| gamma[k] * inv_std[k]).collect();
     let mb: Vec<f32> = (0..c).map(|k| dbeta[k] / m).collect();
-    let mg: Vec<f32> = (0..c).map(|k| dgamma[k] / m).collect();
-    par::map_rows(t, dz, c, |r, dzr| {
-        for ((dr, zr), gr) in dzr
-            .chunks_mut(c)
-            .zip(z[r.start * c..r.end * c].chunks(c))
-            .zip(du[r.start * c..r.end * c].chunks(c))
-        {
-            for k in 0..c {
-                let xhat = (zr[k] - mean[k]) * inv_std[k];
-                dr[k] = a[k] * (gr[k] - mb[k] - xhat * mg[k]);
+    // xhat * dgamma / m = (z - mean) * inv * dgamma / m
+    let mg: Vec<f32> = (0..c).map(|k| dgamma[k] / m * inv_std[k]).collect();
+    let (a, mb, mg) = (
+        tiled(&a, TILE_ROWS),
+        tiled(&mb, TILE_ROWS),
+        tiled(&mg, TILE_ROWS),
+    );
+    par::map_rows(t, g, c, |r, gr| {
+        let zr = &z[r.start * c..r.end * c];
+        for (gt, zt) in gr.chunks_mut(TILE_ROWS * c).zip(zr.chunks(TILE_ROWS * c)) {
+            for ((g, &z), ((&a, &b), (&m, &mgk))) in gt
+                .iter_mut()
+                .zip(zt)
+                .zip(a.iter().zip(&mb).zip(mean_t.iter().zip(&mg)))
+            {
+                *g = a * (*g - b - (z - m) * mgk);
             }
         }
     });
@@ -624,15 +704,12 @@ pub fn bn_backward_train(
 /// Zeroes `dy` where a clamp was saturated; the mask is read off the
 /// clamp's output `y` (inside the open interval the clamp is the identity).
 pub fn act_mask(act: Act, y: &[f32], dy: &mut [f32]) {
-    let (lo, hi) = match act {
-        Act::None => return,
-        Act::Relu => (0.0, f32::INFINITY),
-        Act::Clip(lo, hi) => (lo, hi),
-    };
+    if act == Act::None {
+        return;
+    }
+    let (lo, hi) = bounds(act);
     for (g, &v) in dy.iter_mut().zip(y) {
-        if v <= lo || v >= hi {
-            *g = 0.0;
-        }
+        *g = if v > lo && v < hi { *g } else { 0.0 };
     }
 }
 

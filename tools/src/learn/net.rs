@@ -17,6 +17,16 @@
 //!
 //! Only parameters upstream of which something trains get gradients: a
 //! logits-only step runs backward through the classifier alone.
+//!
+//! Folded weights: an imported conv's weights are `W' = s * W` with the
+//! base's batch-norm scale `s` per output channel folded in (`s` spans
+//! orders of magnitude). Adam's step has about the same size for every
+//! weight, so trained as they are, channels with a small `s` would move far
+//! more, relative to their weights, than the unfolded `W` would under the
+//! same learning rate. When conv weights train from a base, each output
+//! channel's step is therefore scaled by the RMS of its weights: the update
+//! is what the unfolded parametrisation (a unit-RMS kernel times a frozen
+//! scale) would get.
 
 use anyhow::{bail, Result};
 
@@ -85,6 +95,11 @@ pub struct Param {
     /// Optimizer moments (Adam: first and second; SGD: velocity in `m`).
     pub m: Vec<f32>,
     pub s: Vec<f32>,
+    /// This parameter's learning rate relative to the run's.
+    pub lr_scale: f32,
+    /// Per output channel (rows of equal length): a further factor on the
+    /// step; empty = none. See [`Net::from_graph`].
+    pub row_scale: Vec<f32>,
 }
 
 impl Param {
@@ -96,7 +111,22 @@ impl Param {
             s: vec![0.0; n],
             v,
             trainable,
+            lr_scale: 1.0,
+            row_scale: vec![],
         }
+    }
+
+    /// Steps of each output channel scaled by that channel's RMS weight.
+    fn scale_rows_by_rms(&mut self, rows: usize) {
+        let n = self.v.len() / rows.max(1);
+        self.row_scale = self
+            .v
+            .chunks(n.max(1))
+            .map(|r| {
+                let ms = r.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / n as f64;
+                (ms.sqrt() as f32).max(1e-6)
+            })
+            .collect();
     }
 }
 
@@ -274,9 +304,13 @@ impl Net {
                     } else {
                         c.bias.clone()
                     };
+                    let mut w = Param::new(c.weight.clone(), w_train);
+                    if w_train && !is_head && bn_init == BnInit::PreserveFunction {
+                        w.scale_rows_by_rms(c.cout);
+                    }
                     Layer::Conv {
                         spec,
-                        w: Param::new(c.weight.clone(), w_train),
+                        w,
                         b: Param::new(bias, b_train),
                         bn,
                         act: c.act,
@@ -424,12 +458,14 @@ impl Net {
         out
     }
 
-    /// Makes the shared weights trainable (multi-task `--shared train`).
-    pub fn train_shared(&mut self) {
+    /// Makes the shared weights trainable (multi-task `--shared train`), at
+    /// `lr_scale` times the run's learning rate.
+    pub fn train_shared(&mut self, lr_scale: f32) {
         for p in self.shared_params_mut() {
             if !p.trainable {
                 *p = Param::new(std::mem::take(&mut p.v), true);
             }
+            p.lr_scale = lr_scale;
         }
     }
 
@@ -447,8 +483,8 @@ impl Net {
         for i in 0..self.nodes.len() {
             let out = self.nodes[i].output;
             let od = self.dims(out);
+            // Every layer writes all of its output: no need to clear.
             let mut y = std::mem::take(&mut self.vals[out]);
-            y.clear();
             y.resize(od.len(), 0.0);
             let ins = self.nodes[i].inputs.clone();
             let id = self.dims(ins[0]);
@@ -471,7 +507,6 @@ impl Net {
                         }
                     }
                     Some(bn) => {
-                        z.clear();
                         z.resize(od.len(), 0.0);
                         k::conv_forward(spec, x, id, &w.v, None, z, threads);
                         bn_apply(bn, z, od.c, *act, &mut y, mode, threads);
@@ -600,22 +635,20 @@ impl Net {
                     k::act_mask(*act, &vals[out], &mut dy);
                     let dz = match bn {
                         Some(bn) => {
-                            let mut dz = vec![0f32; dy.len()];
                             let (dg, db) = k::bn_backward_train(
                                 z,
                                 od.c,
                                 &bn.bmean,
                                 &bn.binv,
                                 &bn.gamma.v,
-                                &dy,
-                                &mut dz,
+                                &mut dy,
                                 threads,
                             );
                             if bn.gamma.trainable {
                                 k::add_into(&mut bn.gamma.g, &dg);
                                 k::add_into(&mut bn.beta.g, &db);
                             }
-                            dz
+                            dy
                         }
                         None => {
                             if b.trainable {
@@ -794,28 +827,29 @@ impl Net {
             bn.mean.fill(0.0);
             bn.var.fill(1.0 - bn.eps);
         }
+        // Per batch-norm conv: sums over batches of (mean, E[z^2]) weighted
+        // by rows, for exact statistics over all the data.
         let mut sums: Vec<Option<(Vec<f64>, Vec<f64>, usize)>> = vec![None; self.nodes.len()];
+        let threads = self.threads;
         for (x, n) in batches {
             self.forward(x.clone(), *n, Mode::Eval);
             for (i, node) in self.nodes.iter().enumerate() {
                 if let Layer::Conv {
-                    bn: Some(bn),
+                    bn: Some(_),
                     z,
                     spec,
                     ..
                 } = &node.layer
                 {
-                    let _ = bn;
                     let c = spec.cout;
+                    let rows = z.len() / c;
+                    let (m, v) = k::channel_moments(z, c, threads);
                     let e = sums[i].get_or_insert_with(|| (vec![0.0; c], vec![0.0; c], 0));
-                    for row in z.chunks(c) {
-                        for ch in 0..c {
-                            let v = f64::from(row[ch]);
-                            e.0[ch] += v;
-                            e.1[ch] += v * v;
-                        }
+                    for ch in 0..c {
+                        e.0[ch] += m[ch] * rows as f64;
+                        e.1[ch] += (v[ch] + m[ch] * m[ch]) * rows as f64;
                     }
-                    e.2 += z.len() / c;
+                    e.2 += rows;
                 }
             }
         }
@@ -880,7 +914,7 @@ fn bn_apply(bn: &mut Bn, z: &[f32], c: usize, act: Act, y: &mut [f32], mode: Mod
             )
         }
     };
-    k::bn_forward(z, c, &mean, &inv, &bn.gamma.v, &bn.beta.v, act, y);
+    k::bn_forward(z, c, &mean, &inv, &bn.gamma.v, &bn.beta.v, act, y, threads);
     bn.bmean = mean;
     bn.binv = inv;
 }

@@ -6,9 +6,8 @@
 //! Layout: nodes in the imported graph's order. A conv with batch-norm is
 //! `Conv` (no bias) + `BatchNormalization` (scale, bias, running mean and
 //! variance: the S/B patch as PyTorch's unfolded export writes it); other
-//! convs keep their bias. The classifier is a `Conv` covering its input map
-//! followed by `Flatten` (the importer lowers both that and `Flatten`+`Gemm`
-//! to the same layer). Elementwise functions are written as ONNX ops
+//! convs keep their bias. The classifier is `Flatten` + `Gemm` (a PyTorch
+//! `Linear`), whose output (or the model's final `Softmax`) is `logits`. Elementwise functions are written as ONNX ops
 //! (`HardSwish` where alpha and beta are ONNX's, else `HardSigmoid`+`Mul`;
 //! composite expressions as their elementary ops).
 
@@ -155,6 +154,25 @@ pub fn to_onnx(net: &Net, producer: &str) -> Vec<u8> {
         let p = format!("n{i}");
         let ins: Vec<String> = node.inputs.iter().map(|&t| names[t].clone()).collect();
         let out = match &node.layer {
+            Layer::Conv {
+                spec,
+                w: wt,
+                b,
+                act,
+                ..
+            } if i == net.head => {
+                // The classifier: Flatten + Gemm, as PyTorch writes a Linear.
+                let flat = w.node("Flatten", &[&ins[0]], None, vec![attr_int("axis", 1)]);
+                let wn = w.init(format!("{p}.weight"), &[spec.cout, spec.row_len()], &wt.v);
+                let bname = w.init(format!("{p}.bias"), &[spec.cout], &b.v);
+                let y = w.node(
+                    "Gemm",
+                    &[&flat, &wn, &bname],
+                    None,
+                    vec![attr_int("transB", 1)],
+                );
+                w.act(*act, y)
+            }
             Layer::Conv {
                 spec,
                 w: wt,

@@ -155,14 +155,14 @@ fn batch_norm_gradients_match_finite_differences() {
         let mean: Vec<f32> = m.iter().map(|&x| x as f32).collect();
         let inv: Vec<f32> = v.iter().map(|&x| 1.0 / (x as f32 + 1e-5).sqrt()).collect();
         let mut y = vec![0f32; z.len()];
-        k::bn_forward(z, c, &mean, &inv, gamma, &beta, act, &mut y);
+        k::bn_forward(z, c, &mean, &inv, gamma, &beta, act, &mut y, 2);
         (y, mean, inv)
     };
     let (y, mean, inv) = fwd(&z, &gamma);
     let mut du = probe.clone();
     k::act_mask(act, &y, &mut du);
-    let mut dz = vec![0f32; z.len()];
-    let (dg, _db) = k::bn_backward_train(&z, c, &mean, &inv, &gamma, &du, &mut dz, 2);
+    let mut dz = du.clone();
+    let (dg, _db) = k::bn_backward_train(&z, c, &mean, &inv, &gamma, &mut dz, 2);
     let g0 = gamma.clone();
     check_grad("bn dz", &mut z, &dz, &mut |z| dot(&fwd(z, &g0).0, &probe));
     let z0 = z.clone();
@@ -537,7 +537,13 @@ fn learned_onnx_imports_to_the_trained_function() {
         let net = &mut runs[0].net;
         let bytes = super::onnx_out::to_onnx(net, "test");
         let imported = crate::onnx_import::import_onnx(&bytes, &Default::default()).unwrap();
-        assert_eq!(imported.nodes.len(), g.nodes.len(), "{kind:?}: same layers");
+        let convs = |g: &Graph| {
+            g.nodes
+                .iter()
+                .filter(|n| matches!(n.op, Op::Conv(_)))
+                .count()
+        };
+        assert_eq!(convs(&imported), convs(&g), "{kind:?}: same convs");
         for i in 0..4 {
             let x = data.sample(i);
             let want = crate::float_eval::run_output(&imported, x);
@@ -550,5 +556,72 @@ fn learned_onnx_imports_to_the_trained_function() {
                 );
             }
         }
+    }
+}
+
+#[test]
+fn multi_task_shares_the_network_and_keeps_patches_apart() {
+    let g = tiny_graph(13, 3);
+    let a = toy_data(5, 64);
+    let mut b = toy_data(6, 64);
+    // Task b: the same images, labels rotated.
+    if let Some(l) = &mut b.labels {
+        for v in l.iter_mut() {
+            *v = (*v + 1) % 3;
+        }
+    }
+    let cfg = TrainConfig {
+        epochs: 3,
+        lr: 2e-2,
+        batch: 16,
+        bn_estimate: 32,
+        ..TrainConfig::default()
+    };
+    let conv_weights = |n: &Net| -> Vec<Vec<f32>> {
+        n.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != n.head)
+            .filter_map(|(_, node)| match &node.layer {
+                super::net::Layer::Conv { w, .. } => Some(w.v.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    for shared in [false, true] {
+        let mut runs = vec![];
+        for (name, d) in [("a", &a), ("b", &b)] {
+            let mut net =
+                Net::from_graph(&g, PatchKind::SbLogits, BnInit::PreserveFunction, 1).unwrap();
+            let idx: Vec<usize> = (0..64).collect();
+            net.init_bn_from_data(&[(train::gather(d, &idx, Augment::default(), None), 64)]);
+            if shared {
+                net.train_shared(0.1);
+            }
+            runs.push(TaskRun::new(name.into(), net, d, None));
+        }
+        let before = conv_weights(&runs[0].net);
+        train::train(&mut runs, &cfg, shared).unwrap();
+        let (wa, wb) = (conv_weights(&runs[0].net), conv_weights(&runs[1].net));
+        assert_eq!(wa, wb, "shared={shared}: one network under both tasks");
+        assert_eq!(
+            wa != before,
+            shared,
+            "shared={shared}: trained only when asked"
+        );
+        let bn = |n: &Net| {
+            n.nodes
+                .iter()
+                .find_map(|node| match &node.layer {
+                    super::net::Layer::Conv { bn: Some(bn), .. } => Some(bn.gamma.v.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_ne!(
+            bn(&runs[0].net),
+            bn(&runs[1].net),
+            "each task has its own S/B"
+        );
     }
 }

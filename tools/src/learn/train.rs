@@ -1,6 +1,6 @@
 //! The training loop: shuffled mini-batches, optional light augmentation,
 //! softmax cross-entropy, Adam or SGD with momentum under a cosine learning
-//! rate (with a short linear warm-up), validation after every epoch, and an
+//! rate (after a linear warm-up, see [`lr_at`]), validation after every epoch, and an
 //! exact re-estimate of the batch-norm statistics at the end.
 //!
 //! Determinism: shuffles, augmentations and new weights come from
@@ -75,12 +75,15 @@ pub struct EpochStats {
     pub val_top1: Option<f64>,
 }
 
-/// Learning rate at `step` of `total`: linear warm-up over the first 3 % of
-/// steps (at least one), then cosine decay to zero.
+/// Learning rate at `step` of `total`: linear warm-up from `base / 25`
+/// over the first 10 % of steps (at least one), then cosine decay to zero
+/// (close to PyTorch's one-cycle schedule, which the shipped task models
+/// were trained with).
 pub fn lr_at(base: f32, step: usize, total: usize) -> f32 {
-    let warm = (total * 3 / 100).max(1);
+    let warm = (total / 10).max(1);
     if step < warm {
-        return base * (step + 1) as f32 / warm as f32;
+        let f = step as f32 / warm as f32;
+        return base * (1.0 / 25.0 + f * (1.0 - 1.0 / 25.0));
     }
     let t = (step - warm) as f64 / (total - warm).max(1) as f64;
     (f64::from(base) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())) as f32
@@ -89,7 +92,18 @@ pub fn lr_at(base: f32, step: usize, total: usize) -> f32 {
 /// One optimizer step over `params`; `t` counts steps from 1.
 pub fn step(params: Vec<&mut Param>, opt: Optimizer, lr: f32, wd: f32, t: usize) {
     for p in params {
+        let lr_p = lr * p.lr_scale;
+        let row = if p.row_scale.is_empty() {
+            usize::MAX
+        } else {
+            p.v.len() / p.row_scale.len()
+        };
         for i in 0..p.v.len() {
+            let lr = if row == usize::MAX {
+                lr_p
+            } else {
+                lr_p * p.row_scale[i / row]
+            };
             let g = p.g[i] + wd * p.v[i];
             match opt {
                 Optimizer::Adam => {
