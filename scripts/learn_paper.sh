@@ -10,7 +10,7 @@
 #      against its float model on the full test splits.
 # Writes $OUT/*.json and prints the tables of LEARN.md.
 #
-#   bash scripts/learn_paper.sh            # OUT=out/learn THREADS=2
+#   bash scripts/learn_paper.sh            # OUT=out/learn THREADS=2 (GRAFTNET=binary)
 #
 # Needs the full data sets: bash tests/data/setup.sh (test splits) and
 # python3 tests/data/train_sets.py (training splits). About 25 minutes on
@@ -23,8 +23,10 @@ G=tests/data/generated
 mkdir -p "$OUT"
 [ -f "$G/fashion_test_x.npy" ] || bash tests/data/setup.sh
 [ -f "$G/fashion_train_x.npy" ] || python3 tests/data/train_sets.py --out "$G"
-cargo build --release -p graftnet-tools -q
-B=target/release/graftnet
+if [ -z "${GRAFTNET:-}" ]; then
+    cargo build --release -p graftnet-tools -q
+fi
+B=${GRAFTNET:-target/release/graftnet}
 log() { echo "[learn_paper] $*" >&2; }
 
 if [ ! -f "$OUT/base.onnx" ]; then

@@ -703,14 +703,38 @@ pub fn bn_backward_train(
 
 /// Zeroes `dy` where a clamp was saturated; the mask is read off the
 /// clamp's output `y` (inside the open interval the clamp is the identity).
-pub fn act_mask(act: Act, y: &[f32], dy: &mut [f32]) {
+pub fn act_mask(act: Act, y: &[f32], dy: &mut [f32], threads: usize) {
     if act == Act::None {
         return;
     }
     let (lo, hi) = bounds(act);
-    for (g, &v) in dy.iter_mut().zip(y) {
-        *g = if v > lo && v < hi { *g } else { 0.0 };
+    par::for_each_piece(threads, dy, |off, piece| {
+        for (g, &v) in piece.iter_mut().zip(&y[off..]) {
+            *g = if v > lo && v < hi { *g } else { 0.0 };
+        }
+    });
+}
+
+/// `y = act(y)` in place.
+pub fn act_apply(act: Act, y: &mut [f32], threads: usize) {
+    if act == Act::None {
+        return;
     }
+    let (lo, hi) = bounds(act);
+    par::for_each_piece(threads, y, |_, piece| {
+        for v in piece {
+            *v = v.max(lo).min(hi);
+        }
+    });
+}
+
+/// `acc += v`, in parallel.
+pub fn add_into_par(acc: &mut [f32], v: &[f32], threads: usize) {
+    par::for_each_piece(threads, acc, |off, piece| {
+        for (a, b) in piece.iter_mut().zip(&v[off..]) {
+            *a += b;
+        }
+    });
 }
 
 /// Value and derivative of an elementwise function at `x`.

@@ -213,6 +213,8 @@ pub struct Net {
     dw_patch: bool,
     vals: Vec<Vec<f32>>,
     grads: Vec<Option<Vec<f32>>>,
+    /// Freed gradient buffers, reused by the next ones.
+    pool: Vec<Vec<f32>>,
     batch: usize,
 }
 
@@ -359,6 +361,7 @@ impl Net {
         Ok(Net {
             vals: vec![vec![]; shapes.len()],
             grads: vec![None; shapes.len()],
+            pool: vec![],
             shapes,
             nodes,
             input: g.input,
@@ -502,9 +505,7 @@ impl Net {
                 } => match bn {
                     None => {
                         k::conv_forward(spec, x, id, &w.v, Some(&b.v), &mut y, threads);
-                        for v in y.iter_mut() {
-                            *v = act.apply(*v);
-                        }
+                        k::act_apply(*act, &mut y, threads);
                     }
                     Some(bn) => {
                         z.resize(od.len(), 0.0);
@@ -521,9 +522,11 @@ impl Net {
                 }
                 Layer::Add => {
                     let x2 = &vals[ins[1]];
-                    for ((o, a), b) in y.iter_mut().zip(x).zip(x2) {
-                        *o = a + b;
-                    }
+                    crate::learn::par::for_each_piece(threads, &mut y, |off, piece| {
+                        for ((o, a), b) in piece.iter_mut().zip(&x[off..]).zip(&x2[off..]) {
+                            *o = a + b;
+                        }
+                    });
                 }
                 Layer::Mul => {
                     let x2 = &vals[ins[1]];
@@ -544,9 +547,12 @@ impl Net {
                     }
                 }
                 Layer::Unary(u) => {
-                    for (o, &v) in y.iter_mut().zip(x) {
-                        *o = u.apply(v);
-                    }
+                    let u = &*u;
+                    crate::learn::par::for_each_piece(threads, &mut y, |off, piece| {
+                        for (o, &v) in piece.iter_mut().zip(&x[off..]) {
+                            *o = u.apply(v);
+                        }
+                    });
                 }
                 Layer::GlobalAvgPool => {
                     let hw = id.h * id.w;
@@ -603,7 +609,9 @@ impl Net {
     pub fn backward(&mut self, dlogits: Vec<f32>) {
         let need = self.needs_grad();
         for g in self.grads.iter_mut() {
-            *g = None;
+            if let Some(b) = g.take() {
+                self.pool.push(b);
+            }
         }
         self.grads[self.output] = Some(dlogits);
         let threads = self.threads;
@@ -632,7 +640,7 @@ impl Net {
                     act,
                     z,
                 } => {
-                    k::act_mask(*act, &vals[out], &mut dy);
+                    k::act_mask(*act, &vals[out], &mut dy, threads);
                     let dz = match bn {
                         Some(bn) => {
                             let (dg, db) = k::bn_backward_train(
@@ -660,7 +668,7 @@ impl Net {
                             dy
                         }
                     };
-                    let mut dx = want0.then(|| vec![0f32; id.len()]);
+                    let mut dx = want0.then(|| take_buf(&mut self.pool, id.len()));
                     k::conv_backward(
                         spec,
                         x,
@@ -671,10 +679,11 @@ impl Net {
                         if w.trainable { Some(&mut w.g) } else { None },
                         threads,
                     );
+                    self.pool.push(dz);
                     dx0 = dx;
                 }
                 Layer::Affine { s, b, act } => {
-                    k::act_mask(*act, &vals[out], &mut dy);
+                    k::act_mask(*act, &vals[out], &mut dy, threads);
                     if s.trainable {
                         for (gr, xr) in dy.chunks(od.c).zip(x.chunks(od.c)) {
                             for c in 0..od.c {
@@ -694,7 +703,9 @@ impl Net {
                 }
                 Layer::Add => {
                     if need[ins[1]] {
-                        dx1 = Some(dy.clone());
+                        let mut d = take_buf(&mut self.pool, dy.len());
+                        d.copy_from_slice(&dy);
+                        dx1 = Some(d);
                     }
                     dx0 = Some(dy);
                 }
@@ -735,14 +746,17 @@ impl Net {
                     }
                 }
                 Layer::Unary(u) => {
-                    for (g, &v) in dy.iter_mut().zip(x) {
-                        *g *= k::unary_grad(u, v).1;
-                    }
+                    let u = &*u;
+                    crate::learn::par::for_each_piece(threads, &mut dy, |off, piece| {
+                        for (g, &v) in piece.iter_mut().zip(&x[off..]) {
+                            *g *= k::unary_grad(u, v).1;
+                        }
+                    });
                     dx0 = Some(dy);
                 }
                 Layer::GlobalAvgPool => {
                     let hw = id.h * id.w;
-                    let mut dx = vec![0f32; id.len()];
+                    let mut dx = take_buf(&mut self.pool, id.len());
                     for (img, g) in dy.chunks(id.c).enumerate() {
                         for row in dx[img * hw * id.c..(img + 1) * hw * id.c].chunks_mut(id.c) {
                             for c in 0..id.c {
@@ -758,12 +772,12 @@ impl Net {
                     for &t in &ins {
                         let c = self.shapes[t].0;
                         if need[t] {
-                            let mut d = vec![0f32; rows * c];
+                            let mut d = take_buf(&mut self.pool, rows * c);
                             for r in 0..rows {
                                 d[r * c..(r + 1) * c]
                                     .copy_from_slice(&dy[r * od.c + off..r * od.c + off + c]);
                             }
-                            add_grad(&mut self.grads[t], d);
+                            add_grad(&mut self.grads[t], d, &mut self.pool, threads);
                         }
                         off += c;
                     }
@@ -771,10 +785,10 @@ impl Net {
                 Layer::Reshape => dx0 = Some(dy),
             }
             if let Some(d) = dx0.filter(|_| want0) {
-                add_grad(&mut self.grads[ins[0]], d);
+                add_grad(&mut self.grads[ins[0]], d, &mut self.pool, threads);
             }
             if let Some(d) = dx1 {
-                add_grad(&mut self.grads[ins[1]], d);
+                add_grad(&mut self.grads[ins[1]], d, &mut self.pool, threads);
             }
         }
     }
@@ -869,11 +883,33 @@ impl Net {
     }
 }
 
-fn add_grad(slot: &mut Option<Vec<f32>>, d: Vec<f32>) {
+fn add_grad(slot: &mut Option<Vec<f32>>, d: Vec<f32>, pool: &mut Vec<Vec<f32>>, threads: usize) {
     match slot {
-        Some(g) => k::add_into(g, &d),
+        Some(g) => {
+            k::add_into_par(g, &d, threads);
+            pool.push(d);
+        }
         None => *slot = Some(d),
     }
+}
+
+/// A buffer of `len` values (contents unspecified) from the pool of freed
+/// gradient buffers: large batches would otherwise map and fault in fresh
+/// pages for every gradient of every step.
+fn take_buf(pool: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let best = pool
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.capacity() >= len)
+        .min_by_key(|(_, b)| b.capacity())
+        .map(|(i, _)| i);
+    let mut v = match best {
+        Some(i) => pool.swap_remove(i),
+        None => Vec::with_capacity(len),
+    };
+    v.resize(len, 0.0);
+    v.truncate(len);
+    v
 }
 
 /// Batch-norm forward in the given mode; keeps what backward needs.

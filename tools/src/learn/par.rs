@@ -76,6 +76,13 @@ pub fn map_rows<T: Send>(
     })
 }
 
+/// Runs `f(offset, piece)` over `threads` contiguous pieces of `out` in
+/// parallel (for element-wise work; `offset` is the piece's start).
+pub fn for_each_piece(threads: usize, out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    let t = threads_for(threads, out.len(), 1);
+    map_rows(t, out, 1, |r, piece| f(r.start, piece));
+}
+
 /// Element-wise sum of equally long vectors, in order.
 pub fn sum_in_order(parts: Vec<Vec<f32>>) -> Vec<f32> {
     let mut it = parts.into_iter();

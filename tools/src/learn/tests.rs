@@ -160,7 +160,7 @@ fn batch_norm_gradients_match_finite_differences() {
     };
     let (y, mean, inv) = fwd(&z, &gamma);
     let mut du = probe.clone();
-    k::act_mask(act, &y, &mut du);
+    k::act_mask(act, &y, &mut du, 2);
     let mut dz = du.clone();
     let (dg, _db) = k::bn_backward_train(&z, c, &mean, &inv, &gamma, &mut dz, 2);
     let g0 = gamma.clone();
