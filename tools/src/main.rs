@@ -124,7 +124,7 @@ enum Cmd {
     /// The main job on the models and data the repository ships: export,
     /// then run every task and print accuracy, sizes and switch time.
     Demo {
-        /// folder with mnv2/, mnv3/ and data/ (default: the repo's tests/models)
+        /// folder with learned/, mnv2/, mnv3/ and data/ (default: the repo's tests/models)
         #[arg(long)]
         models: Option<PathBuf>,
         /// larger test sets written by tests/data/setup.sh (default: tests/data/generated if present)
@@ -133,7 +133,7 @@ enum Cmd {
         /// where to write the exports
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
-        /// mnv2, mnv3 or all
+        /// learned (trained by `graftnet learn`), mnv2, mnv3 (fine-tuned in PyTorch) or all
         #[arg(long, default_value = "all")]
         arch: String,
         #[arg(long)]
@@ -624,16 +624,25 @@ fn cmd_demo(
             .then_some(generated)
     });
     let archs: Vec<&str> = match arch {
-        "all" => vec!["mnv2", "mnv3"],
-        "mnv2" | "mnv3" => vec![arch],
-        _ => bail!("--arch must be mnv2, mnv3 or all"),
+        "all" => vec!["learned", "mnv2", "mnv3"],
+        "learned" | "mnv2" | "mnv3" => vec![arch],
+        _ => bail!("--arch must be learned, mnv2, mnv3 or all"),
+    };
+    // learned/: written by `graftnet learn` (tests/models/learned/README.md);
+    // mnv2/, mnv3/: fine-tuned in PyTorch.
+    let model_file = |a: &str, t: &str| {
+        if a == "learned" {
+            models.join(a).join(format!("{t}.onnx"))
+        } else {
+            models.join(a).join(format!("{t}.folded.onnx"))
+        }
     };
     let fixture = models.join("data");
     let test_dir = data_dir.clone().unwrap_or_else(|| fixture.clone());
     let mut rows = Vec::new();
     for a in archs {
         // (task name, model file, data task)
-        let tasks: Vec<(&str, &str)> = if a == "mnv2" {
+        let tasks: Vec<(&str, &str)> = if a != "mnv3" {
             vec![
                 ("mnist-sb", "mnist"),
                 ("mnist-dw", "mnist"),
@@ -648,7 +657,7 @@ fn cmd_demo(
         };
         let outd = out.join(a);
         let mut opts = ExportOptions {
-            base: models.join(a).join("base.folded.onnx"),
+            base: model_file(a, "base"),
             calib: fixture.join("fashion_calib_x.npy"),
             out: outd.clone(),
             progress: !json_out,
@@ -675,10 +684,7 @@ fn cmd_demo(
         };
         opts.labels.insert("base".into(), labels("fashion"));
         for (t, dt) in &tasks {
-            opts.tasks.push((
-                t.to_string(),
-                models.join(a).join(format!("{t}.folded.onnx")),
-            ));
+            opts.tasks.push((t.to_string(), model_file(a, t)));
             opts.calib_tasks
                 .insert(t.to_string(), fixture.join(format!("{dt}_calib_x.npy")));
             opts.labels.insert(t.to_string(), labels(dt));
@@ -700,13 +706,11 @@ fn cmd_demo(
         }
         let all: Vec<(String, PathBuf, &str)> =
             std::iter::once(("base".to_string(), opts.base.clone(), "fashion"))
-                .chain(tasks.iter().map(|(t, dt)| {
-                    (
-                        t.to_string(),
-                        models.join(a).join(format!("{t}.folded.onnx")),
-                        *dt,
-                    )
-                }))
+                .chain(
+                    tasks
+                        .iter()
+                        .map(|(t, dt)| (t.to_string(), model_file(a, t), *dt)),
+                )
                 .collect();
         for (task, onnx, dt) in all {
             let ds = data::load_dataset(

@@ -394,6 +394,12 @@ fn remove_stale_patches(out: &Path, listed: &[PathBuf]) -> Result<Vec<PathBuf>> 
     Ok(removed)
 }
 
+/// `p` as an absolute path where it exists (the manifest records where an
+/// export's inputs were, for `export --backbone` and `learn --export`).
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// Writes `manifest.json`; returns the patch files it lists.
 fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<Vec<PathBuf>> {
     use serde_json::json;
@@ -405,8 +411,9 @@ fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<Vec<PathBuf>
                 "name": t.name,
                 "patch": t.patch.as_ref().map(|p| p.file_name().unwrap().to_string_lossy().to_string()),
                 "classes": t.classes,
-                "source": t.source.to_string_lossy(),
+                "source": absolute(&t.source).to_string_lossy(),
                 "patch_bytes": t.patch_bytes,
+                "labels": opts.labels.get(&t.name).cloned().unwrap_or_default(),
             })
         })
         .collect();
@@ -434,7 +441,7 @@ fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<Vec<PathBuf>
         "fingerprint": format!("{:016x}", r.fingerprint),
         "input_shape": [r.input_shape.0, r.input_shape.1, r.input_shape.2],
         "preprocess": { "mean": opts.prep.mean, "std": opts.prep.std },
-        "calib": opts.calib.to_string_lossy(),
+        "calib": absolute(&opts.calib).to_string_lossy(),
         "calib_limit": opts.calib_limit,
         "bias_correction": opts.bias_correction.map_or(0, |b| b.samples),
         "tasks": tasks,

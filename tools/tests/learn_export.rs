@@ -269,3 +269,59 @@ fn a_task_exported_later_applies_to_the_earlier_backbone() {
         "{err}"
     );
 }
+
+/// `learn --export DIR` writes the learned task as a patch for the backbone
+/// an earlier export left in DIR, which keeps its tasks.
+#[test]
+fn learn_export_adds_a_patch_to_an_existing_export() {
+    let m = models();
+    let d = scratch("learn-into");
+    let base = m.join("mnv2/base.folded.onnx");
+    let dir = d.join("export");
+    ok(&[
+        "export",
+        "--base",
+        s(&base),
+        "--calib",
+        s(&m.join("data/fashion_calib_x.npy")),
+        "--task",
+        &format!("mnist-sb={}", m.join("mnv2/mnist-sb.folded.onnx").display()),
+        "--calib-task",
+        &format!("mnist-sb={}", m.join("data/mnist_calib_x.npy").display()),
+        "--out",
+        s(&dir),
+    ]);
+    let before = std::fs::read(dir.join("backbone.gnb")).unwrap();
+    let j = ok(&[
+        "learn",
+        "--base",
+        s(&base),
+        "--train",
+        s(&m.join("data/mnist_test_x.npy")),
+        "--train-labels",
+        s(&m.join("data/mnist_test_y.npy")),
+        "--patch",
+        "sb+logits",
+        "--epochs",
+        "1",
+        "--out",
+        s(&d.join("digits.onnx")),
+        "--export",
+        s(&dir),
+        "--calib",
+        s(&m.join("data/mnist_calib_x.npy")),
+        "--json",
+    ]);
+    let j: serde_json::Value = serde_json::from_str(j.trim()).unwrap();
+    assert_eq!(j["patches"][0]["task"], "digits", "{j}");
+    assert_eq!(std::fs::read(dir.join("backbone.gnb")).unwrap(), before);
+    assert!(dir.join("digits.gnp").is_file() && dir.join("mnist-sb.gnp").is_file());
+    let one = d.join("one.npy");
+    let arr = graftnet_tools::data::read_npy(m.join("data/mnist_test_x.npy")).unwrap();
+    graftnet_tools::data::write_npy_f32(&one, &[1, 1, 32, 32], &arr.as_f32().unwrap()[..1024])
+        .unwrap();
+    for task in ["digits", "mnist-sb"] {
+        let out = ok(&["run", s(&dir), "--task", task, "--input", s(&one), "--json"]);
+        assert!(out.contains("\"top1\""), "{out}");
+    }
+}

@@ -100,6 +100,18 @@ pub struct LearnArgs {
     /// The learned model: TASK.onnx (one task) or a folder (multi-task).
     #[arg(long)]
     pub out: PathBuf,
+    /// Also export the learned task(s) as DIR/NAME.gnp against the backbone
+    /// already in DIR (an earlier `graftnet export`: its manifest names the
+    /// base model and calibration data, which must reproduce the backbone).
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
+    /// Task name for --export (default: the --out file's stem).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Calibration data for --export (.npy or ImageFolder; default: the
+    /// training data when it is one of those).
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
     /// One JSON object at the end instead of progress bars.
     #[arg(long)]
     pub json: bool,
@@ -455,6 +467,10 @@ impl LearnArgs {
         let trainable = runs[0].net.trainable_count();
         let stats = train::train(&mut runs, &cfg, multi && self.shared == "train")?;
         let written = self.write(&runs, multi)?;
+        let exported = match &self.export {
+            Some(dir) => self.export_into(dir, &runs, multi)?,
+            None => vec![],
+        };
         let results: Vec<_> = runs
             .iter()
             .map(|r| {
@@ -485,6 +501,9 @@ impl LearnArgs {
             "val_top1": runs[0].history.last().and_then(|e| e.val_top1),
             "out": written.iter().map(|p| p.to_string_lossy().to_string()).collect::<Vec<_>>(),
         });
+        if !exported.is_empty() {
+            j["patches"] = json!(exported);
+        }
         if multi {
             j["shared"] = json!(self.shared);
             j["tasks"] = json!(results);
@@ -516,6 +535,127 @@ impl LearnArgs {
             );
         }
         Ok(())
+    }
+
+    /// `--export DIR`: the learned tasks as patches for DIR's backbone.
+    fn export_into(
+        &self,
+        dir: &Path,
+        runs: &[TaskRun<'_>],
+        multi: bool,
+    ) -> Result<Vec<serde_json::Value>> {
+        ensure!(
+            !(multi && self.shared == "train"),
+            "--export adds tasks to an existing backbone; with --shared train the shared network changed, so export OUT/base.onnx and the tasks with `graftnet export` (devices re-flash the backbone)"
+        );
+        let mpath = dir.join("manifest.json");
+        let m: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&mpath)
+                .with_context(|| format!("--export: reading {}", mpath.display()))?,
+        )
+        .with_context(|| format!("--export: {} is not valid JSON", mpath.display()))?;
+        let base_entry = m["tasks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == "base"));
+        let (Some(base), Some(calib)) = (
+            base_entry.and_then(|t| t["source"].as_str()),
+            m["calib"].as_str(),
+        ) else {
+            bail!(
+                "--export: {} does not record the base model and calibration data (written by an older graftnet); run `graftnet export --backbone {}` with them instead",
+                mpath.display(),
+                dir.join("backbone.gnb").display()
+            );
+        };
+        let floats = |v: &serde_json::Value| -> Vec<f32> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_f64())
+                        .map(|x| x as f32)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut opts = crate::pipeline::ExportOptions {
+            base: PathBuf::from(base),
+            calib: PathBuf::from(calib),
+            out: dir.to_path_buf(),
+            calib_limit: m["calib_limit"].as_u64().unwrap_or(0) as usize,
+            bias_correction: match m["bias_correction"].as_u64().unwrap_or(0) {
+                0 => None,
+                n => Some(crate::bias_correction::BiasCorrection {
+                    samples: n as usize,
+                }),
+            },
+            backbone: Some(dir.join("backbone.gnb")),
+            progress: !self.json,
+            ..Default::default()
+        };
+        let (mean, std) = (
+            floats(&m["preprocess"]["mean"]),
+            floats(&m["preprocess"]["std"]),
+        );
+        if !mean.is_empty() && !std.is_empty() {
+            opts.prep.mean = mean;
+            opts.prep.std = std;
+        }
+        let base_labels: Vec<String> = base_entry
+            .and_then(|t| t["labels"].as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !base_labels.is_empty() {
+            opts.labels.insert("base".into(), base_labels);
+        }
+        for (i, r) in runs.iter().enumerate() {
+            let name = if multi {
+                r.name.clone()
+            } else {
+                self.name.clone().unwrap_or_else(|| r.name.clone())
+            };
+            let onnx = if multi {
+                self.out.join(format!("{}.onnx", r.name))
+            } else {
+                self.out.clone()
+            };
+            let calib = match (&self.calib, multi) {
+                (Some(c), false) => c.clone(),
+                _ => {
+                    let src = if multi {
+                        self.tasks[i].1.clone()
+                    } else {
+                        self.train.clone().unwrap_or_default()
+                    };
+                    ensure!(
+                        !is_idx(&src),
+                        "--export: task '{name}' trains on IDX data; give --calib (a .npy or ImageFolder) for its calibration"
+                    );
+                    src
+                }
+            };
+            if let Some(names) = &r.train.class_names {
+                opts.labels.insert(name.clone(), names.clone());
+            }
+            opts.calib_tasks.insert(name.clone(), calib);
+            opts.tasks.push((name, onnx));
+        }
+        let rep = crate::pipeline::export(&opts)?;
+        Ok(rep
+            .tasks
+            .iter()
+            .filter(|t| t.patch.is_some())
+            .map(|t| {
+                json!({
+                    "task": t.name,
+                    "patch": t.patch.as_ref().map(|p| p.to_string_lossy().to_string()),
+                    "patch_bytes": t.patch_bytes,
+                })
+            })
+            .collect())
     }
 
     fn write(&self, runs: &[TaskRun<'_>], multi: bool) -> Result<Vec<PathBuf>> {
