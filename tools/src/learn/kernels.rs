@@ -631,22 +631,35 @@ pub fn bn_forward(
     });
 }
 
-/// Batch-norm backward in training mode (statistics of this batch).
-/// `g` holds the gradient at the batch-norm output (after the clamp's mask)
-/// and is overwritten with the gradient at its input `z`. Returns
-/// `(dgamma, dbeta)`.
+/// Batch-norm backward in training mode (statistics of this batch), with
+/// the clamp that follows it. `g` holds the gradient at the clamp's output
+/// and is overwritten with the gradient at the batch-norm input `z`.
+/// The clamp's mask is recomputed from `z` exactly as [`bn_forward`]
+/// computed the clamp's input (same operations, same operands), so no pass
+/// over the output is needed. Returns `(dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
 pub fn bn_backward_train(
     z: &[f32],
     c: usize,
     mean: &[f32],
     inv_std: &[f32],
     gamma: &[f32],
+    beta: &[f32],
+    act: Act,
     g: &mut [f32],
     threads: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     let rows = z.len() / c;
     let t = par::threads_for(threads, rows, 2 * c);
     let (mean_t, inv_t) = (tiled(mean, TILE_ROWS), tiled(inv_std, TILE_ROWS));
+    let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect();
+    let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] * scale[k]).collect();
+    let (scale_t, shift_t) = (tiled(&scale, TILE_ROWS), tiled(&shift, TILE_ROWS));
+    let (lo, hi) = bounds(act);
+    let pass = |z: f32, s: f32, b: f32| {
+        let u = z * s + b;
+        u > lo && u < hi
+    };
     let gs: &[f32] = g;
     let parts = par::map(t, rows, |r| {
         let mut out = vec![0f64; 2 * c];
@@ -657,13 +670,14 @@ pub fn bn_backward_train(
         for (zt, gt) in zb.chunks(TILE_ROWS * c).zip(gb.chunks(TILE_ROWS * c)) {
             s1.fill(0.0);
             s2.fill(0.0);
-            for ((((a, b), &z), &g), (&m, &i)) in s1
+            for ((((a, b), &z), &g), ((&m, &i), (&sc, &sh))) in s1
                 .iter_mut()
                 .zip(s2.iter_mut())
                 .zip(zt)
                 .zip(gt)
-                .zip(mean_t.iter().zip(&inv_t))
+                .zip(mean_t.iter().zip(&inv_t).zip(scale_t.iter().zip(&shift_t)))
             {
+                let g = if pass(z, sc, sh) { g } else { 0.0 };
                 *a += g;
                 *b += g * ((z - m) * i);
             }
@@ -689,12 +703,14 @@ pub fn bn_backward_train(
     par::map_rows(t, g, c, |r, gr| {
         let zr = &z[r.start * c..r.end * c];
         for (gt, zt) in gr.chunks_mut(TILE_ROWS * c).zip(zr.chunks(TILE_ROWS * c)) {
-            for ((g, &z), ((&a, &b), (&m, &mgk))) in gt
+            for (((g, &z), ((&a, &b), (&m, &mgk))), (&sc, &sh)) in gt
                 .iter_mut()
                 .zip(zt)
                 .zip(a.iter().zip(&mb).zip(mean_t.iter().zip(&mg)))
+                .zip(scale_t.iter().zip(&shift_t))
             {
-                *g = a * (*g - b - (z - m) * mgk);
+                let gm = if pass(z, sc, sh) { *g } else { 0.0 };
+                *g = a * (gm - b - (z - m) * mgk);
             }
         }
     });

@@ -640,15 +640,17 @@ impl Net {
                     act,
                     z,
                 } => {
-                    k::act_mask(*act, &vals[out], &mut dy, threads);
                     let dz = match bn {
                         Some(bn) => {
+                            // (applies the clamp's mask itself)
                             let (dg, db) = k::bn_backward_train(
                                 z,
                                 od.c,
                                 &bn.bmean,
                                 &bn.binv,
                                 &bn.gamma.v,
+                                &bn.beta.v,
+                                *act,
                                 &mut dy,
                                 threads,
                             );
@@ -659,6 +661,7 @@ impl Net {
                             dy
                         }
                         None => {
+                            k::act_mask(*act, &vals[out], &mut dy, threads);
                             if b.trainable {
                                 let s = k::channel_sums(&dy, od.c, threads);
                                 for (g, v) in b.g.iter_mut().zip(s) {
