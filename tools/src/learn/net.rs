@@ -162,6 +162,7 @@ pub enum Mode {
 const BN_MOMENTUM: f32 = 0.1;
 
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per graph node; boxing buys nothing
 pub enum Layer {
     Conv {
         spec: ConvSpec,
@@ -697,8 +698,8 @@ impl Net {
                     }
                     if want0 {
                         for gr in dy.chunks_mut(od.c) {
-                            for c in 0..od.c {
-                                gr[c] *= s.v[c];
+                            for (g, sc) in gr.iter_mut().zip(&s.v) {
+                                *g *= sc;
                             }
                         }
                         dx0 = Some(dy);
@@ -739,8 +740,8 @@ impl Net {
                             for (img, go) in dy.chunks_mut(hw).enumerate() {
                                 let gate = &x2[img * id.c..(img + 1) * id.c];
                                 for gr in go.chunks_mut(id.c) {
-                                    for c in 0..id.c {
-                                        gr[c] *= gate[c];
+                                    for (g, s) in gr.iter_mut().zip(gate) {
+                                        *g *= s;
                                     }
                                 }
                             }
@@ -846,7 +847,8 @@ impl Net {
         }
         // Per batch-norm conv: sums over batches of (mean, E[z^2]) weighted
         // by rows, for exact statistics over all the data.
-        let mut sums: Vec<Option<(Vec<f64>, Vec<f64>, usize)>> = vec![None; self.nodes.len()];
+        type Sums = Option<(Vec<f64>, Vec<f64>, usize)>;
+        let mut sums: Vec<Sums> = vec![None; self.nodes.len()];
         let threads = self.threads;
         for (x, n) in batches {
             self.forward(x.clone(), *n, Mode::Eval);

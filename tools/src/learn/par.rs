@@ -55,7 +55,7 @@ pub fn map_rows<T: Send>(
     row_len: usize,
     f: impl Fn(Range<usize>, &mut [f32]) -> T + Sync,
 ) -> Vec<T> {
-    let rows = if row_len == 0 { 0 } else { out.len() / row_len };
+    let rows = out.len().checked_div(row_len).unwrap_or(0);
     let ranges = split(rows, threads);
     if ranges.len() <= 1 {
         return ranges.into_iter().map(|r| f(r, &mut *out)).collect();

@@ -249,7 +249,7 @@ pub(crate) fn tiny_graph(seed: u64, classes: usize) -> Graph {
     let mut r = Rng::new(seed);
     let mut tensors = vec![];
     let mut nodes = vec![];
-    let mut t = |tensors: &mut Vec<TensorInfo>, c, h, w| {
+    let t = |tensors: &mut Vec<TensorInfo>, c, h, w| {
         tensors.push(TensorInfo {
             name: format!("t{}", tensors.len()),
             shape: Shape::new(c, h, w),
@@ -257,7 +257,7 @@ pub(crate) fn tiny_graph(seed: u64, classes: usize) -> Graph {
         tensors.len() - 1
     };
     let input = t(&mut tensors, 2, 6, 6);
-    let mut conv = |r: &mut Rng, cin, cout, k, s, p, groups, act| {
+    let conv = |r: &mut Rng, cin, cout, k, s, p, groups, act| {
         Op::Conv(ir::Conv {
             cout,
             cin,
@@ -274,7 +274,7 @@ pub(crate) fn tiny_graph(seed: u64, classes: usize) -> Graph {
             act,
         })
     };
-    let mut push = |nodes: &mut Vec<Node>, op, inputs: Vec<usize>, output| {
+    let push = |nodes: &mut Vec<Node>, op, inputs: Vec<usize>, output| {
         nodes.push(Node {
             name: format!("node{}", nodes.len()),
             op,
