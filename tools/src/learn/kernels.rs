@@ -16,6 +16,35 @@ use std::ops::Range;
 use super::par;
 use crate::ir::{Act, Unary};
 
+// Tile loops. Plain index loops over slices cut to one length, with
+// scalars in locals, so LLVM vectorizes them (the zip chains they replace
+// compiled to scalar code reloading pointers every element). Each is
+// compiled twice: for the baseline x86-64 (SSE2) and with AVX2 enabled,
+// chosen at run time. Rust never fuses a multiply and an add on its own,
+// so both give the same bits.
+
+/// Defines `fn $name` with an AVX2 build of the same body picked at run
+/// time on x86-64.
+macro_rules! tile_fn {
+    ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[inline(never)]
+        #[allow(clippy::too_many_arguments)]
+        fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                fn wide($($a: $t),*) $body
+                // SAFETY: the CPU has AVX2 (checked just above); `wide` is
+                // the same safe code compiled for it.
+                return unsafe { wide($($a),*) };
+            }
+            $body
+        }
+    };
+}
+
 /// Batch shape, channels last.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Dims {
@@ -384,35 +413,51 @@ fn dw_forward(s: &ConvSpec, x: &[f32], d: Dims, w: &[f32], y: &mut [f32], thread
     let (oh, ow) = s.out_hw(d.h, d.w);
     let c = s.cout;
     let wt = taps_major(s, w);
-    let [pt, pl, _, _] = s.pads;
+    let img_in = d.h * d.w * c;
     let t = par::threads_for(threads, d.n, oh * ow * c * s.kh * s.kw);
     par::map_rows(t, y, oh * ow * c, |imgs, yr| {
         for (i, n) in imgs.enumerate() {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let o = ((i * oh + oy) * ow + ox) * c;
-                    let out = &mut yr[o..o + c];
-                    out.fill(0.0);
-                    for ky in 0..s.kh {
-                        let Some(iy) = ConvSpec::src(oy, ky, s.sh, pt, d.h) else {
-                            continue;
-                        };
-                        for kx in 0..s.kw {
-                            let Some(ix) = ConvSpec::src(ox, kx, s.sw, pl, d.w) else {
-                                continue;
-                            };
-                            let xi = ((n * d.h + iy) * d.w + ix) * c;
-                            let xs = &x[xi..xi + c];
-                            let ws = &wt[(ky * s.kw + kx) * c..(ky * s.kw + kx + 1) * c];
-                            for ((o, &a), &b) in out.iter_mut().zip(xs).zip(ws) {
-                                *o += a * b;
-                            }
-                        }
+            dw_forward_image(
+                s,
+                d,
+                &x[n * img_in..(n + 1) * img_in],
+                &wt,
+                &mut yr[i * oh * ow * c..(i + 1) * oh * ow * c],
+            );
+        }
+    });
+}
+
+tile_fn! {
+/// One image of a depthwise conv: `x` is `(h, w, c)`, `wt` `[tap][c]`.
+fn dw_forward_image(s: &ConvSpec, d: Dims, x: &[f32], wt: &[f32], y: &mut [f32]) {
+    let (oh, ow) = s.out_hw(d.h, d.w);
+    let c = s.cout;
+    let [pt, pl, _, _] = s.pads;
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let o = (oy * ow + ox) * c;
+            let out = &mut y[o..o + c];
+            out.fill(0.0);
+            for ky in 0..s.kh {
+                let Some(iy) = ConvSpec::src(oy, ky, s.sh, pt, d.h) else {
+                    continue;
+                };
+                for kx in 0..s.kw {
+                    let Some(ix) = ConvSpec::src(ox, kx, s.sw, pl, d.w) else {
+                        continue;
+                    };
+                    let xi = (iy * d.w + ix) * c;
+                    let xs = &x[xi..xi + c];
+                    let ws = &wt[(ky * s.kw + kx) * c..(ky * s.kw + kx + 1) * c];
+                    for ((o, &a), &b) in out.iter_mut().zip(xs).zip(ws) {
+                        *o += a * b;
                     }
                 }
             }
         }
-    });
+    }
+}
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -430,7 +475,6 @@ fn dw_backward(
     let c = s.cout;
     let taps = s.kh * s.kw;
     let wt = taps_major(s, w);
-    let [pt, pl, _, _] = s.pads;
     let want_dw = dw.is_some();
     let t = par::threads_for(threads, d.n, 2 * oh * ow * c * taps);
     let work = |imgs: Range<usize>, mut dxr: Option<&mut [f32]>| -> Vec<f32> {
@@ -442,40 +486,19 @@ fn dw_backward(
         if let Some(dxr) = dxr.as_deref_mut() {
             dxr.fill(0.0);
         }
+        let img_in = d.h * d.w * c;
+        let img_out = oh * ow * c;
         for (i, n) in imgs.enumerate() {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let o = ((n * oh + oy) * ow + ox) * c;
-                    let g = &dy[o..o + c];
-                    for ky in 0..s.kh {
-                        let Some(iy) = ConvSpec::src(oy, ky, s.sh, pt, d.h) else {
-                            continue;
-                        };
-                        for kx in 0..s.kw {
-                            let Some(ix) = ConvSpec::src(ox, kx, s.sw, pl, d.w) else {
-                                continue;
-                            };
-                            let tap = ky * s.kw + kx;
-                            if want_dw {
-                                let xi = ((n * d.h + iy) * d.w + ix) * c;
-                                let xs = &x[xi..xi + c];
-                                let gs = &mut gw[tap * c..(tap + 1) * c];
-                                for ((acc, &a), &b) in gs.iter_mut().zip(g).zip(xs) {
-                                    *acc += a * b;
-                                }
-                            }
-                            if let Some(dxr) = dxr.as_deref_mut() {
-                                let xi = ((i * d.h + iy) * d.w + ix) * c;
-                                let ds = &mut dxr[xi..xi + c];
-                                let ws = &wt[tap * c..(tap + 1) * c];
-                                for ((acc, &a), &b) in ds.iter_mut().zip(g).zip(ws) {
-                                    *acc += a * b;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            dw_backward_image(
+                s,
+                d,
+                &x[n * img_in..(n + 1) * img_in],
+                &wt,
+                &dy[n * img_out..(n + 1) * img_out],
+                dxr.as_deref_mut()
+                    .map(|d| &mut d[i * img_in..(i + 1) * img_in]),
+                want_dw.then_some(&mut gw[..]),
+            );
         }
         gw
     };
@@ -493,6 +516,57 @@ fn dw_backward(
     }
 }
 
+tile_fn! {
+/// One image of the depthwise backward: adds to `dx` (the image's input
+/// gradient) and `gw` (`[tap][c]` weight gradient) when given.
+fn dw_backward_image(
+    s: &ConvSpec,
+    d: Dims,
+    x: &[f32],
+    wt: &[f32],
+    dy: &[f32],
+    dx: Option<&mut [f32]>,
+    gw: Option<&mut [f32]>,
+) {
+    let (oh, ow) = s.out_hw(d.h, d.w);
+    let c = s.cout;
+    let [pt, pl, _, _] = s.pads;
+    let (mut dx, mut gw) = (dx, gw);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let o = (oy * ow + ox) * c;
+            let g = &dy[o..o + c];
+            for ky in 0..s.kh {
+                let Some(iy) = ConvSpec::src(oy, ky, s.sh, pt, d.h) else {
+                    continue;
+                };
+                for kx in 0..s.kw {
+                    let Some(ix) = ConvSpec::src(ox, kx, s.sw, pl, d.w) else {
+                        continue;
+                    };
+                    let tap = ky * s.kw + kx;
+                    let xi = (iy * d.w + ix) * c;
+                    if let Some(gw) = gw.as_deref_mut() {
+                        let xs = &x[xi..xi + c];
+                        let gs = &mut gw[tap * c..(tap + 1) * c];
+                        for ((acc, &a), &b) in gs.iter_mut().zip(g).zip(xs) {
+                            *acc += a * b;
+                        }
+                    }
+                    if let Some(dx) = dx.as_deref_mut() {
+                        let ds = &mut dx[xi..xi + c];
+                        let ws = &wt[tap * c..(tap + 1) * c];
+                        for ((acc, &a), &b) in ds.iter_mut().zip(g).zip(ws) {
+                            *acc += a * b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+}
+
 /// `acc += v`.
 pub fn add_into(acc: &mut [f32], v: &[f32]) {
     for (a, b) in acc.iter_mut().zip(v) {
@@ -504,6 +578,9 @@ pub fn add_into(acc: &mut [f32], v: &[f32]) {
 /// `TILE_ROWS * c` values against per-channel vectors repeated as often, so
 /// every inner loop is a flat, vectorizable loop whatever `c` is.
 const TILE_ROWS: usize = 64;
+/// Rows summed in f32 (tile-shaped accumulators, so 16 values per lane)
+/// before the partial sums are added in f64.
+const FOLD_ROWS: usize = 16 * TILE_ROWS;
 
 /// `v` (one value per channel) repeated for `rows` rows.
 fn tiled(v: &[f32], rows: usize) -> Vec<f32> {
@@ -523,18 +600,20 @@ fn fold_tile(acc: &[f32], c: usize, out: &mut [f64]) {
     }
 }
 
-/// Per-channel sums of a `[rows][c]` matrix (f32 within a tile, f64
-/// across tiles, fixed order).
+/// Per-channel sums of a `[rows][c]` matrix (f32 over [`FOLD_ROWS`] rows,
+/// f64 across them, fixed order).
 pub fn channel_sums(v: &[f32], c: usize, threads: usize) -> Vec<f64> {
     let rows = v.len() / c.max(1);
     let t = par::threads_for(threads, rows, c);
     let parts = par::map(t, rows, |r| {
         let mut out = vec![0f64; c];
         let mut acc = vec![0f32; TILE_ROWS * c];
-        for tile in v[r.start * c..r.end * c].chunks(TILE_ROWS * c) {
+        for group in v[r.start * c..r.end * c].chunks(FOLD_ROWS * c) {
             acc.fill(0.0);
-            for (a, &x) in acc.iter_mut().zip(tile) {
-                *a += x;
+            for tile in group.chunks(TILE_ROWS * c) {
+                for (a, &x) in acc.iter_mut().zip(tile) {
+                    *a += x;
+                }
             }
             fold_tile(&acc, c, &mut out);
         }
@@ -555,7 +634,7 @@ fn sum_f64(parts: Vec<Vec<f64>>, c: usize) -> Vec<f64> {
 
 /// Per-channel mean and biased variance of a `[rows][c]` matrix. One pass:
 /// sums of `x - pivot` and its square (the pivot, row 0, keeps the
-/// subtraction from cancelling), f32 within a tile, f64 across tiles.
+/// subtraction from cancelling), f32 over [`FOLD_ROWS`] rows, f64 across.
 pub fn channel_moments(v: &[f32], c: usize, threads: usize) -> (Vec<f64>, Vec<f64>) {
     let rows = v.len() / c.max(1);
     if rows == 0 {
@@ -567,13 +646,11 @@ pub fn channel_moments(v: &[f32], c: usize, threads: usize) -> (Vec<f64>, Vec<f6
         let mut out = vec![0f64; 2 * c];
         let mut s1 = vec![0f32; TILE_ROWS * c];
         let mut s2 = vec![0f32; TILE_ROWS * c];
-        for tile in v[r.start * c..r.end * c].chunks(TILE_ROWS * c) {
+        for group in v[r.start * c..r.end * c].chunks(FOLD_ROWS * c) {
             s1.fill(0.0);
             s2.fill(0.0);
-            for (((a, b), &x), &p) in s1.iter_mut().zip(s2.iter_mut()).zip(tile).zip(&pivot) {
-                let d = x - p;
-                *a += d;
-                *b += d * d;
+            for tile in group.chunks(TILE_ROWS * c) {
+                moments_tile(tile, &pivot, &mut s1, &mut s2);
             }
             let (o1, o2) = out.split_at_mut(c);
             fold_tile(&s1, c, o1);
@@ -591,6 +668,90 @@ pub fn channel_moments(v: &[f32], c: usize, threads: usize) -> (Vec<f64>, Vec<f6
         var[k] = (acc[c + k] / n - m * m).max(0.0);
     }
     (mean, var)
+}
+
+tile_fn! {
+/// `s1 += x - p`, `s2 += (x - p)^2`, element-wise.
+fn moments_tile(x: &[f32], p: &[f32], s1: &mut [f32], s2: &mut [f32]) {
+    let n = x.len();
+    let (p, s1, s2) = (&p[..n], &mut s1[..n], &mut s2[..n]);
+    for i in 0..n {
+        let d = x[i] - p[i];
+        s1[i] += d;
+        s2[i] += d * d;
+    }
+}
+}
+
+tile_fn! {
+/// `y = clamp(z * s + b, lo, hi)`, element-wise.
+fn affine_clamp_tile(z: &[f32], s: &[f32], b: &[f32], lo: f32, hi: f32, y: &mut [f32]) {
+    let n = z.len();
+    let (s, b, y) = (&s[..n], &b[..n], &mut y[..n]);
+    for i in 0..n {
+        y[i] = clamp(z[i] * s[i] + b[i], lo, hi);
+    }
+}
+}
+
+tile_fn! {
+/// Batch-norm backward sums over one tile: with `m` the clamp's mask,
+/// `s1 += g*m`, `s2 += g*m * xhat`. `stats` = (mean, inv_std, scale, shift).
+fn bn_reduce_tile(
+    z: &[f32],
+    g: &[f32],
+    stats: [&[f32]; 4],
+    bounds: (f32, f32),
+    s1: &mut [f32],
+    s2: &mut [f32],
+) {
+    let (lo, hi) = bounds;
+    let n = z.len();
+    let [mean, inv, sc, sh] = stats;
+    let (g, mean, inv, sc, sh) = (&g[..n], &mean[..n], &inv[..n], &sc[..n], &sh[..n]);
+    let (s1, s2) = (&mut s1[..n], &mut s2[..n]);
+    for i in 0..n {
+        let u = z[i] * sc[i] + sh[i];
+        // Load first and `&`, not `&&`: no branch, so the loop vectorizes
+        // (the mask is a select).
+        let gi = g[i];
+        let gm = if (u > lo) & (u < hi) { gi } else { 0.0 };
+        s1[i] += gm;
+        s2[i] += gm * ((z[i] - mean[i]) * inv[i]);
+    }
+}
+}
+
+tile_fn! {
+/// Batch-norm input gradient over one tile, in place:
+/// `g = a * (g*m - mb - (z - mean) * mg)`. `coef` = (a, mb, mean, mg,
+/// scale, shift).
+fn bn_apply_grad_tile(z: &[f32], coef: [&[f32]; 6], bounds: (f32, f32), g: &mut [f32]) {
+    let (lo, hi) = bounds;
+    let n = z.len();
+    let [a, mb, mean, mg, sc, sh] = coef;
+    let (a, mb, mean, mg, sc, sh) = (&a[..n], &mb[..n], &mean[..n], &mg[..n], &sc[..n], &sh[..n]);
+    let g = &mut g[..n];
+    for i in 0..n {
+        let u = z[i] * sc[i] + sh[i];
+        let gi = g[i];
+        let gm = if (u > lo) & (u < hi) { gi } else { 0.0 };
+        g[i] = a[i] * (gm - mb[i] - (z[i] - mean[i]) * mg[i]);
+    }
+}
+}
+
+/// `v` clamped to `[lo, hi]` with plain compares (compiles to min/max
+/// instructions; `f32::max/min` carry NaN rules that cost extra
+/// instructions per element, and training data is checked finite).
+#[inline(always)]
+fn clamp(v: f32, lo: f32, hi: f32) -> f32 {
+    let v = if v < lo { lo } else { v };
+    if v > hi {
+        hi
+    } else {
+        v
+    }
 }
 
 /// The clamp of an activation as (lo, hi).
@@ -624,9 +785,7 @@ pub fn bn_forward(
     par::map_rows(t, y, c, |r, yr| {
         let zr = &z[r.start * c..r.end * c];
         for (yt, zt) in yr.chunks_mut(TILE_ROWS * c).zip(zr.chunks(TILE_ROWS * c)) {
-            for (((y, &z), &s), &b) in yt.iter_mut().zip(zt).zip(&scale).zip(&shift) {
-                *y = (z * s + b).max(lo).min(hi);
-            }
+            affine_clamp_tile(zt, &scale, &shift, lo, hi, yt);
         }
     });
 }
@@ -656,10 +815,6 @@ pub fn bn_backward_train(
     let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] * scale[k]).collect();
     let (scale_t, shift_t) = (tiled(&scale, TILE_ROWS), tiled(&shift, TILE_ROWS));
     let (lo, hi) = bounds(act);
-    let pass = |z: f32, s: f32, b: f32| {
-        let u = z * s + b;
-        u > lo && u < hi
-    };
     let gs: &[f32] = g;
     let parts = par::map(t, rows, |r| {
         let mut out = vec![0f64; 2 * c];
@@ -667,19 +822,12 @@ pub fn bn_backward_train(
         let mut s2 = vec![0f32; TILE_ROWS * c];
         let zb = &z[r.start * c..r.end * c];
         let gb = &gs[r.start * c..r.end * c];
-        for (zt, gt) in zb.chunks(TILE_ROWS * c).zip(gb.chunks(TILE_ROWS * c)) {
+        for (zg, gg) in zb.chunks(FOLD_ROWS * c).zip(gb.chunks(FOLD_ROWS * c)) {
             s1.fill(0.0);
             s2.fill(0.0);
-            for ((((a, b), &z), &g), ((&m, &i), (&sc, &sh))) in s1
-                .iter_mut()
-                .zip(s2.iter_mut())
-                .zip(zt)
-                .zip(gt)
-                .zip(mean_t.iter().zip(&inv_t).zip(scale_t.iter().zip(&shift_t)))
-            {
-                let g = if pass(z, sc, sh) { g } else { 0.0 };
-                *a += g;
-                *b += g * ((z - m) * i);
+            for (zt, gt) in zg.chunks(TILE_ROWS * c).zip(gg.chunks(TILE_ROWS * c)) {
+                let stats = [&mean_t[..], &inv_t, &scale_t, &shift_t];
+                bn_reduce_tile(zt, gt, stats, (lo, hi), &mut s1, &mut s2);
             }
             let (o1, o2) = out.split_at_mut(c);
             fold_tile(&s1, c, o1);
@@ -703,15 +851,8 @@ pub fn bn_backward_train(
     par::map_rows(t, g, c, |r, gr| {
         let zr = &z[r.start * c..r.end * c];
         for (gt, zt) in gr.chunks_mut(TILE_ROWS * c).zip(zr.chunks(TILE_ROWS * c)) {
-            for (((g, &z), ((&a, &b), (&m, &mgk))), (&sc, &sh)) in gt
-                .iter_mut()
-                .zip(zt)
-                .zip(a.iter().zip(&mb).zip(mean_t.iter().zip(&mg)))
-                .zip(scale_t.iter().zip(&shift_t))
-            {
-                let gm = if pass(z, sc, sh) { *g } else { 0.0 };
-                *g = a * (gm - b - (z - m) * mgk);
-            }
+            let coef = [&a[..], &mb, &mean_t, &mg, &scale_t, &shift_t];
+            bn_apply_grad_tile(zt, coef, (lo, hi), gt);
         }
     });
     (dgamma, dbeta)
@@ -726,7 +867,7 @@ pub fn act_mask(act: Act, y: &[f32], dy: &mut [f32], threads: usize) {
     let (lo, hi) = bounds(act);
     par::for_each_piece(threads, dy, |off, piece| {
         for (g, &v) in piece.iter_mut().zip(&y[off..]) {
-            *g = if v > lo && v < hi { *g } else { 0.0 };
+            *g = if (v > lo) & (v < hi) { *g } else { 0.0 };
         }
     });
 }
@@ -739,7 +880,7 @@ pub fn act_apply(act: Act, y: &mut [f32], threads: usize) {
     let (lo, hi) = bounds(act);
     par::for_each_piece(threads, y, |_, piece| {
         for v in piece {
-            *v = v.max(lo).min(hi);
+            *v = clamp(*v, lo, hi);
         }
     });
 }
