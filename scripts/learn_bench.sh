@@ -7,6 +7,9 @@
 #   pip install torch torchvision          # the peer (about 3 GB); not a test dependency
 #   bash scripts/learn_bench.sh            # PATCH=sb+logits THREADS=2 RUNS=3 STEPS=20
 #
+# Throughput, for both: batch / median step time (PyTorch's script times
+# each step after 3 warm-up steps; graftnet reports its median step, and
+# its whole-epoch average as epoch_images_per_s).
 # Peak memory: graftnet's is the process's maximum RSS (/usr/bin/time),
 # PyTorch's the same measure from getrusage; both include the loaded data
 # and the runtime's own baseline (for PyTorch, about 300 MB of libraries).
@@ -36,7 +39,7 @@ for i in $(seq 1 "$RUNS"); do
         --size 64,64 --mean 0.5 --std 0.5 --limit "$N" --patch "$PATCH" --epochs 1 \
         --batch $BATCH --threads "$THREADS" --bn-samples 0 --lr 1e-3 \
         --out "$WORK/learned.onnx" --json |
-        python3 -c "import json,sys; j=json.load(sys.stdin); print(json.dumps({'peer':'graftnet','patch':j['patch'],'batch':j['batch'],'threads':j['threads'],'images_per_s':round(j['images_per_s'],1),'peak_rss_mb':round(int(open('$WORK/rss').read().split()[-1])/1024,1),'trainable_params':j['trainable_params'],'load':open('/proc/loadavg').read().split()[0]}))" |
+        python3 -c "import json,sys; j=json.load(sys.stdin); print(json.dumps({'peer':'graftnet','patch':j['patch'],'batch':j['batch'],'threads':j['threads'],'images_per_s':round(j['batch']*1000/j['step_ms_median'],1),'step_ms_median':round(j['step_ms_median'],2),'epoch_images_per_s':round(j['images_per_s'],1),'peak_rss_mb':round(int(open('$WORK/rss').read().split()[-1])/1024,1),'trainable_params':j['trainable_params'],'load':open('/proc/loadavg').read().split()[0]}))" |
         tee -a "$WORK/runs.jsonl"
     python3 scripts/learn_peer.py --patch "$PATCH" --threads "$THREADS" --batch $BATCH \
         --width 0.5 --resolution 64 --in-channels 1 --steps "$STEPS" | tee -a "$WORK/runs.jsonl"

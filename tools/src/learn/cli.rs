@@ -495,6 +495,7 @@ impl LearnArgs {
             "seed": cfg.seed,
             "train_images": runs.iter().map(|r| r.train.len()).sum::<usize>(),
             "images_per_s": stats.images_per_s,
+            "step_ms_median": stats.step_ms_median,
             "train_seconds": stats.train_seconds,
             "seconds": started.elapsed().as_secs_f64(),
             "trainable_params": trainable,

@@ -574,13 +574,18 @@ pub fn add_into(acc: &mut [f32], v: &[f32]) {
     }
 }
 
-/// Rows per tile: per-channel loops run over whole tiles of
-/// `TILE_ROWS * c` values against per-channel vectors repeated as often, so
-/// every inner loop is a flat, vectorizable loop whatever `c` is.
-const TILE_ROWS: usize = 64;
-/// Rows summed in f32 (tile-shaped accumulators, so 16 values per lane)
-/// before the partial sums are added in f64.
-const FOLD_ROWS: usize = 16 * TILE_ROWS;
+/// Rows per tile for `c` channels: per-channel loops run over whole tiles
+/// of `tile_rows(c) * c` values (at least 256) against per-channel vectors
+/// repeated as often, so every inner loop is a flat, vectorizable loop
+/// whatever `c` is, and the repeated vectors (up to six per loop) stay in
+/// the L1 cache.
+fn tile_rows(c: usize) -> usize {
+    256usize.div_ceil(c.max(1))
+}
+
+/// Rows summed in f32 (in tile-shaped accumulators) before the partial
+/// sums are added in f64.
+const FOLD_ROWS: usize = 256;
 
 /// `v` (one value per channel) repeated for `rows` rows.
 fn tiled(v: &[f32], rows: usize) -> Vec<f32> {
@@ -603,14 +608,15 @@ fn fold_tile(acc: &[f32], c: usize, out: &mut [f64]) {
 /// Per-channel sums of a `[rows][c]` matrix (f32 over [`FOLD_ROWS`] rows,
 /// f64 across them, fixed order).
 pub fn channel_sums(v: &[f32], c: usize, threads: usize) -> Vec<f64> {
+    let tr = tile_rows(c);
     let rows = v.len() / c.max(1);
     let t = par::threads_for(threads, rows, c);
     let parts = par::map(t, rows, |r| {
         let mut out = vec![0f64; c];
-        let mut acc = vec![0f32; TILE_ROWS * c];
-        for group in v[r.start * c..r.end * c].chunks(FOLD_ROWS * c) {
+        let mut acc = vec![0f32; tr * c];
+        for group in v[r.start * c..r.end * c].chunks(FOLD_ROWS.div_ceil(tr) * tr * c) {
             acc.fill(0.0);
-            for tile in group.chunks(TILE_ROWS * c) {
+            for tile in group.chunks(tr * c) {
                 for (a, &x) in acc.iter_mut().zip(tile) {
                     *a += x;
                 }
@@ -636,20 +642,21 @@ fn sum_f64(parts: Vec<Vec<f64>>, c: usize) -> Vec<f64> {
 /// sums of `x - pivot` and its square (the pivot, row 0, keeps the
 /// subtraction from cancelling), f32 over [`FOLD_ROWS`] rows, f64 across.
 pub fn channel_moments(v: &[f32], c: usize, threads: usize) -> (Vec<f64>, Vec<f64>) {
+    let tr = tile_rows(c);
     let rows = v.len() / c.max(1);
     if rows == 0 {
         return (vec![0.0; c], vec![0.0; c]);
     }
-    let pivot = tiled(&v[..c], TILE_ROWS);
+    let pivot = tiled(&v[..c], tr);
     let t = par::threads_for(threads, rows, 2 * c);
     let parts = par::map(t, rows, |r| {
         let mut out = vec![0f64; 2 * c];
-        let mut s1 = vec![0f32; TILE_ROWS * c];
-        let mut s2 = vec![0f32; TILE_ROWS * c];
-        for group in v[r.start * c..r.end * c].chunks(FOLD_ROWS * c) {
+        let mut s1 = vec![0f32; tr * c];
+        let mut s2 = vec![0f32; tr * c];
+        for group in v[r.start * c..r.end * c].chunks(FOLD_ROWS.div_ceil(tr) * tr * c) {
             s1.fill(0.0);
             s2.fill(0.0);
-            for tile in group.chunks(TILE_ROWS * c) {
+            for tile in group.chunks(tr * c) {
                 moments_tile(tile, &pivot, &mut s1, &mut s2);
             }
             let (o1, o2) = out.split_at_mut(c);
@@ -777,14 +784,15 @@ pub fn bn_forward(
     y: &mut [f32],
     threads: usize,
 ) {
+    let tr = tile_rows(c);
     let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect();
     let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] * scale[k]).collect();
-    let (scale, shift) = (tiled(&scale, TILE_ROWS), tiled(&shift, TILE_ROWS));
+    let (scale, shift) = (tiled(&scale, tr), tiled(&shift, tr));
     let (lo, hi) = bounds(act);
     let t = par::threads_for(threads, z.len() / c.max(1), c);
     par::map_rows(t, y, c, |r, yr| {
         let zr = &z[r.start * c..r.end * c];
-        for (yt, zt) in yr.chunks_mut(TILE_ROWS * c).zip(zr.chunks(TILE_ROWS * c)) {
+        for (yt, zt) in yr.chunks_mut(tr * c).zip(zr.chunks(tr * c)) {
             affine_clamp_tile(zt, &scale, &shift, lo, hi, yt);
         }
     });
@@ -808,24 +816,28 @@ pub fn bn_backward_train(
     g: &mut [f32],
     threads: usize,
 ) -> (Vec<f32>, Vec<f32>) {
+    let tr = tile_rows(c);
     let rows = z.len() / c;
     let t = par::threads_for(threads, rows, 2 * c);
-    let (mean_t, inv_t) = (tiled(mean, TILE_ROWS), tiled(inv_std, TILE_ROWS));
+    let (mean_t, inv_t) = (tiled(mean, tr), tiled(inv_std, tr));
     let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect();
     let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] * scale[k]).collect();
-    let (scale_t, shift_t) = (tiled(&scale, TILE_ROWS), tiled(&shift, TILE_ROWS));
+    let (scale_t, shift_t) = (tiled(&scale, tr), tiled(&shift, tr));
     let (lo, hi) = bounds(act);
     let gs: &[f32] = g;
     let parts = par::map(t, rows, |r| {
         let mut out = vec![0f64; 2 * c];
-        let mut s1 = vec![0f32; TILE_ROWS * c];
-        let mut s2 = vec![0f32; TILE_ROWS * c];
+        let mut s1 = vec![0f32; tr * c];
+        let mut s2 = vec![0f32; tr * c];
         let zb = &z[r.start * c..r.end * c];
         let gb = &gs[r.start * c..r.end * c];
-        for (zg, gg) in zb.chunks(FOLD_ROWS * c).zip(gb.chunks(FOLD_ROWS * c)) {
+        for (zg, gg) in zb
+            .chunks(FOLD_ROWS.div_ceil(tr) * tr * c)
+            .zip(gb.chunks(FOLD_ROWS.div_ceil(tr) * tr * c))
+        {
             s1.fill(0.0);
             s2.fill(0.0);
-            for (zt, gt) in zg.chunks(TILE_ROWS * c).zip(gg.chunks(TILE_ROWS * c)) {
+            for (zt, gt) in zg.chunks(tr * c).zip(gg.chunks(tr * c)) {
                 let stats = [&mean_t[..], &inv_t, &scale_t, &shift_t];
                 bn_reduce_tile(zt, gt, stats, (lo, hi), &mut s1, &mut s2);
             }
@@ -843,14 +855,10 @@ pub fn bn_backward_train(
     let mb: Vec<f32> = (0..c).map(|k| dbeta[k] / m).collect();
     // xhat * dgamma / m = (z - mean) * inv * dgamma / m
     let mg: Vec<f32> = (0..c).map(|k| dgamma[k] / m * inv_std[k]).collect();
-    let (a, mb, mg) = (
-        tiled(&a, TILE_ROWS),
-        tiled(&mb, TILE_ROWS),
-        tiled(&mg, TILE_ROWS),
-    );
+    let (a, mb, mg) = (tiled(&a, tr), tiled(&mb, tr), tiled(&mg, tr));
     par::map_rows(t, g, c, |r, gr| {
         let zr = &z[r.start * c..r.end * c];
-        for (gt, zt) in gr.chunks_mut(TILE_ROWS * c).zip(zr.chunks(TILE_ROWS * c)) {
+        for (gt, zt) in gr.chunks_mut(tr * c).zip(zr.chunks(tr * c)) {
             let coef = [&a[..], &mb, &mean_t, &mg, &scale_t, &shift_t];
             bn_apply_grad_tile(zt, coef, (lo, hi), gt);
         }

@@ -246,6 +246,8 @@ pub struct TrainStats {
     pub images_per_s: f64,
     pub train_seconds: f64,
     pub steps: usize,
+    /// Median wall time of one step (all tasks' batches), milliseconds.
+    pub step_ms_median: f64,
 }
 
 /// Trains one or more tasks. With several tasks, every step takes one batch
@@ -292,6 +294,7 @@ pub fn train(tasks: &mut [TaskRun<'_>], cfg: &TrainConfig, shared: bool) -> Resu
     let mut step_no = 0usize;
     let mut images = 0usize;
     let mut seconds = 0f64;
+    let mut step_ms: Vec<f64> = Vec::with_capacity(total);
     for epoch in 0..cfg.epochs {
         let pb = if cfg.progress {
             let p = ProgressBar::new(steps_per_epoch as u64);
@@ -309,6 +312,7 @@ pub fn train(tasks: &mut [TaskRun<'_>], cfg: &TrainConfig, shared: bool) -> Resu
         }
         let start = Instant::now();
         for s in 0..steps_per_epoch {
+            let step_start = Instant::now();
             let lr = lr_at(cfg.lr, step_no, total);
             step_no += 1;
             for ti in 0..tasks.len() {
@@ -355,6 +359,7 @@ pub fn train(tasks: &mut [TaskRun<'_>], cfg: &TrainConfig, shared: bool) -> Resu
                     sync_shared(tasks, ti);
                 }
             }
+            step_ms.push(step_start.elapsed().as_secs_f64() * 1e3);
             if let Some(p) = &pb {
                 let t = &tasks[0];
                 p.set_message(format!(
@@ -412,10 +417,12 @@ pub fn train(tasks: &mut [TaskRun<'_>], cfg: &TrainConfig, shared: bool) -> Resu
             }
         }
     }
+    step_ms.sort_by(f64::total_cmp);
     Ok(TrainStats {
         images_per_s: images as f64 / seconds.max(1e-9),
         train_seconds: seconds,
         steps: step_no,
+        step_ms_median: step_ms.get(step_ms.len() / 2).copied().unwrap_or(0.0),
     })
 }
 
