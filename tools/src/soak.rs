@@ -370,7 +370,7 @@ fn reference_inputs(
                 d.dir.display(),
                 shape
             );
-            ensure!(ds.len() > 0, "{}: no samples", p.display());
+            ensure!(!ds.is_empty(), "{}: no samples", p.display());
             (0..n.min(ds.len()))
                 .flat_map(|i| ds.sample(i).to_vec())
                 .collect()
