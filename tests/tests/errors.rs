@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use graftnet::format::{blob_checksum, EntryKind};
+use graftnet::format::EntryKind;
 use graftnet::{Backbone, Engine, FormatError, Patch, Requant};
 use graftnet_tests::*;
 use graftnet_tools::data::write_npy_f32;
@@ -11,6 +11,7 @@ use graftnet_tools::fixtures::*;
 use graftnet_tools::host::{ExportDir, UnknownTask};
 use graftnet_tools::onnx_import::{import_onnx, ImportError, ImportOptions};
 use graftnet_tools::pipeline::{export, ExportOptions};
+use graftnet_tools::soak::entry_offsets;
 
 /// A small exported model with two tasks: (dir, backbone, sb patch, dw patch).
 fn small_export(tag: &str) -> (PathBuf, Vec<u8>, Vec<u8>, Vec<u8>) {
@@ -50,9 +51,10 @@ fn input_for(back: &Backbone<'_>) -> Vec<f32> {
     random_inputs(1, t.c as usize, t.h as usize, t.w as usize, 8)
 }
 
+/// Recomputes a blob's checksum after an edit (what a buggy writer or an
+/// attacker would do); the field is the same in both blob kinds.
 fn reseal(blob: &mut [u8]) {
-    let c = blob_checksum(blob);
-    blob[12..16].copy_from_slice(&c.to_le_bytes());
+    graftnet::format::patch::seal(blob);
 }
 
 #[test]
@@ -385,9 +387,7 @@ fn npy_from(
 /// Recomputes a backbone's fingerprint and checksum after an edit (what a
 /// buggy writer or an attacker would do).
 fn reseal_backbone(blob: &mut [u8]) {
-    let fp = graftnet::format::fnv1a64(&blob[80..]);
-    blob[16..24].copy_from_slice(&fp.to_le_bytes());
-    reseal(blob);
+    graftnet::format::backbone::seal(blob);
 }
 
 /// Issue 13, finding 1: the 80-byte header `"GNBB" 01 00 50 00` + 72 zero
@@ -459,18 +459,6 @@ fn declared_arena_and_capacities_are_bounded_by_the_graph() {
     );
     assert!(e.to_string().contains("never needs more than"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Offset of each entry of a parsed patch in its blob.
-fn entry_offsets(p: &Patch<'_>) -> Vec<usize> {
-    let mut pos = p.header().entries_off as usize;
-    p.entries()
-        .map(|e| {
-            let at = pos;
-            pos += graftnet::format::entry::entry_len(e.payload.len());
-            at
-        })
-        .collect()
 }
 
 /// Issue 13, finding 5: scale codes at the top of their range and bias

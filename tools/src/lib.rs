@@ -16,4 +16,5 @@ pub mod pipeline;
 pub mod quantize;
 pub mod reference;
 pub mod rng;
+pub mod soak;
 pub mod verify;

@@ -121,6 +121,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Randomized long run of one engine: task switches, inferences checked
+    /// bit for bit against a per-task reference, corrupted patches that must
+    /// be refused; exits non-zero on any mismatch or accepted corruption.
+    Soak(graftnet_tools::soak::SoakArgs),
     /// The main job on the models and data the repository ships: export,
     /// then run every task and print accuracy, sizes and switch time.
     Demo {
@@ -245,6 +249,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Export(a) => cmd_export(a),
         Cmd::Learn(a) => a.run(),
+        Cmd::Soak(a) => a.run(),
         Cmd::Inspect {
             file,
             backbone,

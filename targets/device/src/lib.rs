@@ -1,7 +1,8 @@
 //! `graftnet-device`: graftnet on a Linux board (Raspberry Pi 4/5, Jetson Orin, any host).
 //!
 //! ```text
-//! graftnet-device --dir EXPORT_DIR [--socket PATH]
+//! graftnet-device --dir EXPORT_DIR [--socket PATH] [--max-connections N]
+//!                 [--timeout SECS] [--max-request-bytes N]
 //! ```
 //!
 //! Loads `EXPORT_DIR/backbone.gnb` and the `EXPORT_DIR/*.gnp` its
@@ -17,6 +18,21 @@
 //! process lifetime; the blobs are read once. Requests switch tasks with
 //! `Engine::apply` (kilobytes of patch, no reload).
 //!
+//! Bounds, so that no client (or number of clients) can exhaust the device
+//! ([`Limits`]): at most `--max-connections` socket connections are served
+//! at once (default 16; one more gets an error line and is closed, so
+//! threads stay at that number plus two); each connection has `--timeout`
+//! seconds (default 30) to deliver each request line, counted from its
+//! start or its previous response, and is closed with an error line after
+//! it (an idle client and one trickling a line byte by byte alike); a
+//! request line may hold at most [`max_request_bytes`] of the model's input
+//! size (32 bytes per input value plus 64 KiB), and parsing it costs that
+//! line plus `4·C·H·W` bytes ([`protocol::parse_request`]). So the memory a
+//! socket can make the device use is bounded by
+//! `max_connections · (2 · max_request_bytes + 4·C·H·W)` plus the fixed
+//! buffers. Requests are parsed before the engine lock is taken
+//! ([`server::respond`]).
+//!
 //! The board packages (`targets/rpi4`, `targets/rpi5`, `targets/jetson-orin`)
 //! are this library compiled for their CPU; [`Board`] says which.
 
@@ -29,13 +45,15 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use graftnet::{Engine, Requant};
 
 use crate::export::ExportBytes;
 use crate::protocol::{error_response, Refusal};
-use crate::server::Server;
+use crate::server::{respond, Server};
 
 /// The board a binary was built for (what its `.cargo/config.toml` chose).
 #[derive(Clone, Copy, Debug)]
@@ -49,29 +67,83 @@ pub struct Board {
 /// The build host (`cargo run` in `targets/device`).
 pub const HOST: Board = Board { name: "host", cpu: "native target default" };
 
-/// Longest request line accepted (a 3x224x224 float input is ~1.7 MB of JSON).
-pub const MAX_LINE: usize = 8 << 20;
+/// Bytes of request JSON allowed per input value: a float as printed by any
+/// JSON writer (`-1.2345678901234567e-308` is 24 bytes) plus its separator
+/// and some whitespace.
+pub const BYTES_PER_INPUT_VALUE: usize = 32;
 
-const USAGE: &str = "usage: graftnet-device --dir EXPORT_DIR [--socket PATH]
+/// Bytes of request JSON allowed besides the input values (braces, keys,
+/// `id` up to [`protocol::MAX_ID_BYTES`], the task name, whitespace).
+pub const REQUEST_OVERHEAD_BYTES: usize = 64 << 10;
+
+/// The longest request line for a model taking `n_input` (C·H·W) values:
+/// `32 · n_input + 65536` bytes (4.9 MB for a 3x224x224 input, 164 KB for
+/// 3x32x32). Longer lines are refused without being parsed.
+pub fn max_request_bytes(n_input: usize) -> usize {
+    n_input.saturating_mul(BYTES_PER_INPUT_VALUE).saturating_add(REQUEST_OVERHEAD_BYTES)
+}
+
+/// Connections served at once by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16;
+
+/// Seconds a connection has for each request line by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one client, or many, may use of the device (module doc, "Bounds").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// socket connections served at once
+    pub max_connections: usize,
+    /// time a socket connection has for each request line (and to take
+    /// each response)
+    pub timeout: Duration,
+    /// longest request line, in bytes (without the newline)
+    pub max_request: usize,
+}
+
+impl Limits {
+    /// The defaults for a model taking `n_input` values.
+    pub fn for_input(n_input: usize) -> Self {
+        Limits { max_connections: DEFAULT_MAX_CONNECTIONS, timeout: DEFAULT_TIMEOUT, max_request: max_request_bytes(n_input) }
+    }
+}
+
+const USAGE: &str = "usage: graftnet-device --dir EXPORT_DIR [--socket PATH] [--max-connections N]
+                       [--timeout SECS] [--max-request-bytes N]
 
 Serves graftnet inference requests as JSON lines on stdin (and on a Unix
 socket with --socket):
   request  {\"id\": 1, \"task\": \"mnist-sb\", \"input\": [f32; C*H*W, NCHW]}
            (or \"input_i8\": [i8; H*W*C, NHWC]; task \"base\" = the backbone's own task)
   response {\"id\":1,\"task\":\"mnist-sb\",\"top1\":3,\"scores\":[...],\"us\":812}
-  error    {\"id\":1,\"error\":\"...\"}";
+  error    {\"id\":1,\"error\":\"...\"}
+
+  --max-connections N    socket connections served at once (default 16); more get an error and are closed
+  --timeout SECS         time a socket connection has for each request line (default 30)
+  --max-request-bytes N  longest request line (default 32 * C*H*W + 65536, from the model's input)";
 
 struct Args {
     dir: PathBuf,
     socket: Option<PathBuf>,
+    max_connections: usize,
+    timeout: Duration,
+    max_request: Option<usize>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let (mut dir, mut socket) = (None, None);
+    let (mut dir, mut socket, mut max_request) = (None, None, None);
+    let (mut max_connections, mut timeout) = (DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT);
+    let positive = |flag: &str, v: Option<String>| -> Result<usize, String> {
+        let v = v.ok_or(format!("{flag} needs a number"))?;
+        v.parse::<usize>().ok().filter(|&n| n > 0).ok_or(format!("{flag}: '{v}' is not a positive integer"))
+    };
     while let Some(a) = it.next() {
         match a.as_str() {
             "--dir" => dir = Some(PathBuf::from(it.next().ok_or("--dir needs a directory")?)),
             "--socket" => socket = Some(PathBuf::from(it.next().ok_or("--socket needs a path")?)),
+            "--max-connections" => max_connections = positive("--max-connections", it.next())?,
+            "--timeout" => timeout = Duration::from_secs(positive("--timeout", it.next())? as u64),
+            "--max-request-bytes" => max_request = Some(positive("--max-request-bytes", it.next())?),
             "-h" | "--help" => return Ok(None),
             "-V" | "--version" => {
                 println!("graftnet-device {}", env!("CARGO_PKG_VERSION"));
@@ -81,7 +153,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         }
     }
     let dir = dir.ok_or("--dir EXPORT_DIR is required")?;
-    Ok(Some(Args { dir, socket }))
+    Ok(Some(Args { dir, socket, max_connections, timeout, max_request }))
 }
 
 /// The program; `board` names the build.
@@ -163,6 +235,18 @@ fn run(board: Board, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         t.w,
         server.tasks().join(", ")
     );
+    let limits = Limits {
+        max_connections: args.max_connections,
+        timeout: args.timeout,
+        max_request: args.max_request.unwrap_or_else(|| max_request_bytes(t.len())),
+    };
+    eprintln!(
+        "graftnet-device: limits: {} connections at once, {} s per request line, request lines up to {} bytes",
+        limits.max_connections,
+        limits.timeout.as_secs(),
+        limits.max_request
+    );
+    let n_input = server.n_input();
     let server = Mutex::new(server);
     let listener = match &args.socket {
         Some(p) => Some(bind(p)?),
@@ -173,18 +257,11 @@ fn run(board: Board, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         s.spawn(move || {
             let stdin = std::io::stdin();
             let stdout = std::io::stdout();
-            serve_stream(srv, stdin.lock(), || stdout.lock());
+            serve_stream(srv, n_input, limits.max_request, &mut stdin.lock(), |_| {}, || stdout.lock());
         });
-        if let Some(l) = &listener {
+        if let Some(l) = listener {
             eprintln!("graftnet-device: listening on {}", args.socket.as_ref().unwrap().display());
-            for conn in l.incoming() {
-                match conn {
-                    Ok(c) => {
-                        s.spawn(move || serve_connection(srv, c));
-                    }
-                    Err(e) => eprintln!("graftnet-device: accept: {e}"),
-                }
-            }
+            serve_socket(srv, l, limits, &AtomicBool::new(false));
         }
     });
     Ok(())
@@ -202,32 +279,121 @@ fn bind(p: &Path) -> Result<UnixListener, Box<dyn std::error::Error>> {
     UnixListener::bind(p).map_err(|e| format!("binding {}: {e}", p.display()).into())
 }
 
-fn serve_connection(srv: &Mutex<Server<'_, '_>>, c: UnixStream) {
+/// Accepts connections on `listener` and serves each on its own thread,
+/// at most `limits.max_connections` at once; returns once `stop` is set
+/// (checked after each accept) and every connection has ended.
+pub fn serve_socket(srv: &Mutex<Server<'_, '_>>, listener: UnixListener, limits: Limits, stop: &AtomicBool) {
+    let n_input = srv.lock().unwrap_or_else(|p| p.into_inner()).n_input();
+    // Only this thread adds to the count, so checking then adding is exact.
+    let active = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for conn in listener.incoming() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let c = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("graftnet-device: accept: {e}");
+                    continue;
+                }
+            };
+            if active.load(Ordering::Acquire) >= limits.max_connections {
+                refuse(c, limits.max_connections);
+                continue;
+            }
+            active.fetch_add(1, Ordering::AcqRel);
+            let active = &active;
+            s.spawn(move || {
+                serve_connection(srv, n_input, c, limits);
+                active.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    });
+}
+
+/// Tells a connection beyond the limit why it is closed, then closes it
+/// (the line fits the socket buffer; a peer that never reads cannot hold
+/// up the accept loop).
+fn refuse(mut c: UnixStream, max: usize) {
+    let _ = c.set_nonblocking(true);
+    let msg = format!("too many connections (this device serves {max} at once); try again later");
+    let _ = writeln!(c, "{}", error_response(&Refusal { id: serde_json::Value::Null, message: msg }));
+    let _ = c.shutdown(std::net::Shutdown::Both);
+}
+
+/// A socket read against a deadline: each read waits at most until
+/// `deadline`, then fails with `TimedOut`.
+struct Deadline {
+    stream: UnixStream,
+    deadline: Instant,
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+fn serve_connection(srv: &Mutex<Server<'_, '_>>, n_input: usize, c: UnixStream, limits: Limits) {
     let Ok(w) = c.try_clone() else { return };
-    serve_stream(srv, BufReader::new(c), || &w);
+    // A client that does not read its responses gets `timeout` per line too.
+    let _ = w.set_write_timeout(Some(limits.timeout));
+    let mut r = BufReader::new(Deadline { stream: c, deadline: Instant::now() + limits.timeout });
+    let restart = |r: &mut BufReader<Deadline>| r.get_mut().deadline = Instant::now() + limits.timeout;
+    if serve_stream(srv, n_input, limits.max_request, &mut r, restart, || &w) == End::TimedOut {
+        let msg = format!("no complete request line within {} s; closing the connection", limits.timeout.as_secs());
+        let _ = writeln!(&w, "{}", error_response(&Refusal { id: serde_json::Value::Null, message: msg }));
+    }
+}
+
+/// Why [`serve_stream`] returned.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// end of input, or the other side stopped reading
+    Closed,
+    /// a request line did not arrive in time
+    TimedOut,
 }
 
 /// Serves lines from `input` until its end (or until the other side stops
-/// reading), writing each response through `out()` and flushing it.
-fn serve_stream<R: BufRead, W: Write>(srv: &Mutex<Server<'_, '_>>, mut input: R, mut out: impl FnMut() -> W) {
+/// reading, or a read times out), writing each response through `out()`
+/// and flushing it. `new_line` is called before each request line is read
+/// (the socket's deadline starts there). Lines longer than `max_line` are
+/// refused unparsed; lines are parsed outside the engine lock.
+fn serve_stream<R: BufRead, W: Write>(
+    srv: &Mutex<Server<'_, '_>>,
+    n_input: usize,
+    max_line: usize,
+    input: &mut R,
+    mut new_line: impl FnMut(&mut R),
+    mut out: impl FnMut() -> W,
+) -> End {
     let mut buf = Vec::new();
     loop {
-        let resp = match read_line(&mut input, &mut buf) {
-            Ok(Line::Eof) => return,
+        new_line(input);
+        let resp = match read_line(input, &mut buf, max_line) {
+            Ok(Line::Eof) => return End::Closed,
             Ok(Line::TooLong) => Some(error_response(&Refusal {
                 id: serde_json::Value::Null,
-                message: format!("request line longer than {MAX_LINE} bytes"),
+                message: format!("request line longer than {max_line} bytes (the limit for this model's input)"),
             })),
             Ok(Line::Data) => match std::str::from_utf8(&buf) {
-                Ok(s) => srv.lock().unwrap_or_else(|p| p.into_inner()).handle_line(s),
+                Ok(s) => respond(srv, n_input, s),
                 Err(_) => Some(error_response(&Refusal { id: serde_json::Value::Null, message: "request is not UTF-8".into() })),
             },
-            Err(_) => return,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => return End::TimedOut,
+            Err(_) => return End::Closed,
         };
         if let Some(r) = resp {
             let mut w = out();
             if writeln!(w, "{r}").and_then(|_| w.flush()).is_err() {
-                return;
+                return End::Closed;
             }
         }
     }
@@ -239,11 +405,11 @@ enum Line {
     Eof,
 }
 
-/// Reads one line into `buf` (without the newline), at most [`MAX_LINE`]
-/// bytes; the rest of a longer line is skipped.
-fn read_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Line> {
+/// Reads one line into `buf` (without the newline), at most `max` bytes;
+/// the rest of a longer line is skipped.
+fn read_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
     buf.clear();
-    let n = r.by_ref().take(MAX_LINE as u64 + 1).read_until(b'\n', buf)?;
+    let n = r.by_ref().take(max as u64 + 1).read_until(b'\n', buf)?;
     if n == 0 {
         return Ok(Line::Eof);
     }
@@ -254,7 +420,7 @@ fn read_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Line> 
         }
         return Ok(Line::Data);
     }
-    if buf.len() <= MAX_LINE {
+    if buf.len() <= max {
         return Ok(Line::Data); // last line without a newline
     }
     // Skip to the end of the over-long line.
@@ -271,18 +437,282 @@ fn read_line<R: BufRead>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Line> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use graftnet::format::backbone::{seal, HeaderRepr, Layout, OpInfo, TensorInfo};
+    use graftnet::format::entry::{emit_entry, entry_len};
+    use graftnet::format::{Act, EntryClass, EntryKind, OpKind, NONE};
+    use graftnet::quant::{encode_bias, encode_scale_ceil};
+    use graftnet::Backbone;
+    use std::io::BufRead;
 
     #[test]
     fn lines_are_bounded() {
-        let mut long = vec![b'x'; MAX_LINE + 10];
+        let max = 100;
+        let mut long = vec![b'x'; max + 10];
         long.extend_from_slice(b"\n{\"a\":1}\r\nlast");
         let mut r = std::io::Cursor::new(long);
         let mut buf = Vec::new();
-        assert!(matches!(read_line(&mut r, &mut buf).unwrap(), Line::TooLong));
-        assert!(matches!(read_line(&mut r, &mut buf).unwrap(), Line::Data));
+        assert!(matches!(read_line(&mut r, &mut buf, max).unwrap(), Line::TooLong));
+        assert!(matches!(read_line(&mut r, &mut buf, max).unwrap(), Line::Data));
         assert_eq!(buf, b"{\"a\":1}");
-        assert!(matches!(read_line(&mut r, &mut buf).unwrap(), Line::Data));
+        assert!(matches!(read_line(&mut r, &mut buf, max).unwrap(), Line::Data));
         assert_eq!(buf, b"last");
-        assert!(matches!(read_line(&mut r, &mut buf).unwrap(), Line::Eof));
+        assert!(matches!(read_line(&mut r, &mut buf, max).unwrap(), Line::Eof));
+    }
+
+    /// A one-op backbone (a fully connected classifier over a `c x h x w`
+    /// input, `classes` outputs), written with the runtime's own emitters.
+    fn tiny_backbone(c: u16, h: u16, w: u16, classes: u16) -> Vec<u8> {
+        let n = c as usize * h as usize * w as usize;
+        let k = classes as usize;
+        let weights: Vec<u8> = (0..k * n).map(|i| ((i * 37 % 255) as i32 - 127) as i8 as u8).collect();
+        let sums_off = weights.len().next_multiple_of(4);
+        let mut wsec = weights.clone();
+        wsec.resize(sums_off, 0);
+        for ch in 0..k {
+            let sum: i32 = weights[ch * n..(ch + 1) * n].iter().map(|&x| x as i8 as i32).sum();
+            wsec.extend_from_slice(&sum.to_le_bytes());
+        }
+        let scale = encode_scale_ceil(1.0 / 127.0, false).to_le_bytes();
+        let scales: Vec<u8> = (0..k).flat_map(|_| scale).collect();
+        let biases: Vec<u8> = (0..k).flat_map(|_| encode_bias(0.0).to_le_bytes()).collect();
+        let mut tq = Vec::new();
+        for s in [1.0f32 / 64.0, 0.1] {
+            tq.extend_from_slice(&s.to_le_bytes());
+            tq.extend_from_slice(&[0; 4]);
+        }
+        let entries = [
+            (EntryKind::ScaleCodes, EntryClass::Head, 0u16, scales),
+            (EntryKind::BiasCodes, EntryClass::Head, 0, biases),
+            (EntryKind::TensorQuant, EntryClass::Meta, NONE, tq),
+        ];
+        let task_len: usize = entries.iter().map(|e| entry_len(e.3.len())).sum();
+        let lay = Layout::new(2, 1, task_len, wsec.len());
+        let mut b = vec![0u8; lay.total_len];
+        let out_off = n.next_multiple_of(16);
+        HeaderRepr {
+            total_len: lay.total_len as u32,
+            fingerprint: 0,
+            n_tensors: 2,
+            n_ops: 1,
+            input: 0,
+            output: 1,
+            head_op: 0,
+            max_classes: classes,
+            flags: 0,
+            tensors_off: lay.tensors_off as u32,
+            ops_off: lay.ops_off as u32,
+            task_off: lay.task_off as u32,
+            task_len: task_len as u32,
+            weights_off: lay.weights_off as u32,
+            weights_len: wsec.len() as u32,
+            arena_len: (out_off + k) as u32,
+            params_len: 1 + classes as u32,
+            n_task_entries: entries.len() as u32,
+        }
+        .emit(&mut b);
+        let t = |c, h, w, arena_off, capacity| TensorInfo { c, h, w, alias_of: NONE, arena_off, capacity };
+        t(c, h, w, 0, n as u32).emit(&mut b[lay.tensors_off..]);
+        t(classes, 1, 1, out_off as u32, k as u32).emit(&mut b[lay.tensors_off + 16..]);
+        OpInfo {
+            kind: OpKind::Conv,
+            act: Act::None,
+            in0: 0,
+            in1: NONE,
+            out: 1,
+            kh: h as u8,
+            kw: w as u8,
+            sh: 1,
+            sw: 1,
+            pads: [0; 4],
+            groups: 1,
+            flags: 0,
+            weight_off: 0,
+            sums_off: sums_off as u32,
+            act_lo: f32::NEG_INFINITY,
+            act_hi: f32::INFINITY,
+        }
+        .emit(&mut b[lay.ops_off..]);
+        let mut at = lay.task_off;
+        for (kind, class, op, payload) in &entries {
+            at += emit_entry(&mut b[at..], *kind, *class, *op, payload);
+        }
+        b[lay.weights_off..].copy_from_slice(&wsec);
+        seal(&mut b);
+        b
+    }
+
+    /// Runs `f(socket path)` against a device serving `backbone` with
+    /// `limits` on a Unix socket; the server is stopped afterwards.
+    fn with_device(backbone: &[u8], limits: Limits, f: impl FnOnce(&Path, &Mutex<Server<'_, '_>>)) {
+        let bb = Backbone::parse(backbone).unwrap();
+        let mut arena = vec![0i8; bb.arena_len()];
+        let mut params = vec![Requant::default(); bb.params_len()];
+        let engine = Engine::new(&bb, &mut arena, &mut params).unwrap();
+        let srv = Mutex::new(Server::new(engine, vec![]));
+        let dir = std::env::temp_dir().join(format!("graftnet-device-sock-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let listener = bind(&path).unwrap();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let (srv, stop) = (&srv, &stop);
+            s.spawn(move || serve_socket(srv, listener, limits, stop));
+            // Stops the server even when `f` panics (else the scope would wait forever).
+            struct Stop<'x>(&'x AtomicBool, &'x Path);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                    let _ = UnixStream::connect(self.1); // wakes the accept loop
+                }
+            }
+            let _stop = Stop(stop, &path);
+            f(&path, srv);
+        });
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn client(p: &Path) -> (UnixStream, BufReader<UnixStream>) {
+        let c = UnixStream::connect(p).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let r = BufReader::new(c.try_clone().unwrap());
+        (c, r)
+    }
+
+    fn ask(c: &mut (UnixStream, BufReader<UnixStream>), line: &str) -> serde_json::Value {
+        writeln!(c.0, "{line}").unwrap();
+        read_json(&mut c.1)
+    }
+
+    fn read_json(r: &mut BufReader<UnixStream>) -> serde_json::Value {
+        let mut s = String::new();
+        r.read_line(&mut s).unwrap();
+        serde_json::from_str(&s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+    }
+
+    fn request(id: u32, n: usize) -> String {
+        let x: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.25 - 0.75).collect();
+        serde_json::json!({"id": id, "task": "base", "input": x}).to_string()
+    }
+
+    fn limits(max_connections: usize, timeout_ms: u64) -> Limits {
+        Limits { max_connections, timeout: Duration::from_millis(timeout_ms), ..Limits::for_input(16) }
+    }
+
+    #[test]
+    fn request_size_limit_follows_the_model_input() {
+        assert_eq!(max_request_bytes(16), 32 * 16 + 65536);
+        assert_eq!(max_request_bytes(3 * 224 * 224), 4_882_432);
+        for (c, h, w) in [(1, 4, 4), (3, 8, 8)] {
+            let b = tiny_backbone(c, h, w, 3);
+            let n = Backbone::parse(&b).unwrap().input().len();
+            assert_eq!(n, c as usize * h as usize * w as usize);
+            assert_eq!(Limits::for_input(n).max_request, 32 * n + 65536);
+        }
+        // A valid request padded to the limit is served; one byte more is
+        // refused unparsed, and the connection carries on.
+        let b = tiny_backbone(1, 4, 4, 3);
+        let lim = Limits::for_input(16);
+        with_device(&b, lim, |p, _| {
+            let mut c = client(p);
+            let base = request(1, 16);
+            let pad = |len: usize| format!("{}{}}}", &base[..base.len() - 1], " ".repeat(len - base.len()));
+            let v = ask(&mut c, &pad(lim.max_request));
+            assert_eq!(v["id"], 1, "{v}");
+            assert!(v["scores"].is_array(), "{v}");
+            let v = ask(&mut c, &pad(lim.max_request + 1));
+            assert!(v["error"].as_str().unwrap().contains(&format!("longer than {} bytes", lim.max_request)), "{v}");
+            assert_eq!(ask(&mut c, &request(3, 16))["id"], 3);
+        });
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_are_refused() {
+        let b = tiny_backbone(1, 4, 4, 3);
+        with_device(&b, limits(2, 10_000), |p, _| {
+            let mut a = client(p);
+            let mut c = client(p);
+            assert_eq!(ask(&mut a, &request(1, 16))["id"], 1);
+            assert_eq!(ask(&mut c, &request(2, 16))["id"], 2);
+            let mut third = client(p);
+            let v = read_json(&mut third.1);
+            assert!(v["error"].as_str().unwrap().contains("too many connections"), "{v}");
+            let mut rest = String::new();
+            assert_eq!(third.1.read_line(&mut rest).unwrap_or(0), 0, "closed after the error: {rest:?}");
+            // The two served ones still are; once one leaves, a new one is served.
+            assert_eq!(ask(&mut a, &request(3, 16))["id"], 3);
+            drop(c);
+            let t0 = Instant::now();
+            loop {
+                // (Refused: the write may fail, or the line read is the error.)
+                let mut d = client(p);
+                let _ = writeln!(d.0, "{}", request(4, 16));
+                let mut s = String::new();
+                let _ = d.1.read_line(&mut s);
+                if s.contains("\"id\":4") {
+                    break;
+                }
+                assert!(t0.elapsed() < Duration::from_secs(10), "no slot freed: {s}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    }
+
+    #[test]
+    fn idle_and_slow_connections_time_out() {
+        let b = tiny_backbone(1, 4, 4, 3);
+        with_device(&b, limits(4, 300), |p, _| {
+            // Idle from the start.
+            let t0 = Instant::now();
+            let mut idle = client(p);
+            let v = read_json(&mut idle.1);
+            assert!(v["error"].as_str().unwrap().contains("no complete request line within"), "{v}");
+            let mut rest = String::new();
+            assert_eq!(idle.1.read_line(&mut rest).unwrap_or(0), 0);
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            // Served, then idle.
+            let mut c = client(p);
+            assert_eq!(ask(&mut c, &request(1, 16))["id"], 1);
+            assert!(read_json(&mut c.1)["error"].is_string());
+            // Trickling a line: the deadline is per line, not per read.
+            let mut slow = client(p);
+            let line = request(2, 16);
+            let mut timed_out = false;
+            for chunk in line.as_bytes().chunks(4) {
+                if slow.0.write_all(chunk).is_err() {
+                    timed_out = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut s = String::new();
+            let _ = slow.1.read_line(&mut s);
+            assert!(timed_out || s.contains("no complete request line"), "{s}");
+        });
+    }
+
+    #[test]
+    fn a_slow_client_does_not_hold_up_another() {
+        let b = tiny_backbone(1, 4, 4, 3);
+        with_device(&b, limits(4, 10_000), |p, srv| {
+            // A partial line, never finished.
+            let mut slow = client(p);
+            let line = request(1, 16);
+            slow.0.write_all(&line.as_bytes()[..line.len() / 2]).unwrap();
+            let mut fast = client(p);
+            let t0 = Instant::now();
+            assert_eq!(ask(&mut fast, &request(2, 16))["id"], 2);
+            assert!(t0.elapsed() < Duration::from_secs(5));
+            // Parsing happens outside the engine lock: while it is held, a
+            // malformed request is still answered.
+            let guard = srv.lock().unwrap();
+            let v = ask(&mut fast, r#"{"id": 3, "task": "base", "input": [1, 2]}"#);
+            assert_eq!(v["id"], 3);
+            assert!(v["error"].as_str().unwrap().contains("has 2 values"), "{v}");
+            drop(guard);
+            slow.0.write_all(&line.as_bytes()[line.len() / 2..]).unwrap();
+            slow.0.write_all(b"\n").unwrap();
+            assert_eq!(read_json(&mut slow.1)["id"], 1);
+        });
     }
 }

@@ -13,6 +13,8 @@
 //! A request that cannot be served gets `{"id":...,"error":"..."}` (id `null`
 //! when the line is not a JSON object) and the device carries on.
 
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// A request's input tensor.
@@ -50,22 +52,40 @@ impl Refusal {
     }
 }
 
+/// Longest `id` accepted, in bytes of JSON (it is echoed back verbatim).
+pub const MAX_ID_BYTES: usize = 4096;
+
 /// Parses one request line. `n_input` is the model's input size (C*H*W);
 /// whether the task exists is the server's business.
+///
+/// Memory: the line is read once, without building a JSON tree: the input
+/// array goes straight into a `Vec` of at most `n_input` values (further
+/// values are counted, not kept), `task` and `id` are kept as raw text first
+/// (`id` at most [`MAX_ID_BYTES`]), and anything else is skipped. So a
+/// request costs its line plus `4 * n_input` bytes, whatever it holds (a
+/// `serde_json::Value` tree costs ~16 bytes per byte of `[0,0,0,..]`).
 pub fn parse_request(line: &str, n_input: usize) -> Result<Request, Refusal> {
-    let v: Value = serde_json::from_str(line).map_err(|e| Refusal::new(&Value::Null, format!("bad JSON: {e}")))?;
-    let Value::Object(obj) = v else {
+    let mut de = serde_json::Deserializer::from_str(line);
+    let fields = de::Deserializer::deserialize_any(&mut de, RequestVisitor { n: n_input })
+        .and_then(|f| de.end().map(|()| f))
+        .map_err(|e| Refusal::new(&Value::Null, format!("bad JSON: {e}")))?;
+    let Some(f) = fields else {
         return Err(Refusal::new(&Value::Null, "a request is a JSON object: {\"id\":..,\"task\":..,\"input\":[..]}"));
     };
-    let id = obj.get("id").cloned().unwrap_or(Value::Null);
-    let task = match obj.get("task") {
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(Refusal::new(&id, "\"task\" must be a string")),
+    let id = match f.id {
+        None => Value::Null,
+        Some(raw) if raw.get().len() > MAX_ID_BYTES => {
+            return Err(Refusal::new(&Value::Null, format!("\"id\" is longer than {MAX_ID_BYTES} bytes of JSON")))
+        }
+        Some(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+    };
+    let task = match f.task {
+        Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| Refusal::new(&id, "\"task\" must be a string"))?,
         None => return Err(Refusal::new(&id, "missing \"task\"")),
     };
-    let input = match (obj.get("input"), obj.get("input_i8")) {
-        (Some(x), None) => Input::F32(f32_array(&id, x, n_input)?),
-        (None, Some(x)) => Input::I8(i8_array(&id, x, n_input)?),
+    let input = match (f.input, f.input_i8) {
+        (Some(x), None) => Input::F32(x.map_err(|m| Refusal::new(&id, m))?),
+        (None, Some(x)) => Input::I8(x.map_err(|m| Refusal::new(&id, m))?),
         _ => {
             return Err(Refusal::new(
                 &id,
@@ -76,35 +96,226 @@ pub fn parse_request(line: &str, n_input: usize) -> Result<Request, Refusal> {
     Ok(Request { id, task, input })
 }
 
-fn array<'v>(id: &Value, x: &'v Value, name: &str, n: usize) -> Result<&'v [Value], Refusal> {
-    let a = x.as_array().ok_or_else(|| Refusal::new(id, format!("\"{name}\" must be an array of numbers")))?;
-    if a.len() != n {
-        return Err(Refusal::new(id, format!("\"{name}\" has {} values; the model takes {n}", a.len())));
-    }
-    Ok(a)
+/// The fields of a request object as read; a field's problem is kept as
+/// its message so that the id (which may come later) can go with it.
+#[derive(Default)]
+struct Fields {
+    id: Option<Box<RawValue>>,
+    task: Option<Box<RawValue>>,
+    input: Option<Result<Vec<f32>, String>>,
+    input_i8: Option<Result<Vec<i8>, String>>,
 }
 
-fn f32_array(id: &Value, x: &Value, n: usize) -> Result<Vec<f32>, Refusal> {
-    let a = array(id, x, "input", n)?;
-    let mut out = Vec::with_capacity(n);
-    for (i, v) in a.iter().enumerate() {
-        let f = v.as_f64().ok_or_else(|| Refusal::new(id, format!("input[{i}] is not a number")))?;
-        out.push(f as f32);
-    }
-    Ok(out)
+/// The whole line: `Some(fields)` for an object, `None` for any other value.
+struct RequestVisitor {
+    n: usize,
 }
 
-fn i8_array(id: &Value, x: &Value, n: usize) -> Result<Vec<i8>, Refusal> {
-    let a = array(id, x, "input_i8", n)?;
-    let mut out = Vec::with_capacity(n);
-    for (i, v) in a.iter().enumerate() {
-        let q = v
-            .as_i64()
-            .and_then(|q| i8::try_from(q).ok())
-            .ok_or_else(|| Refusal::new(id, format!("input_i8[{i}] = {v} is not an integer in -128..=127")))?;
-        out.push(q);
+impl<'de> Visitor<'de> for RequestVisitor {
+    type Value = Option<Fields>;
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("a JSON object")
     }
-    Ok(out)
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut f = Fields::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "id" => f.id = Some(map.next_value()?),
+                "task" => f.task = Some(map.next_value()?),
+                "input" => f.input = Some(map.next_value_seed(Numbers::<f32> { n: self.n, name: "input", _t: Default::default() })?),
+                "input_i8" => f.input_i8 = Some(map.next_value_seed(Numbers::<i8> { n: self.n, name: "input_i8", _t: Default::default() })?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(f))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// An element type of an input array.
+trait Element: Sized {
+    /// The element from a JSON number, or the message for element `i`.
+    fn from_number(n: Num, name: &str, i: usize) -> Result<Self, String>;
+}
+
+/// A JSON number as read.
+#[derive(Clone, Copy)]
+enum Num {
+    I(i64),
+    U(u64),
+    F(f64),
+}
+
+impl Element for f32 {
+    fn from_number(n: Num, _: &str, _: usize) -> Result<Self, String> {
+        Ok(match n {
+            // As `Value::as_f64` then `as f32` did: the same value for any number.
+            Num::I(x) => x as f64 as f32,
+            Num::U(x) => x as f64 as f32,
+            Num::F(x) => x as f32,
+        })
+    }
+}
+
+impl Element for i8 {
+    fn from_number(n: Num, name: &str, i: usize) -> Result<Self, String> {
+        let q = match n {
+            Num::I(x) => i8::try_from(x).ok(),
+            Num::U(x) => i8::try_from(x).ok(),
+            Num::F(_) => None,
+        };
+        let shown = match n {
+            Num::I(x) => Value::from(x),
+            Num::U(x) => Value::from(x),
+            Num::F(x) => Value::from(x),
+        };
+        q.ok_or_else(|| format!("{name}[{i}] = {shown} is not an integer in -128..=127"))
+    }
+}
+
+/// An input array of exactly `n` numbers: `Ok(values)` or the message of
+/// its first problem (length first, then the first bad element).
+struct Numbers<T> {
+    n: usize,
+    name: &'static str,
+    _t: core::marker::PhantomData<T>,
+}
+
+impl<'de, T: Element> DeserializeSeed<'de> for Numbers<T> {
+    type Value = Result<Vec<T>, String>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<T: Element> Numbers<T> {
+    fn not_an_array(&self) -> Result<Vec<T>, String> {
+        Err(format!("\"{}\" must be an array of numbers", self.name))
+    }
+}
+
+impl<'de, T: Element> Visitor<'de> for Numbers<T> {
+    type Value = Result<Vec<T>, String>;
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("an array of numbers")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(self.n);
+        let mut first_bad = None;
+        let mut count = 0usize;
+        while let Some(x) = seq.next_element::<NumberOrNot>()? {
+            let i = count;
+            count += 1;
+            if count > self.n || first_bad.is_some() {
+                continue;
+            }
+            match x.0 {
+                Some(num) => match T::from_number(num, self.name, i) {
+                    Ok(v) => out.push(v),
+                    Err(m) => first_bad = Some(m),
+                },
+                None if self.name == "input" => first_bad = Some(format!("input[{i}] is not a number")),
+                None => first_bad = Some(format!("{}[{i}] is not an integer in -128..=127", self.name)),
+            }
+        }
+        if count != self.n {
+            return Ok(Err(format!("\"{}\" has {count} values; the model takes {}", self.name, self.n)));
+        }
+        Ok(match first_bad {
+            Some(m) => Err(m),
+            None => Ok(out),
+        })
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(self.not_an_array())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(self.not_an_array())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(self.not_an_array())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(self.not_an_array())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(self.not_an_array())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(self.not_an_array())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(self.not_an_array())
+    }
+}
+
+/// One array element: `Some` for a number; anything else is skipped
+/// (nested arrays and objects too, without being kept).
+struct NumberOrNot(Option<Num>);
+
+impl<'de> de::Deserialize<'de> for NumberOrNot {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumberOrNotVisitor)
+    }
+}
+
+struct NumberOrNotVisitor;
+
+impl<'de> Visitor<'de> for NumberOrNotVisitor {
+    type Value = NumberOrNot;
+    fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("a number")
+    }
+    fn visit_i64<E>(self, x: i64) -> Result<Self::Value, E> {
+        Ok(NumberOrNot(Some(Num::I(x))))
+    }
+    fn visit_u64<E>(self, x: u64) -> Result<Self::Value, E> {
+        Ok(NumberOrNot(Some(Num::U(x))))
+    }
+    fn visit_f64<E>(self, x: f64) -> Result<Self::Value, E> {
+        Ok(NumberOrNot(Some(Num::F(x))))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(NumberOrNot(None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(NumberOrNot(None))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(NumberOrNot(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(NumberOrNot(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(NumberOrNot(None))
+    }
 }
 
 /// The response line of a served request.
@@ -156,6 +367,25 @@ mod tests {
             assert_eq!(out["id"], id);
             assert!(out["error"].is_string());
         }
+    }
+
+    /// The parser keeps no JSON tree: the id still comes back when it
+    /// follows the input, extra values are counted and not kept, and an id
+    /// beyond `MAX_ID_BYTES` is refused.
+    #[test]
+    fn parsing_is_streamed_and_bounded() {
+        let e = parse_request(r#"{"input": [1, [2, {"a": 3}], 3], "task": "t", "id": 5}"#, 3).unwrap_err();
+        assert_eq!((e.id, e.message.as_str()), (Value::from(5), "input[1] is not a number"));
+        let many = format!(r#"{{"id": 6, "task": "t", "input": [{}0]}}"#, "0,".repeat(100_000));
+        let e = parse_request(&many, 3).unwrap_err();
+        assert_eq!((e.id, e.message.as_str()), (Value::from(6), "\"input\" has 100001 values; the model takes 3"));
+        let r = parse_request(r#"{"id": {"a": [1, "x"]}, "extra": [[]], "task": "t", "input_i8": [1, -2, 3]}"#, 3).unwrap();
+        assert_eq!(r.id, serde_json::json!({"a": [1, "x"]}));
+        assert_eq!(r.input, Input::I8(vec![1, -2, 3]));
+        let long_id = format!(r#"{{"id": "{}", "task": "t", "input": [1, 2, 3]}}"#, "x".repeat(MAX_ID_BYTES));
+        assert!(parse_request(&long_id, 3).unwrap_err().message.contains("longer than 4096"));
+        let e = parse_request(r#"{"id": 7, "task": "t", "input": {"a": 1}}"#, 3).unwrap_err();
+        assert_eq!((e.id, e.message.as_str()), (Value::from(7), "\"input\" must be an array of numbers"));
     }
 
     #[test]

@@ -7,14 +7,19 @@
 //!   on the order of requests: a patch always applies over the base task.
 //! - Every line gets exactly one response line, except blank lines, which are
 //!   ignored. Nothing a client sends stops the server.
+//! - A request line is parsed before the lock is taken ([`respond`]): the
+//!   lock covers the task switch, the input quantization and the inference
+//!   only, so a client sending a large or malformed request never holds up
+//!   the others' inferences.
 
+use std::sync::Mutex;
 use std::time::Instant;
 
 use graftnet::{Engine, Patch};
 use serde_json::Value;
 
 use crate::export::BASE_TASK;
-use crate::protocol::{error_response, parse_request, response, Input, Refusal};
+use crate::protocol::{error_response, parse_request, response, Input, Refusal, Request};
 
 /// The engine, the tasks it can switch to, and scratch buffers.
 pub struct Server<'a, 'm> {
@@ -59,18 +64,29 @@ impl<'a, 'm> Server<'a, 'm> {
         bad
     }
 
-    /// Serves one request line; `None` for a blank line.
+    /// The model's input size (C*H*W), which requests are parsed against.
+    pub fn n_input(&self) -> usize {
+        self.n_input
+    }
+
+    /// Serves one request line; `None` for a blank line. (Parses under
+    /// whatever lock the caller holds; connections use [`respond`].)
     pub fn handle_line(&mut self, line: &str) -> Option<String> {
         if line.trim().is_empty() {
             return None;
         }
         Some(match parse_request(line, self.n_input) {
-            Ok(req) => match self.serve(&req.id, &req.task, &req.input) {
-                Ok(s) => s,
-                Err(r) => error_response(&r),
-            },
+            Ok(req) => self.handle(&req),
             Err(r) => error_response(&r),
         })
+    }
+
+    /// Serves one parsed request: the task switch and the inference.
+    pub fn handle(&mut self, req: &Request) -> String {
+        match self.serve(&req.id, &req.task, &req.input) {
+            Ok(s) => s,
+            Err(r) => error_response(&r),
+        }
     }
 
     fn switch_to(&mut self, id: &Value, task: &str) -> Result<(), Refusal> {
@@ -105,4 +121,17 @@ impl<'a, 'm> Server<'a, 'm> {
         let us = t0.elapsed().as_micros();
         Ok(response(id, task, top1, &self.scores[..n], us))
     }
+}
+
+/// Serves one request line on the shared server; `None` for a blank line.
+/// `n_input` is the model's input size ([`Server::n_input`]). The line is
+/// parsed first, without the lock; a refused line never takes it.
+pub fn respond(srv: &Mutex<Server<'_, '_>>, n_input: usize, line: &str) -> Option<String> {
+    if line.trim().is_empty() {
+        return None;
+    }
+    Some(match parse_request(line, n_input) {
+        Ok(req) => srv.lock().unwrap_or_else(|p| p.into_inner()).handle(&req),
+        Err(r) => error_response(&r),
+    })
 }
