@@ -163,30 +163,140 @@ pub fn conv_forward(
     y: &mut [f32],
     threads: usize,
 ) {
+    conv_forward_impl(s, x, d, w, y, threads, false);
+    add_bias(s, bias, y);
+}
+
+/// [`conv_forward`] without bias, returning the per-channel mean and
+/// biased variance of `y`, summed block by block while each block of the
+/// output is still in cache (for batch-norm in training mode).
+pub fn conv_forward_moments(
+    s: &ConvSpec,
+    x: &[f32],
+    d: Dims,
+    w: &[f32],
+    y: &mut [f32],
+    threads: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let parts = conv_forward_impl(s, x, d, w, y, threads, true);
+    let c = s.cout;
+    let sums = sum_f64(parts, 2 * c);
+    let n = (y.len() / c.max(1)).max(1) as f64;
+    let mean: Vec<f64> = sums[..c].iter().map(|v| v / n).collect();
+    let var = sums[c..]
+        .iter()
+        .zip(&mean)
+        .map(|(v, m)| (v / n - m * m).max(0.0))
+        .collect();
+    (mean, var)
+}
+
+/// Running per-channel sums of x and x^2 over blocks of a `[rows][c]`
+/// output (f32 over at most [`FOLD_ROWS`] rows, then f64).
+struct BlockSums {
+    c: usize,
+    tr: usize,
+    zero: Vec<f32>,
+    s1: Vec<f32>,
+    s2: Vec<f32>,
+    /// sums of x (first `c`) and x^2 (last `c`)
+    out: Vec<f64>,
+}
+
+impl BlockSums {
+    fn new(c: usize) -> Self {
+        let tr = tile_rows(c);
+        BlockSums {
+            c,
+            tr,
+            zero: vec![0.0; tr * c],
+            s1: vec![0.0; tr * c],
+            s2: vec![0.0; tr * c],
+            out: vec![0.0; 2 * c],
+        }
+    }
+
+    fn add(&mut self, block: &[f32]) {
+        let (c, tr) = (self.c, self.tr);
+        for group in block.chunks(FOLD_ROWS.div_ceil(tr) * tr * c) {
+            self.s1.fill(0.0);
+            self.s2.fill(0.0);
+            for tile in group.chunks(tr * c) {
+                moments_tile(tile, &self.zero, &mut self.s1, &mut self.s2);
+            }
+            let (o1, o2) = self.out.split_at_mut(c);
+            fold_tile(&self.s1, c, o1);
+            fold_tile(&self.s2, c, o2);
+        }
+    }
+}
+
+/// Rows per GEMM block when output statistics are gathered alongside.
+const STATS_BLOCK_ROWS: usize = 256;
+
+fn conv_forward_impl(
+    s: &ConvSpec,
+    x: &[f32],
+    d: Dims,
+    w: &[f32],
+    y: &mut [f32],
+    threads: usize,
+    stats: bool,
+) -> Vec<Vec<f64>> {
     let (oh, ow) = s.out_hw(d.h, d.w);
+    let finish = |b: Option<BlockSums>| b.map(|b| b.out).unwrap_or_default();
     if s.is_depthwise() {
-        dw_forward(s, x, d, w, y, threads);
+        let c = s.cout;
+        let wt = taps_major(s, w);
+        let img_in = d.h * d.w * c;
+        let img_out = oh * ow * c;
+        let t = par::threads_for(threads, d.n, oh * ow * c * s.kh * s.kw);
+        par::map_rows(t, y, img_out, |imgs, yr| {
+            let mut sums = stats.then(|| BlockSums::new(c));
+            for (i, n) in imgs.enumerate() {
+                let yi = &mut yr[i * img_out..(i + 1) * img_out];
+                dw_forward_image(s, d, &x[n * img_in..(n + 1) * img_in], &wt, yi);
+                if let Some(b) = sums.as_mut() {
+                    b.add(yi);
+                }
+            }
+            finish(sums)
+        })
     } else if s.is_pointwise() {
         let t = par::threads_for(threads, d.rows(), s.cin * s.cout);
         par::map_rows(t, y, s.cout, |rows, yr| {
-            let xr = &x[rows.start * s.cin..rows.end * s.cin];
-            gemm(
-                rows.len(),
-                s.cin,
-                s.cout,
-                xr,
-                (s.cin, 1),
-                w,
-                (1, s.cin),
-                0.0,
-                yr,
-                (s.cout, 1),
-            );
-        });
+            let mut sums = stats.then(|| BlockSums::new(s.cout));
+            let block = if stats {
+                STATS_BLOCK_ROWS
+            } else {
+                rows.len().max(1)
+            };
+            for (bi, yb) in yr.chunks_mut(block * s.cout).enumerate() {
+                let r0 = rows.start + bi * block;
+                let nr = yb.len() / s.cout;
+                gemm(
+                    nr,
+                    s.cin,
+                    s.cout,
+                    &x[r0 * s.cin..(r0 + nr) * s.cin],
+                    (s.cin, 1),
+                    w,
+                    (1, s.cin),
+                    0.0,
+                    yb,
+                    (s.cout, 1),
+                );
+                if let Some(b) = sums.as_mut() {
+                    b.add(yb);
+                }
+            }
+            finish(sums)
+        })
     } else {
         let img = oh * ow * s.cout;
         let t = par::threads_for(threads, d.n, img * s.row_len());
         par::map_rows(t, y, img, |imgs, yr| {
+            let mut sums = stats.then(|| BlockSums::new(s.cout));
             let mut cols = Vec::new();
             for (i, n) in imgs.enumerate() {
                 let yi = &mut yr[i * img..(i + 1) * img];
@@ -207,9 +317,16 @@ pub fn conv_forward(
                         (s.cout, 1),
                     );
                 }
+                if let Some(b) = sums.as_mut() {
+                    b.add(yi);
+                }
             }
-        });
+            finish(sums)
+        })
     }
+}
+
+fn add_bias(s: &ConvSpec, bias: Option<&[f32]>, y: &mut [f32]) {
     if let Some(b) = bias {
         for row in y.chunks_mut(s.cout) {
             for (v, b) in row.iter_mut().zip(b) {
@@ -409,25 +526,6 @@ fn taps_major(s: &ConvSpec, w: &[f32]) -> Vec<f32> {
     t
 }
 
-fn dw_forward(s: &ConvSpec, x: &[f32], d: Dims, w: &[f32], y: &mut [f32], threads: usize) {
-    let (oh, ow) = s.out_hw(d.h, d.w);
-    let c = s.cout;
-    let wt = taps_major(s, w);
-    let img_in = d.h * d.w * c;
-    let t = par::threads_for(threads, d.n, oh * ow * c * s.kh * s.kw);
-    par::map_rows(t, y, oh * ow * c, |imgs, yr| {
-        for (i, n) in imgs.enumerate() {
-            dw_forward_image(
-                s,
-                d,
-                &x[n * img_in..(n + 1) * img_in],
-                &wt,
-                &mut yr[i * oh * ow * c..(i + 1) * oh * ow * c],
-            );
-        }
-    });
-}
-
 tile_fn! {
 /// One image of a depthwise conv: `x` is `(h, w, c)`, `wt` `[tap][c]`.
 fn dw_forward_image(s: &ConvSpec, d: Dims, x: &[f32], wt: &[f32], y: &mut [f32]) {
@@ -483,9 +581,6 @@ fn dw_backward(
         } else {
             Vec::new()
         };
-        if let Some(dxr) = dxr.as_deref_mut() {
-            dxr.fill(0.0);
-        }
         let img_in = d.h * d.w * c;
         let img_out = oh * ow * c;
         for (i, n) in imgs.enumerate() {
@@ -517,8 +612,8 @@ fn dw_backward(
 }
 
 tile_fn! {
-/// One image of the depthwise backward: adds to `dx` (the image's input
-/// gradient) and `gw` (`[tap][c]` weight gradient) when given.
+/// One image of the depthwise backward: adds to `gw` (`[tap][c]` weight
+/// gradient) and writes `dx` (the image's input gradient) when given.
 fn dw_backward_image(
     s: &ConvSpec,
     d: Dims,
@@ -531,7 +626,7 @@ fn dw_backward_image(
     let (oh, ow) = s.out_hw(d.h, d.w);
     let c = s.cout;
     let [pt, pl, _, _] = s.pads;
-    let (mut dx, mut gw) = (dx, gw);
+    let mut gw = gw;
     for oy in 0..oh {
         for ox in 0..ow {
             let o = (oy * ow + ox) * c;
@@ -553,12 +648,50 @@ fn dw_backward_image(
                             *acc += a * b;
                         }
                     }
-                    if let Some(dx) = dx.as_deref_mut() {
-                        let ds = &mut dx[xi..xi + c];
-                        let ws = &wt[tap * c..(tap + 1) * c];
-                        for ((acc, &a), &b) in ds.iter_mut().zip(g).zip(ws) {
-                            *acc += a * b;
-                        }
+                }
+            }
+        }
+    }
+    if let Some(dx) = dx {
+        dw_input_grad_image(s, d, wt, dy, dx);
+    }
+}
+}
+
+tile_fn! {
+/// One image's depthwise input gradient, gathered: every `dx` pixel is
+/// written once, as the sum over taps of the output gradients that read it
+/// (no zeroed buffer, no read-modify-write per tap).
+fn dw_input_grad_image(s: &ConvSpec, d: Dims, wt: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let (oh, ow) = s.out_hw(d.h, d.w);
+    let c = s.cout;
+    let [pt, pl, _, _] = s.pads;
+    // Output coordinate whose tap `k` reads input coordinate `i`, if any.
+    let dst = |i: usize, k: usize, stride: usize, pad: usize, len: usize| {
+        (i + pad)
+            .checked_sub(k)
+            .filter(|v| v % stride == 0)
+            .map(|v| v / stride)
+            .filter(|&o| o < len)
+    };
+    for iy in 0..d.h {
+        for ix in 0..d.w {
+            let xi = (iy * d.w + ix) * c;
+            let out = &mut dx[xi..xi + c];
+            out.fill(0.0);
+            for ky in 0..s.kh {
+                let Some(oy) = dst(iy, ky, s.sh, pt, oh) else {
+                    continue;
+                };
+                for kx in 0..s.kw {
+                    let Some(ox) = dst(ix, kx, s.sw, pl, ow) else {
+                        continue;
+                    };
+                    let tap = ky * s.kw + kx;
+                    let o = (oy * ow + ox) * c;
+                    let (g, ws) = (&dy[o..o + c], &wt[tap * c..(tap + 1) * c]);
+                    for ((acc, &a), &b) in out.iter_mut().zip(g).zip(ws) {
+                        *acc += a * b;
                     }
                 }
             }

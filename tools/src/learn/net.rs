@@ -510,8 +510,13 @@ impl Net {
                     }
                     Some(bn) => {
                         z.resize(od.len(), 0.0);
-                        k::conv_forward(spec, x, id, &w.v, None, z, threads);
-                        bn_apply(bn, z, od.c, *act, &mut y, mode, threads);
+                        let moments = if mode == Mode::Eval {
+                            k::conv_forward(spec, x, id, &w.v, None, z, threads);
+                            None
+                        } else {
+                            Some(k::conv_forward_moments(spec, x, id, &w.v, z, threads))
+                        };
+                        bn_apply(bn, z, od.c, *act, &mut y, mode, moments, threads);
                     }
                 },
                 Layer::Affine { s, b, act } => {
@@ -918,14 +923,25 @@ fn take_buf(pool: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 }
 
 /// Batch-norm forward in the given mode; keeps what backward needs.
-fn bn_apply(bn: &mut Bn, z: &[f32], c: usize, act: Act, y: &mut [f32], mode: Mode, threads: usize) {
-    let (mean, inv): (Vec<f32>, Vec<f32>) = match mode {
-        Mode::Eval => (
+/// `moments`: this batch's per-channel mean and biased variance of `z`
+/// (needed in [`Mode::Train`] and [`Mode::Estimate`]).
+#[allow(clippy::too_many_arguments)]
+fn bn_apply(
+    bn: &mut Bn,
+    z: &[f32],
+    c: usize,
+    act: Act,
+    y: &mut [f32],
+    mode: Mode,
+    moments: Option<(Vec<f64>, Vec<f64>)>,
+    threads: usize,
+) {
+    let (mean, inv): (Vec<f32>, Vec<f32>) = match (mode, moments) {
+        (Mode::Eval, _) | (_, None) => (
             bn.mean.clone(),
             bn.var.iter().map(|v| 1.0 / (v + bn.eps).sqrt()).collect(),
         ),
-        Mode::Train | Mode::Estimate => {
-            let (m, v) = k::channel_moments(z, c, threads);
+        (Mode::Train | Mode::Estimate, Some((m, v))) => {
             let rows = (z.len() / c) as f64;
             let unbiased = |v: f64| {
                 if rows > 1.0 {
