@@ -1,6 +1,7 @@
 //! graftnet-tools: the offline side of graftnet (import, quantize, diff, emit)
 //! and the host runner.
 
+pub mod args;
 pub mod bias_correction;
 pub mod data;
 pub mod export;

@@ -12,6 +12,7 @@ use serde_json::json;
 
 mod bench;
 
+use graftnet_tools::args::{parse_kv, parse_pair, parse_triple};
 use graftnet_tools::bias_correction::BiasCorrection;
 use graftnet_tools::data::{self, Preprocess};
 use graftnet_tools::export::OtherPolicy;
@@ -199,31 +200,6 @@ struct ExportArgs {
     prep: PrepArgs,
     #[arg(long)]
     json: bool,
-}
-
-fn parse_kv(s: &str) -> Result<(String, PathBuf), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected NAME=PATH, got '{s}'"))?;
-    Ok((k.to_string(), PathBuf::from(v)))
-}
-
-fn parse_nums(s: &str, n: usize) -> Result<Vec<usize>, String> {
-    let v: Result<Vec<usize>, _> = s.split(',').map(|x| x.trim().parse::<usize>()).collect();
-    match v {
-        Ok(v) if v.len() == n => Ok(v),
-        _ => Err(format!("expected {n} comma-separated integers, got '{s}'")),
-    }
-}
-
-fn parse_pair(s: &str) -> Result<(usize, usize), String> {
-    let v = parse_nums(s, 2)?;
-    Ok((v[0], v[1]))
-}
-
-fn parse_triple(s: &str) -> Result<(usize, usize, usize), String> {
-    let v = parse_nums(s, 3)?;
-    Ok((v[0], v[1], v[2]))
 }
 
 impl PrepArgs {

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::net::{BnInit, Net, PatchKind};
 use super::onnx_out::to_onnx;
 use super::train::{self, Augment, Optimizer, TaskRun, TrainConfig};
+use crate::args::{parse_pair, parse_triple};
 use crate::data::{self, Dataset, Preprocess};
 use crate::ir::Graph;
 
@@ -115,24 +116,6 @@ pub struct LearnArgs {
     /// One JSON object at the end instead of progress bars.
     #[arg(long)]
     pub json: bool,
-}
-
-fn parse_nums(s: &str, n: usize) -> Result<Vec<usize>, String> {
-    let v: Result<Vec<usize>, _> = s.split(',').map(|x| x.trim().parse::<usize>()).collect();
-    match v {
-        Ok(v) if v.len() == n => Ok(v),
-        _ => Err(format!("expected {n} comma-separated integers, got '{s}'")),
-    }
-}
-
-fn parse_pair(s: &str) -> Result<(usize, usize), String> {
-    let v = parse_nums(s, 2)?;
-    Ok((v[0], v[1]))
-}
-
-fn parse_triple(s: &str) -> Result<(usize, usize, usize), String> {
-    let v = parse_nums(s, 3)?;
-    Ok((v[0], v[1], v[2]))
 }
 
 fn parse_task(s: &str) -> Result<(String, PathBuf, Option<PathBuf>), String> {

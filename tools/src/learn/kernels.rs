@@ -1157,7 +1157,7 @@ pub fn softmax_xent(
         let sum: f64 = row.iter().map(|&v| f64::from(v - m).exp()).sum();
         let lse = f64::from(m) + sum.ln();
         loss += lse - f64::from(row[label]);
-        if argmax(row) == label {
+        if crate::host::argmax(row) == label {
             correct += 1;
         }
         let d = &mut dlogits[i * k..(i + 1) * k];
@@ -1167,15 +1167,4 @@ pub fn softmax_xent(
         }
     }
     (loss / n as f64, correct)
-}
-
-/// Index of the largest value (the first on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }

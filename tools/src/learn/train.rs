@@ -13,9 +13,10 @@ use std::time::Instant;
 use anyhow::{ensure, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::kernels::{argmax, softmax_xent};
+use super::kernels::softmax_xent;
 use super::net::{nchw_to_nhwc, Mode, Net, Param};
 use crate::data::Dataset;
+use crate::host::argmax;
 use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
