@@ -6,13 +6,46 @@
 //! choices (why hand-written kernels and not candle/burn, batch-norm
 //! statistics, schedule) and the measured results.
 //!
-//! Layers: [`kernels`] (forward/backward numerics), [`net`] (the trainable
+//! Layers: [`kernels`] (convolution and elementwise numerics, forward and
+//! backward), [`norm`] (batch-norm and other per-channel passes), [`par`]
+//! (deterministic threading), [`net`] (the trainable
 //! network built from an imported graph), [`train`] (the loop),
 //! [`onnx_out`] (the writer), [`cli`] (the command).
+
+// Tile loops (used by `kernels` and `norm`).
+// Tile loops. Plain index loops over slices cut to one length, with
+// scalars in locals, so LLVM vectorizes them (the zip chains they replace
+// compiled to scalar code reloading pointers every element). Each is
+// compiled twice: for the baseline x86-64 (SSE2) and with AVX2 enabled,
+// chosen at run time. Rust never fuses a multiply and an add on its own,
+// so both give the same bits.
+
+/// Defines `fn $name` with an AVX2 build of the same body picked at run
+/// time on x86-64.
+macro_rules! tile_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        #[inline(never)]
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                fn wide($($a: $t),*) $body
+                // SAFETY: the CPU has AVX2 (checked just above); `wide` is
+                // the same safe code compiled for it.
+                return unsafe { wide($($a),*) };
+            }
+            $body
+        }
+    };
+}
 
 pub mod cli;
 pub mod kernels;
 pub mod net;
+pub mod norm;
 pub mod onnx_out;
 pub mod par;
 pub mod train;

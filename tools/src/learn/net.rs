@@ -31,6 +31,7 @@
 use anyhow::{bail, Result};
 
 use super::kernels::{self as k, ConvSpec, Dims};
+use super::norm;
 use crate::ir::{Act, Graph, Op, Unary};
 use crate::rng::Rng;
 
@@ -506,7 +507,7 @@ impl Net {
                 } => match bn {
                     None => {
                         k::conv_forward(spec, x, id, &w.v, Some(&b.v), &mut y, threads);
-                        k::act_apply(*act, &mut y, threads);
+                        norm::act_apply(*act, &mut y, threads);
                     }
                     Some(bn) => {
                         z.resize(od.len(), 0.0);
@@ -649,7 +650,7 @@ impl Net {
                     let dz = match bn {
                         Some(bn) => {
                             // (applies the clamp's mask itself)
-                            let (dg, db) = k::bn_backward_train(
+                            let (dg, db) = norm::bn_backward_train(
                                 z,
                                 od.c,
                                 &bn.bmean,
@@ -667,9 +668,9 @@ impl Net {
                             dy
                         }
                         None => {
-                            k::act_mask(*act, &vals[out], &mut dy, threads);
+                            norm::act_mask(*act, &vals[out], &mut dy, threads);
                             if b.trainable {
-                                let s = k::channel_sums(&dy, od.c, threads);
+                                let s = norm::channel_sums(&dy, od.c, threads);
                                 for (g, v) in b.g.iter_mut().zip(s) {
                                     *g += v as f32;
                                 }
@@ -692,7 +693,7 @@ impl Net {
                     dx0 = dx;
                 }
                 Layer::Affine { s, b, act } => {
-                    k::act_mask(*act, &vals[out], &mut dy, threads);
+                    norm::act_mask(*act, &vals[out], &mut dy, threads);
                     if s.trainable {
                         for (gr, xr) in dy.chunks(od.c).zip(x.chunks(od.c)) {
                             for c in 0..od.c {
@@ -867,7 +868,7 @@ impl Net {
                 {
                     let c = spec.cout;
                     let rows = z.len() / c;
-                    let (m, v) = k::channel_moments(z, c, threads);
+                    let (m, v) = norm::channel_moments(z, c, threads);
                     let e = sums[i].get_or_insert_with(|| (vec![0.0; c], vec![0.0; c], 0));
                     for ch in 0..c {
                         e.0[ch] += m[ch] * rows as f64;
@@ -896,7 +897,7 @@ impl Net {
 fn add_grad(slot: &mut Option<Vec<f32>>, d: Vec<f32>, pool: &mut Vec<Vec<f32>>, threads: usize) {
     match slot {
         Some(g) => {
-            k::add_into_par(g, &d, threads);
+            norm::add_into_par(g, &d, threads);
             pool.push(d);
         }
         None => *slot = Some(d),
@@ -971,7 +972,7 @@ fn bn_apply(
             )
         }
     };
-    k::bn_forward(z, c, &mean, &inv, &bn.gamma.v, &bn.beta.v, act, y, threads);
+    norm::bn_forward(z, c, &mean, &inv, &bn.gamma.v, &bn.beta.v, act, y, threads);
     bn.bmean = mean;
     bn.binv = inv;
 }

@@ -4,6 +4,7 @@
 
 use super::kernels::{self as k, ConvSpec, Dims};
 use super::net::{BnInit, Mode, Net, PatchKind};
+use super::norm;
 use super::train::{self, Augment, TaskRun, TrainConfig};
 use crate::data::Dataset;
 use crate::ir::{self, Act, Expr, Graph, Node, Op, Shape, TensorInfo, Unary};
@@ -151,21 +152,22 @@ fn batch_norm_gradients_match_finite_differences() {
     let probe = rand_vec(&mut r, rows * c);
     let act = Act::Clip(-2.0, 2.5);
     let fwd = |z: &[f32], gamma: &[f32]| -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let (m, v) = k::channel_moments(z, c, 2);
+        let (m, v) = norm::channel_moments(z, c, 2);
         let mean: Vec<f32> = m.iter().map(|&x| x as f32).collect();
         let inv: Vec<f32> = v.iter().map(|&x| 1.0 / (x as f32 + 1e-5).sqrt()).collect();
         let mut y = vec![0f32; z.len()];
-        k::bn_forward(z, c, &mean, &inv, gamma, &beta, act, &mut y, 2);
+        norm::bn_forward(z, c, &mean, &inv, gamma, &beta, act, &mut y, 2);
         (y, mean, inv)
     };
     let (y, mean, inv) = fwd(&z, &gamma);
     let mut dz = probe.clone();
-    let (dg, _db) = k::bn_backward_train(&z, c, &mean, &inv, &gamma, &beta, act, &mut dz, 2);
+    let (dg, _db) = norm::bn_backward_train(&z, c, &mean, &inv, &gamma, &beta, act, &mut dz, 2);
     // The mask recomputed inside equals the one read off the output.
     let mut du = probe.clone();
-    k::act_mask(act, &y, &mut du, 2);
+    norm::act_mask(act, &y, &mut du, 2);
     let mut dz2 = du.clone();
-    let (dg2, _) = k::bn_backward_train(&z, c, &mean, &inv, &gamma, &beta, Act::None, &mut dz2, 2);
+    let (dg2, _) =
+        norm::bn_backward_train(&z, c, &mean, &inv, &gamma, &beta, Act::None, &mut dz2, 2);
     assert_eq!((&dz, &dg), (&dz2, &dg2));
     let g0 = gamma.clone();
     check_grad("bn dz", &mut z, &dz, &mut |z| dot(&fwd(z, &g0).0, &probe));
