@@ -12,8 +12,7 @@
 //! network built from an imported graph), [`train`] (the loop),
 //! [`onnx_out`] (the writer), [`cli`] (the command).
 
-// Tile loops (used by `kernels` and `norm`).
-// Tile loops. Plain index loops over slices cut to one length, with
+// Tile loops (used by `kernels` and `norm`): plain index loops over slices cut to one length, with
 // scalars in locals, so LLVM vectorizes them (the zip chains they replace
 // compiled to scalar code reloading pointers every element). Each is
 // compiled twice: for the baseline x86-64 (SSE2) and with AVX2 enabled,
