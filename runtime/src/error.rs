@@ -63,6 +63,14 @@ pub enum FormatError {
         /// version this build reads
         supported: u16,
     },
+    /// The patch's task version is older than one the caller accepted
+    /// before ([`crate::Engine::apply_newer`]): a rollback.
+    OlderVersion {
+        /// the patch's task version
+        version: u32,
+        /// the lowest version the caller accepts
+        min: u32,
+    },
     /// The CRC-32 over the blob does not match the stored one: corruption.
     ChecksumMismatch {
         /// stored checksum
@@ -172,6 +180,10 @@ impl fmt::Display for FormatError {
             FormatError::BadEntry { entry, op, what } => {
                 write!(f, "patch entry {entry} (op {op}): {what}")
             }
+            FormatError::OlderVersion { version, min } => write!(
+                f,
+                "patch is version {version} of its task, older than version {min} accepted before (a rollback)"
+            ),
             FormatError::WrongBackbone { expected, found } => write!(
                 f,
                 "patch was made for backbone {found:016x}, but the loaded backbone is {expected:016x}"

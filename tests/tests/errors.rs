@@ -697,3 +697,52 @@ fn stale_patches_are_removed_and_never_served() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A patch carries its task's version; a device that persisted the highest
+/// version it accepted refuses an older release (a rollback) and keeps its
+/// task, and the version costs unversioned patches no byte.
+#[test]
+fn older_task_versions_are_refused_and_leave_the_task_active() {
+    let (dir, bb, sb_v0, dw) = small_export("task-version");
+    let v5 = dir.join("v5");
+    export(&ExportOptions {
+        base: dir.join("base.onnx"),
+        tasks: vec![("sb".into(), dir.join("sb.onnx"))],
+        calib: dir.join("calib.npy"),
+        out: v5.clone(),
+        task_version: 5,
+        ..Default::default()
+    })
+    .unwrap();
+    let sb_v5 = std::fs::read(v5.join("sb.gnp")).unwrap();
+    assert_eq!(std::fs::read(v5.join("backbone.gnb")).unwrap(), bb);
+    // Only the version field differs (and the checksum over it).
+    let diff: Vec<usize> = (0..sb_v0.len()).filter(|&i| sb_v0[i] != sb_v5[i]).collect();
+    assert!(
+        diff.iter()
+            .all(|&i| (12..16).contains(&i) || (40..44).contains(&i)),
+        "{diff:?}"
+    );
+    let (p0, p5) = (Patch::parse(&sb_v0).unwrap(), Patch::parse(&sb_v5).unwrap());
+    assert_eq!((p0.task_version(), p5.task_version()), (0, 5));
+
+    let back = Backbone::parse(&bb).unwrap();
+    let mut arena = vec![0i8; back.arena_len()];
+    let mut params = vec![Requant::default(); back.params_len()];
+    let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
+    let x = input_for(&back);
+    e.apply(Patch::parse(&dw).unwrap()).unwrap();
+    let before = e.run_f32(&x).unwrap().quantized().to_vec();
+    match e.apply_newer(p5, 6) {
+        Err(FormatError::OlderVersion { version: 5, min: 6 }) => {}
+        other => panic!("expected OlderVersion, got {other:?}"),
+    }
+    assert_eq!(e.task_name(), "dw");
+    assert_eq!(e.run_f32(&x).unwrap().quantized(), &before[..]);
+    e.apply_newer(p5, 5).unwrap();
+    assert_eq!(e.task_name(), "sb");
+    assert!(
+        e.apply_newer(p0, 1).is_err(),
+        "an unversioned patch is version 0"
+    );
+}

@@ -647,6 +647,7 @@ pub fn emit_patch(
     backbone_fingerprint: u64,
     classes: usize,
     entries: &[PatchEntry],
+    task_version: u32,
 ) -> Result<Vec<u8>> {
     if name.len() > pf::MAX_NAME_LEN {
         bail!(
@@ -665,6 +666,7 @@ pub fn emit_patch(
         classes: classes as u16,
         name_len: name.len() as u16,
         entries_off: entries_off as u32,
+        task_version,
     };
     hdr.emit(&mut blob);
     blob[pf::HEADER_LEN..pf::HEADER_LEN + name.len()].copy_from_slice(name.as_bytes());

@@ -210,7 +210,7 @@ fn inspect_patch(file: &Path, bytes: &[u8], backbone: Option<&[u8]>, json_out: b
             .collect();
         println!(
             "{}",
-            json!({"kind": "patch", "task": p.name(), "bytes": bytes.len(), "classes": p.classes(),
+            json!({"kind": "patch", "task": p.name(), "task_version": p.task_version(), "bytes": bytes.len(), "classes": p.classes(),
                    "backbone": format!("{:016x}", p.backbone_fingerprint()), "header_bytes": header_bytes,
                    "by_kind": byj, "entries": ents,
                    "valid_for_backbone": check.as_ref().map(|c| c.is_ok()), "error": check.and_then(|c| c.err())})
@@ -218,10 +218,14 @@ fn inspect_patch(file: &Path, bytes: &[u8], backbone: Option<&[u8]>, json_out: b
         return Ok(());
     }
     println!(
-        "patch {} ({} bytes): task '{}', {} classes, for backbone {:016x}",
+        "patch {} ({} bytes): task '{}'{}, {} classes, for backbone {:016x}",
         file.display(),
         bytes.len(),
         p.name(),
+        match p.task_version() {
+            0 => String::new(),
+            v => format!(" version {v}"),
+        },
         p.classes(),
         p.backbone_fingerprint()
     );

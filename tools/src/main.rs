@@ -196,6 +196,10 @@ struct ExportArgs {
     /// it; refused, saying what differs, unless --base and --calib reproduce it.
     #[arg(long)]
     backbone: Option<PathBuf>,
+    /// version written into every patch (0 = unversioned); devices can refuse
+    /// a task older than one they accepted (Engine::apply_newer)
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    task_version: u32,
     #[command(flatten)]
     prep: PrepArgs,
     #[arg(long)]
@@ -335,6 +339,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
             samples: a.bias_correction,
         }),
         backbone: a.backbone,
+        task_version: a.task_version,
     };
     let r = pipeline::export(&opts)?;
     for p in &r.removed {

@@ -49,6 +49,9 @@ pub struct ExportOptions {
     /// model and its calibration must reproduce it byte for byte; the export
     /// fails, saying what differs, when they do not.
     pub backbone: Option<PathBuf>,
+    /// Version written into every patch (0: unversioned); devices using
+    /// `Engine::apply_newer` refuse a version older than one they accepted.
+    pub task_version: u32,
 }
 
 /// One exported task.
@@ -285,7 +288,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     let mut patches = Vec::new();
     for (name, _, q) in &tasks_q {
         let entries = export::diff(&base_q, q, opts.other, name)?;
-        let blob = export::emit_patch(name, fingerprint, q.classes(), &entries)?;
+        let blob = export::emit_patch(name, fingerprint, q.classes(), &entries, opts.task_version)?;
         patches.push((entries, blob));
     }
     // Nothing is written unless the runtime takes all of it.

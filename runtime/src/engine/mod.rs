@@ -257,6 +257,21 @@ impl<'a, 'm> Engine<'a, 'm> {
         &self.params[..self.bb.params_len()]
     }
 
+    /// [`Engine::apply`], refusing a patch whose task version is below
+    /// `min_version`: the highest version the caller has accepted for this
+    /// task name before, which the caller persists (in flash, a file) so a
+    /// device never rolls back to an older release of a task. On error
+    /// nothing changes.
+    pub fn apply_newer(&mut self, patch: Patch<'a>, min_version: u32) -> Result<(), FormatError> {
+        if patch.task_version() < min_version {
+            return Err(FormatError::OlderVersion {
+                version: patch.task_version(),
+                min: min_version,
+            });
+        }
+        self.apply(patch)
+    }
+
     /// Switches to the task in `patch`. On error nothing changes.
     pub fn apply(&mut self, patch: Patch<'a>) -> Result<(), FormatError> {
         if patch.backbone_fingerprint() != self.bb.fingerprint() {

@@ -30,7 +30,9 @@ pub mod field {
     pub const NAME_LEN: usize = 30;
     pub const ENTRIES_OFF: usize = 32;
     pub const FLAGS: usize = 36;
-    pub const RESERVED: usize = 40;
+    /// u32 task version (0: unversioned), formerly reserved.
+    pub const TASK_VERSION: usize = 40;
+    pub const RESERVED: usize = 44;
 }
 
 /// Header length.
@@ -53,6 +55,9 @@ pub struct HeaderRepr {
     pub name_len: u16,
     /// offset of the entries
     pub entries_off: u32,
+    /// The task's version, increasing with every release of the task
+    /// (0: unversioned). See [`crate::Engine::apply_newer`].
+    pub task_version: u32,
 }
 
 impl HeaderRepr {
@@ -77,6 +82,7 @@ impl HeaderRepr {
         wr_u16(b, field::CLASSES, self.classes);
         wr_u16(b, field::NAME_LEN, self.name_len);
         wr_u32(b, field::ENTRIES_OFF, self.entries_off);
+        wr_u32(b, field::TASK_VERSION, self.task_version);
     }
 }
 
@@ -206,6 +212,11 @@ impl<'a> Patch<'a> {
     pub fn n_entries(&self) -> u32 {
         self.hdr.n_entries
     }
+
+    /// The task's version (0: unversioned).
+    pub fn task_version(&self) -> u32 {
+        self.hdr.task_version
+    }
 }
 
 /// Checks the fixed header fields (no checksum).
@@ -241,6 +252,7 @@ fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
         classes: rd_u16(b, field::CLASSES),
         name_len: rd_u16(b, field::NAME_LEN),
         entries_off: rd_u32(b, field::ENTRIES_OFF),
+        task_version: rd_u32(b, field::TASK_VERSION),
     };
     if hdr.name_len as usize > MAX_NAME_LEN
         || hdr.entries_off as usize != HeaderRepr::entries_off(hdr.name_len as usize)
@@ -285,5 +297,35 @@ mod tests {
         blob[8..12].copy_from_slice(&48u32.to_le_bytes());
         seal(&mut blob);
         assert_eq!(Patch::parse(&blob).unwrap().n_entries(), 0);
+    }
+
+    #[test]
+    fn task_version_round_trips_and_defaults_to_zero() {
+        for v in [0u32, 1, 7, u32::MAX] {
+            let name = b"digits";
+            let off = HeaderRepr::entries_off(name.len());
+            let mut blob = [0u8; 64];
+            let hdr = HeaderRepr {
+                total_len: off as u32,
+                backbone: 0x1234,
+                n_entries: 0,
+                classes: 10,
+                name_len: name.len() as u16,
+                entries_off: off as u32,
+                task_version: v,
+            };
+            hdr.emit(&mut blob);
+            blob[HEADER_LEN..HEADER_LEN + name.len()].copy_from_slice(name);
+            let blob = &mut blob[..off];
+            seal(blob);
+            let p = Patch::parse(blob).unwrap();
+            assert_eq!(p.task_version(), v);
+            if v == 0 {
+                // Unversioned patches keep the bytes they always had.
+                assert!(blob[field::TASK_VERSION..field::TASK_VERSION + 4]
+                    .iter()
+                    .all(|&b| b == 0));
+            }
+        }
     }
 }
