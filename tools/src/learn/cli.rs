@@ -67,8 +67,10 @@ pub struct LearnArgs {
     pub batch: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
+    /// Worker threads (default: every core). Results are bit-identical
+    /// for a seed and a thread count; `--json` records the count.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// adam or sgd (momentum 0.9)
     #[arg(long, default_value = "adam", value_parser = ["adam", "sgd"])]
     pub optimizer: String,
@@ -421,6 +423,10 @@ impl LearnArgs {
                 );
             }
         }
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        ensure!(threads >= 1, "--threads must be at least 1");
         let started = Instant::now();
         let mut runs = Vec::new();
         for (name, tr, val) in &sets {
@@ -429,7 +435,7 @@ impl LearnArgs {
             } else {
                 BnInit::PreserveFunction
             };
-            let mut net = Net::from_graph(&graph, kind, init, self.threads)?;
+            let mut net = Net::from_graph(&graph, kind, init, threads)?;
             if !scratch && net.has_bn() {
                 net.init_bn_from_data(&init_batches(tr, 1024));
             }
@@ -474,7 +480,7 @@ impl LearnArgs {
             "epochs": cfg.epochs,
             "batch": cfg.batch,
             "lr": cfg.lr,
-            "threads": self.threads,
+            "threads": threads,
             "seed": cfg.seed,
             "train_images": runs.iter().map(|r| r.train.len()).sum::<usize>(),
             "images_per_s": stats.images_per_s,
