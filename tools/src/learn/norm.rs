@@ -204,6 +204,20 @@ fn bounds(act: Act) -> (f32, f32) {
     }
 }
 
+/// Batch-norm as `z * scale + shift` per channel. The forward pass and the
+/// backward's recomputed clamp mask both use this, so they agree bit for
+/// bit.
+fn scale_shift(gamma: &[f32], beta: &[f32], mean: &[f32], inv_std: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect();
+    let shift = beta
+        .iter()
+        .zip(mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    (scale, shift)
+}
+
 /// Batch-norm with given per-channel statistics, then a clamp:
 /// `y = act(gamma * (z - mean) * inv_std + beta)`.
 #[allow(clippy::too_many_arguments)]
@@ -219,8 +233,7 @@ pub fn bn_forward(
     threads: usize,
 ) {
     let tr = tile_rows(c);
-    let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect();
-    let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] * scale[k]).collect();
+    let (scale, shift) = scale_shift(gamma, beta, mean, inv_std);
     let (scale, shift) = (tiled(&scale, tr), tiled(&shift, tr));
     let (lo, hi) = bounds(act);
     let t = par::threads_for(threads, z.len() / c.max(1), c);
@@ -254,8 +267,7 @@ pub fn bn_backward_train(
     let rows = z.len() / c;
     let t = par::threads_for(threads, rows, 2 * c);
     let (mean_t, inv_t) = (tiled(mean, tr), tiled(inv_std, tr));
-    let scale: Vec<f32> = gamma.iter().zip(inv_std).map(|(g, i)| g * i).collect();
-    let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] * scale[k]).collect();
+    let (scale, shift) = scale_shift(gamma, beta, mean, inv_std);
     let (scale_t, shift_t) = (tiled(&scale, tr), tiled(&shift, tr));
     let (lo, hi) = bounds(act);
     let gs: &[f32] = g;
