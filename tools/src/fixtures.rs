@@ -51,7 +51,8 @@ use tract_onnx::pb::{
 };
 
 use crate::onnx_build::{
-    attr_float, attr_int, attr_ints, attr_string, attr_tensor, f32_tensor, i64_tensor, value_info,
+    attr_float, attr_int, attr_ints, attr_string, attr_tensor, f32_tensor, i64_tensor, node,
+    value_info,
 };
 use crate::rng::Rng;
 
@@ -1427,14 +1428,7 @@ impl Graph {
         }
         self.used.insert(name.clone());
         let out = format!("{name}_output_0");
-        self.nodes.push(NodeProto {
-            name,
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
-            attribute: attrs,
-            ..Default::default()
-        });
+        self.nodes.push(node(name, op, inputs, &out, attrs));
         out
     }
 

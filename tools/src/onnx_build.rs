@@ -6,8 +6,26 @@
 
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
-    AttributeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    AttributeProto, NodeProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
+
+/// A node with one output.
+pub fn node(
+    name: String,
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        name,
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.to_string()],
+        attribute: attrs,
+        ..Default::default()
+    }
+}
 
 pub fn f32_tensor(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");

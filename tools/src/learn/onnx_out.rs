@@ -49,14 +49,8 @@ impl Writer {
     ) -> String {
         let out = out.unwrap_or_else(|| self.fresh(&op.to_ascii_lowercase()));
         let name = self.fresh(op);
-        self.nodes.push(NodeProto {
-            name,
-            op_type: op.into(),
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![out.clone()],
-            attribute: attrs,
-            ..Default::default()
-        });
+        self.nodes
+            .push(crate::onnx_build::node(name, op, inputs, &out, attrs));
         out
     }
 
