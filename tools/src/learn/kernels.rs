@@ -14,7 +14,7 @@
 
 use std::ops::Range;
 
-use super::norm::{fold_tile, moments_tile, sum_f64, tile_rows, FOLD_ROWS};
+use super::norm::{fold_tile, moments_tile, sum_f64, tile_rows, BnAct, BnGrad, FOLD_ROWS};
 use super::par;
 use crate::ir::Unary;
 
@@ -126,7 +126,11 @@ impl ConvSpec {
 }
 
 /// Convolution forward: `y = conv(x, w) + bias`. `x` is `d`, `y` is
-/// `(d.n, oh, ow, cout)`.
+/// `(d.n, oh, ow, cout)`. With `pre` (depthwise and pointwise convs only),
+/// the conv's input is `pre` applied to `x`: computed one image or one
+/// block of rows at a time into a scratch buffer that stays in cache, so
+/// a batch-norm output read only by this conv is never written out.
+#[allow(clippy::too_many_arguments)]
 pub fn conv_forward(
     s: &ConvSpec,
     x: &[f32],
@@ -134,10 +138,16 @@ pub fn conv_forward(
     w: &[f32],
     bias: Option<&[f32]>,
     y: &mut [f32],
+    pre: Option<&BnAct>,
     threads: usize,
 ) {
-    conv_forward_impl(s, x, d, w, y, threads, false);
+    conv_forward_impl(s, x, d, w, y, pre, threads, false);
     add_bias(s, bias, y);
+}
+
+/// Whether [`conv_forward`] takes a `pre` for this conv.
+pub fn takes_pre(s: &ConvSpec) -> bool {
+    s.is_depthwise() || s.is_pointwise()
 }
 
 /// [`conv_forward`] without bias, returning the per-channel mean and
@@ -149,9 +159,10 @@ pub fn conv_forward_moments(
     d: Dims,
     w: &[f32],
     y: &mut [f32],
+    pre: Option<&BnAct>,
     threads: usize,
 ) -> (Vec<f64>, Vec<f64>) {
-    let parts = conv_forward_impl(s, x, d, w, y, threads, true);
+    let parts = conv_forward_impl(s, x, d, w, y, pre, threads, true);
     let c = s.cout;
     let sums = sum_f64(parts, 2 * c);
     let n = (y.len() / c.max(1)).max(1) as f64;
@@ -207,15 +218,21 @@ impl BlockSums {
 /// Rows per GEMM block when output statistics are gathered alongside.
 const STATS_BLOCK_ROWS: usize = 256;
 
+#[allow(clippy::too_many_arguments)]
 fn conv_forward_impl(
     s: &ConvSpec,
     x: &[f32],
     d: Dims,
     w: &[f32],
     y: &mut [f32],
+    pre: Option<&BnAct>,
     threads: usize,
     stats: bool,
 ) -> Vec<Vec<f64>> {
+    assert!(
+        pre.is_none() || takes_pre(s),
+        "conv_forward: `pre` on a conv that does not take it"
+    );
     let (oh, ow) = s.out_hw(d.h, d.w);
     let finish = |b: Option<BlockSums>| b.map(|b| b.out).unwrap_or_default();
     if s.is_depthwise() {
@@ -226,9 +243,19 @@ fn conv_forward_impl(
         let t = par::threads_for(threads, d.n, oh * ow * c * s.kh * s.kw);
         par::map_rows(t, y, img_out, |imgs, yr| {
             let mut sums = stats.then(|| BlockSums::new(c));
+            let mut buf = Vec::new();
             for (i, n) in imgs.enumerate() {
                 let yi = &mut yr[i * img_out..(i + 1) * img_out];
-                dw_forward_image(s, d, &x[n * img_in..(n + 1) * img_in], &wt, yi);
+                let xi = &x[n * img_in..(n + 1) * img_in];
+                let xi = match pre {
+                    Some(p) => {
+                        buf.resize(img_in, 0.0);
+                        p.apply(xi, &mut buf);
+                        &buf[..]
+                    }
+                    None => xi,
+                };
+                dw_forward_image(s, d, xi, &wt, yi);
                 if let Some(b) = sums.as_mut() {
                     b.add(yi);
                 }
@@ -239,19 +266,29 @@ fn conv_forward_impl(
         let t = par::threads_for(threads, d.rows(), s.cin * s.cout);
         par::map_rows(t, y, s.cout, |rows, yr| {
             let mut sums = stats.then(|| BlockSums::new(s.cout));
-            let block = if stats {
+            let block = if stats || pre.is_some() {
                 STATS_BLOCK_ROWS
             } else {
                 rows.len().max(1)
             };
+            let mut buf = Vec::new();
             for (bi, yb) in yr.chunks_mut(block * s.cout).enumerate() {
                 let r0 = rows.start + bi * block;
                 let nr = yb.len() / s.cout;
+                let xb = &x[r0 * s.cin..(r0 + nr) * s.cin];
+                let xb = match pre {
+                    Some(p) => {
+                        buf.resize(xb.len(), 0.0);
+                        p.apply(xb, &mut buf);
+                        &buf[..]
+                    }
+                    None => xb,
+                };
                 gemm(
                     nr,
                     s.cin,
                     s.cout,
-                    &x[r0 * s.cin..(r0 + nr) * s.cin],
+                    xb,
                     (s.cin, 1),
                     w,
                     (1, s.cin),
@@ -310,7 +347,15 @@ fn add_bias(s: &ConvSpec, bias: Option<&[f32]>, y: &mut [f32]) {
 }
 
 /// Convolution backward. Writes `dx` (when given) and *adds* to `dw` (when
-/// given). The bias gradient is [`channel_sums`] of `dy`.
+/// given). The bias gradient is [`channel_sums`] of `dy`. `x` is only
+/// read for `dw` (it may be empty otherwise).
+///
+/// With `pre = (z, op)` (depthwise and pointwise convs without `dw`
+/// only), `dy` is the gradient at the output of the batch-norm that
+/// follows this conv, `z` this conv's output, and the conv's output
+/// gradient is `op` applied to them, computed one image or one block of
+/// rows at a time into a buffer that stays in cache (same bits as
+/// applying it to the whole tensor first).
 #[allow(clippy::too_many_arguments)]
 pub fn conv_backward(
     s: &ConvSpec,
@@ -320,29 +365,52 @@ pub fn conv_backward(
     dy: &[f32],
     dx: Option<&mut [f32]>,
     dw: Option<&mut [f32]>,
+    pre: Option<(&[f32], &BnGrad)>,
     threads: usize,
 ) {
+    assert!(
+        pre.is_none() || (takes_pre(s) && dw.is_none()),
+        "conv_backward: `pre` on a conv that does not take it"
+    );
     if s.is_depthwise() {
-        return dw_backward(s, x, d, w, dy, dx, dw, threads);
+        return dw_backward(s, x, d, w, dy, dx, dw, pre, threads);
     }
     let (oh, ow) = s.out_hw(d.h, d.w);
     if s.is_pointwise() {
         let t = par::threads_for(threads, d.rows(), s.cin * s.cout);
         if let Some(dx) = dx {
             par::map_rows(t, dx, s.cin, |rows, dxr| {
-                let dyr = &dy[rows.start * s.cout..rows.end * s.cout];
-                gemm(
-                    rows.len(),
-                    s.cout,
-                    s.cin,
-                    dyr,
-                    (s.cout, 1),
-                    w,
-                    (s.cin, 1),
-                    0.0,
-                    dxr,
-                    (s.cin, 1),
-                );
+                let block = if pre.is_some() {
+                    STATS_BLOCK_ROWS
+                } else {
+                    rows.len().max(1)
+                };
+                let mut buf = Vec::new();
+                for (bi, dxb) in dxr.chunks_mut(block * s.cin).enumerate() {
+                    let r0 = rows.start + bi * block;
+                    let nr = dxb.len() / s.cin;
+                    let dyb = &dy[r0 * s.cout..(r0 + nr) * s.cout];
+                    let dyb = match pre {
+                        Some((z, op)) => {
+                            buf.resize(dyb.len(), 0.0);
+                            op.apply(&z[r0 * s.cout..(r0 + nr) * s.cout], dyb, &mut buf);
+                            &buf[..]
+                        }
+                        None => dyb,
+                    };
+                    gemm(
+                        nr,
+                        s.cout,
+                        s.cin,
+                        dyb,
+                        (s.cout, 1),
+                        w,
+                        (s.cin, 1),
+                        0.0,
+                        dxb,
+                        (s.cin, 1),
+                    );
+                }
             });
         }
         if let Some(dw) = dw {
@@ -540,6 +608,7 @@ fn dw_backward(
     dy: &[f32],
     dx: Option<&mut [f32]>,
     dw: Option<&mut [f32]>,
+    pre: Option<(&[f32], &BnGrad)>,
     threads: usize,
 ) {
     let (oh, ow) = s.out_hw(d.h, d.w);
@@ -556,13 +625,30 @@ fn dw_backward(
         };
         let img_in = d.h * d.w * c;
         let img_out = oh * ow * c;
+        let mut buf = Vec::new();
         for (i, n) in imgs.enumerate() {
+            let dyi = &dy[n * img_out..(n + 1) * img_out];
+            let dyi = match pre {
+                Some((z, op)) => {
+                    buf.resize(img_out, 0.0);
+                    op.apply(&z[n * img_out..(n + 1) * img_out], dyi, &mut buf);
+                    &buf[..]
+                }
+                None => dyi,
+            };
+            // (`x` is only read for the weight gradient: a frozen kernel's
+            // input may not exist, see `conv_forward`'s `pre`)
+            let xi = if want_dw {
+                &x[n * img_in..(n + 1) * img_in]
+            } else {
+                &[]
+            };
             dw_backward_image(
                 s,
                 d,
-                &x[n * img_in..(n + 1) * img_in],
+                xi,
                 &wt,
-                &dy[n * img_out..(n + 1) * img_out],
+                dyi,
                 dxr.as_deref_mut()
                     .map(|d| &mut d[i * img_in..(i + 1) * img_in]),
                 want_dw.then_some(&mut gw[..]),

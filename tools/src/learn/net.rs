@@ -213,6 +213,9 @@ pub struct Net {
     pub threads: usize,
     /// Depthwise kernels belong to the patch.
     dw_patch: bool,
+    /// Apply batch-norms inside their only reader where possible
+    /// ([`Net::fused_inputs`]); same bits either way (tested).
+    pub fuse: bool,
     vals: Vec<Vec<f32>>,
     grads: Vec<Option<Vec<f32>>>,
     /// Freed gradient buffers, reused by the next ones.
@@ -372,6 +375,7 @@ impl Net {
             head,
             threads: threads.max(1),
             dw_patch: kind.dw(),
+            fuse: true,
             batch: 0,
         })
     }
@@ -485,17 +489,72 @@ impl Net {
         self.batch = n;
         debug_assert_eq!(x.len(), self.dims(self.input).len());
         self.vals[self.input] = x;
+        let fused = self.fused_inputs();
         for i in 0..self.nodes.len() {
             let out = self.nodes[i].output;
             let od = self.dims(out);
-            // Every layer writes all of its output: no need to clear.
-            let mut y = std::mem::take(&mut self.vals[out]);
-            y.resize(od.len(), 0.0);
             let ins = self.nodes[i].inputs.clone();
             let id = self.dims(ins[0]);
             let threads = self.threads;
-            let (vals, node) = (&self.vals, &mut self.nodes[i]);
-            let x = &vals[ins[0]];
+            let (before, rest) = self.nodes.split_at_mut(i);
+            let node = &mut rest[0];
+            // The input, or (when it was not written out) the producer's
+            // conv output and the batch-norm to apply to it.
+            let pre = fused[ins[0]].then(|| {
+                let p = before
+                    .iter()
+                    .find(|p| p.output == ins[0])
+                    .expect("a fused tensor's producer comes first");
+                let Layer::Conv {
+                    bn: Some(bn),
+                    act,
+                    z,
+                    ..
+                } = &p.layer
+                else {
+                    unreachable!("fused_inputs marks conv + batch-norm outputs only");
+                };
+                (
+                    &z[..],
+                    norm::BnAct::new(&bn.bmean, &bn.binv, &bn.gamma.v, &bn.beta.v, *act),
+                )
+            });
+            if fused[out] {
+                // Only its consumer reads this output: it applies the
+                // batch-norm to `z` itself (statistics set here).
+                self.vals[out] = Vec::new();
+                let Layer::Conv {
+                    spec,
+                    w,
+                    bn: Some(bn),
+                    z,
+                    ..
+                } = &mut node.layer
+                else {
+                    unreachable!("fused_inputs marks conv + batch-norm outputs only");
+                };
+                let (x, pre) = match &pre {
+                    Some((z, op)) => (*z, Some(op)),
+                    None => (&self.vals[ins[0]][..], None),
+                };
+                z.resize(od.len(), 0.0);
+                let moments = (mode != Mode::Eval)
+                    .then(|| k::conv_forward_moments(spec, x, id, &w.v, z, pre, threads));
+                if moments.is_none() {
+                    k::conv_forward(spec, x, id, &w.v, None, z, pre, threads);
+                }
+                bn_stats(bn, z, od.c, mode, moments);
+                continue;
+            }
+            // Every layer writes all of its output: no need to clear.
+            let mut y = std::mem::take(&mut self.vals[out]);
+            y.resize(od.len(), 0.0);
+            let vals = &self.vals;
+            let x = match &pre {
+                Some((z, _)) => *z,
+                None => &vals[ins[0]][..],
+            };
+            let pre = pre.as_ref().map(|(_, op)| op);
             match &mut node.layer {
                 Layer::Conv {
                     spec,
@@ -506,18 +565,29 @@ impl Net {
                     z,
                 } => match bn {
                     None => {
-                        k::conv_forward(spec, x, id, &w.v, Some(&b.v), &mut y, threads);
+                        k::conv_forward(spec, x, id, &w.v, Some(&b.v), &mut y, pre, threads);
                         norm::act_apply(*act, &mut y, threads);
                     }
                     Some(bn) => {
                         z.resize(od.len(), 0.0);
                         let moments = if mode == Mode::Eval {
-                            k::conv_forward(spec, x, id, &w.v, None, z, threads);
+                            k::conv_forward(spec, x, id, &w.v, None, z, pre, threads);
                             None
                         } else {
-                            Some(k::conv_forward_moments(spec, x, id, &w.v, z, threads))
+                            Some(k::conv_forward_moments(spec, x, id, &w.v, z, pre, threads))
                         };
-                        bn_apply(bn, z, od.c, *act, &mut y, mode, moments, threads);
+                        bn_stats(bn, z, od.c, mode, moments);
+                        norm::bn_forward(
+                            z,
+                            od.c,
+                            &bn.bmean,
+                            &bn.binv,
+                            &bn.gamma.v,
+                            &bn.beta.v,
+                            *act,
+                            &mut y,
+                            threads,
+                        );
                     }
                 },
                 Layer::Affine { s, b, act } => {
@@ -595,6 +665,40 @@ impl Net {
         &self.vals[self.output]
     }
 
+    /// Tensors that are never written out: the output of a conv with
+    /// batch-norm whose only reader is a depthwise or pointwise conv with
+    /// frozen weights. That conv applies the batch-norm to its input block
+    /// by block (the backward needs neither: the batch-norm's own backward
+    /// works from `z`, and a frozen conv's input gradient does not read its
+    /// input). Saves a write and a read of the largest tensors (the
+    /// expanded ones of inverted residual blocks) per step.
+    pub(super) fn fused_inputs(&self) -> Vec<bool> {
+        let mut readers = vec![0usize; self.shapes.len()];
+        for n in &self.nodes {
+            for &t in &n.inputs {
+                readers[t] += 1;
+            }
+        }
+        let mut fused = vec![false; self.shapes.len()];
+        if !self.fuse {
+            return fused;
+        }
+        for q in &self.nodes {
+            let Layer::Conv { spec, w, .. } = &q.layer else {
+                continue;
+            };
+            let t = q.inputs[0];
+            if w.trainable || !k::takes_pre(spec) || readers[t] != 1 || t == self.output {
+                continue;
+            }
+            fused[t] = self
+                .nodes
+                .iter()
+                .any(|p| p.output == t && matches!(&p.layer, Layer::Conv { bn: Some(_), .. }));
+        }
+        fused
+    }
+
     /// Which tensors need a gradient: those downstream of a trainable parameter.
     fn needs_grad(&self) -> Vec<bool> {
         let mut need = vec![false; self.shapes.len()];
@@ -647,10 +751,14 @@ impl Net {
                     act,
                     z,
                 } => {
+                    // The batch-norm's input gradient, applied over the
+                    // whole tensor, or (a frozen depthwise or pointwise
+                    // conv) block by block inside the conv's backward.
+                    let mut pre = None;
                     let dz = match bn {
                         Some(bn) => {
                             // (applies the clamp's mask itself)
-                            let (dg, db) = norm::bn_backward_train(
+                            let (dg, db, op) = norm::bn_backward_sums(
                                 z,
                                 od.c,
                                 &bn.bmean,
@@ -658,12 +766,17 @@ impl Net {
                                 &bn.gamma.v,
                                 &bn.beta.v,
                                 *act,
-                                &mut dy,
+                                &dy,
                                 threads,
                             );
                             if bn.gamma.trainable {
                                 k::add_into(&mut bn.gamma.g, &dg);
                                 k::add_into(&mut bn.beta.g, &db);
+                            }
+                            if self.fuse && !w.trainable && k::takes_pre(spec) {
+                                pre = Some(op);
+                            } else {
+                                op.apply_in_place(z, &mut dy, od.c, threads);
                             }
                             dy
                         }
@@ -679,16 +792,19 @@ impl Net {
                         }
                     };
                     let mut dx = want0.then(|| take_buf(&mut self.pool, id.len()));
-                    k::conv_backward(
-                        spec,
-                        x,
-                        id,
-                        &w.v,
-                        &dz,
-                        dx.as_deref_mut(),
-                        if w.trainable { Some(&mut w.g) } else { None },
-                        threads,
-                    );
+                    if dx.is_some() || w.trainable {
+                        k::conv_backward(
+                            spec,
+                            x,
+                            id,
+                            &w.v,
+                            &dz,
+                            dx.as_deref_mut(),
+                            if w.trainable { Some(&mut w.g) } else { None },
+                            pre.as_ref().map(|op| (&z[..], op)),
+                            threads,
+                        );
+                    }
                     self.pool.push(dz);
                     dx0 = dx;
                 }
@@ -923,20 +1039,12 @@ fn take_buf(pool: &mut Vec<Vec<f32>>, len: usize) -> Vec<f32> {
     v
 }
 
-/// Batch-norm forward in the given mode; keeps what backward needs.
-/// `moments`: this batch's per-channel mean and biased variance of `z`
-/// (needed in [`Mode::Train`] and [`Mode::Estimate`]).
-#[allow(clippy::too_many_arguments)]
-fn bn_apply(
-    bn: &mut Bn,
-    z: &[f32],
-    c: usize,
-    act: Act,
-    y: &mut [f32],
-    mode: Mode,
-    moments: Option<(Vec<f64>, Vec<f64>)>,
-    threads: usize,
-) {
+/// The statistics a batch-norm normalises with in the given mode, kept in
+/// `bn.bmean`/`bn.binv` for the forward and the backward; updates the
+/// running statistics ([`Mode::Train`]) or their accumulator
+/// ([`Mode::Estimate`]). `moments`: this batch's per-channel mean and
+/// biased variance of `z` (needed in those two modes).
+fn bn_stats(bn: &mut Bn, z: &[f32], c: usize, mode: Mode, moments: Option<(Vec<f64>, Vec<f64>)>) {
     let (mean, inv): (Vec<f32>, Vec<f32>) = match (mode, moments) {
         (Mode::Eval, _) | (_, None) => (
             bn.mean.clone(),
@@ -972,7 +1080,6 @@ fn bn_apply(
             )
         }
     };
-    norm::bn_forward(z, c, &mean, &inv, &bn.gamma.v, &bn.beta.v, act, y, threads);
     bn.bmean = mean;
     bn.binv = inv;
 }

@@ -164,20 +164,26 @@ fn bn_reduce_tile(
 }
 
 tile_fn! {
-/// Batch-norm input gradient over one tile, in place:
-/// `g = a * (g*m - mb - (z - mean) * mg)`. `coef` = (a, mb, mean, mg,
+/// Batch-norm input gradient over one tile:
+/// `out = a * (g*m - mb - (z - mean) * mg)`. `coef` = (a, mb, mean, mg,
 /// scale, shift).
-fn bn_apply_grad_tile(z: &[f32], coef: [&[f32]; 6], bounds: (f32, f32), g: &mut [f32]) {
+fn bn_apply_grad_tile(
+    z: &[f32],
+    g: &[f32],
+    coef: [&[f32]; 6],
+    bounds: (f32, f32),
+    out: &mut [f32],
+) {
     let (lo, hi) = bounds;
     let n = z.len();
     let [a, mb, mean, mg, sc, sh] = coef;
     let (a, mb, mean, mg, sc, sh) = (&a[..n], &mb[..n], &mean[..n], &mg[..n], &sc[..n], &sh[..n]);
-    let g = &mut g[..n];
+    let (g, out) = (&g[..n], &mut out[..n]);
     for i in 0..n {
         let u = z[i] * sc[i] + sh[i];
         let gi = g[i];
         let gm = if (u > lo) & (u < hi) { gi } else { 0.0 };
-        g[i] = a[i] * (gm - mb[i] - (z[i] - mean[i]) * mg[i]);
+        out[i] = a[i] * (gm - mb[i] - (z[i] - mean[i]) * mg[i]);
     }
 }
 }
@@ -218,6 +224,44 @@ fn scale_shift(gamma: &[f32], beta: &[f32], mean: &[f32], inv_std: &[f32]) -> (V
     (scale, shift)
 }
 
+/// A batch-norm with given per-channel statistics and the clamp after it,
+/// `y = act(gamma * (z - mean) * inv_std + beta)`, ready for tile loops.
+/// [`bn_forward`] applies it to a whole tensor; a conv whose input is
+/// only ever read by that conv applies it block by block to its input
+/// instead ([`super::kernels::conv_forward`]'s `pre`), so the tensor is
+/// never written out. Both give the same bits.
+pub struct BnAct {
+    c: usize,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    lo: f32,
+    hi: f32,
+}
+
+impl BnAct {
+    pub fn new(mean: &[f32], inv_std: &[f32], gamma: &[f32], beta: &[f32], act: Act) -> Self {
+        let c = mean.len();
+        let tr = tile_rows(c);
+        let (scale, shift) = scale_shift(gamma, beta, mean, inv_std);
+        let (lo, hi) = bounds(act);
+        BnAct {
+            c,
+            scale: tiled(&scale, tr),
+            shift: tiled(&shift, tr),
+            lo,
+            hi,
+        }
+    }
+
+    /// `y = act(z * scale + shift)` over whole rows of `c` channels.
+    pub fn apply(&self, z: &[f32], y: &mut [f32]) {
+        let tile = self.scale.len();
+        for (yt, zt) in y.chunks_mut(tile).zip(z.chunks(tile)) {
+            affine_clamp_tile(zt, &self.scale, &self.shift, self.lo, self.hi, yt);
+        }
+    }
+}
+
 /// Batch-norm with given per-channel statistics, then a clamp:
 /// `y = act(gamma * (z - mean) * inv_std + beta)`.
 #[allow(clippy::too_many_arguments)]
@@ -232,27 +276,66 @@ pub fn bn_forward(
     y: &mut [f32],
     threads: usize,
 ) {
-    let tr = tile_rows(c);
-    let (scale, shift) = scale_shift(gamma, beta, mean, inv_std);
-    let (scale, shift) = (tiled(&scale, tr), tiled(&shift, tr));
-    let (lo, hi) = bounds(act);
+    let op = BnAct::new(mean, inv_std, gamma, beta, act);
+    debug_assert_eq!(op.c, c);
     let t = par::threads_for(threads, z.len() / c.max(1), c);
-    par::map_rows(t, y, c, |r, yr| {
-        let zr = &z[r.start * c..r.end * c];
-        for (yt, zt) in yr.chunks_mut(tr * c).zip(zr.chunks(tr * c)) {
-            affine_clamp_tile(zt, &scale, &shift, lo, hi, yt);
+    par::map_rows(t, y, c, |r, yr| op.apply(&z[r.start * c..r.end * c], yr));
+}
+
+/// The input gradient of a batch-norm in training mode and its clamp,
+/// once the batch's sums are known ([`bn_backward_sums`]): from the
+/// gradient `g` at the clamp's output to the gradient at `z`.
+pub struct BnGrad {
+    /// (a, mb, mean, mg, scale, shift), each tiled
+    coef: [Vec<f32>; 6],
+    bounds: (f32, f32),
+}
+
+impl BnGrad {
+    /// `out = d/dz` over whole rows (`z`, `g` and `out` of equal length).
+    pub fn apply(&self, z: &[f32], g: &[f32], out: &mut [f32]) {
+        let tile = self.coef[0].len();
+        let coef = [
+            &self.coef[0][..],
+            &self.coef[1],
+            &self.coef[2],
+            &self.coef[3],
+            &self.coef[4],
+            &self.coef[5],
+        ];
+        for ((zt, gt), ot) in z.chunks(tile).zip(g.chunks(tile)).zip(out.chunks_mut(tile)) {
+            bn_apply_grad_tile(zt, gt, coef, self.bounds, ot);
         }
-    });
+    }
+
+    /// [`BnGrad::apply`] over a whole tensor, in place (tile by tile
+    /// through a buffer that stays in the L1 cache).
+    pub fn apply_in_place(&self, z: &[f32], g: &mut [f32], c: usize, threads: usize) {
+        let tile = self.coef[0].len();
+        let t = par::threads_for(threads, z.len() / c.max(1), 2 * c);
+        par::map_rows(t, g, c, |r, gr| {
+            let mut buf = vec![0f32; tile];
+            let zr = &z[r.start * c..r.end * c];
+            for (gt, zt) in gr.chunks_mut(tile).zip(zr.chunks(tile)) {
+                let b = &mut buf[..gt.len()];
+                self.apply(zt, gt, b);
+                gt.copy_from_slice(b);
+            }
+        });
+    }
 }
 
 /// Batch-norm backward in training mode (statistics of this batch), with
-/// the clamp that follows it. `g` holds the gradient at the clamp's output
-/// and is overwritten with the gradient at the batch-norm input `z`.
-/// The clamp's mask is recomputed from `z` exactly as [`bn_forward`]
-/// computed the clamp's input (same operations, same operands), so no pass
-/// over the output is needed. Returns `(dgamma, dbeta)`.
+/// the clamp that follows it, first half: the per-channel sums over the
+/// batch. `g` is the gradient at the clamp's output. The clamp's mask is
+/// recomputed from `z` exactly as [`bn_forward`] computed the clamp's
+/// input (same operations, same operands), so no pass over the output is
+/// needed. Returns `(dgamma, dbeta)` and the second half, which maps `g`
+/// to the gradient at `z` — over the whole tensor
+/// ([`BnGrad::apply_in_place`]) or block by block inside the conv's
+/// backward (`super::kernels::conv_backward`'s `pre`).
 #[allow(clippy::too_many_arguments)]
-pub fn bn_backward_train(
+pub fn bn_backward_sums(
     z: &[f32],
     c: usize,
     mean: &[f32],
@@ -260,9 +343,9 @@ pub fn bn_backward_train(
     gamma: &[f32],
     beta: &[f32],
     act: Act,
-    g: &mut [f32],
+    g: &[f32],
     threads: usize,
-) -> (Vec<f32>, Vec<f32>) {
+) -> (Vec<f32>, Vec<f32>, BnGrad) {
     let tr = tile_rows(c);
     let rows = z.len() / c;
     let t = par::threads_for(threads, rows, 2 * c);
@@ -270,13 +353,12 @@ pub fn bn_backward_train(
     let (scale, shift) = scale_shift(gamma, beta, mean, inv_std);
     let (scale_t, shift_t) = (tiled(&scale, tr), tiled(&shift, tr));
     let (lo, hi) = bounds(act);
-    let gs: &[f32] = g;
     let parts = par::map(t, rows, |r| {
         let mut out = vec![0f64; 2 * c];
         let mut s1 = vec![0f32; tr * c];
         let mut s2 = vec![0f32; tr * c];
         let zb = &z[r.start * c..r.end * c];
-        let gb = &gs[r.start * c..r.end * c];
+        let gb = &g[r.start * c..r.end * c];
         for (zg, gg) in zb
             .chunks(FOLD_ROWS.div_ceil(tr) * tr * c)
             .zip(gb.chunks(FOLD_ROWS.div_ceil(tr) * tr * c))
@@ -301,14 +383,38 @@ pub fn bn_backward_train(
     let mb: Vec<f32> = (0..c).map(|k| dbeta[k] / m).collect();
     // xhat * dgamma / m = (z - mean) * inv * dgamma / m
     let mg: Vec<f32> = (0..c).map(|k| dgamma[k] / m * inv_std[k]).collect();
-    let (a, mb, mg) = (tiled(&a, tr), tiled(&mb, tr), tiled(&mg, tr));
-    par::map_rows(t, g, c, |r, gr| {
-        let zr = &z[r.start * c..r.end * c];
-        for (gt, zt) in gr.chunks_mut(tr * c).zip(zr.chunks(tr * c)) {
-            let coef = [&a[..], &mb, &mean_t, &mg, &scale_t, &shift_t];
-            bn_apply_grad_tile(zt, coef, (lo, hi), gt);
-        }
-    });
+    let op = BnGrad {
+        coef: [
+            tiled(&a, tr),
+            tiled(&mb, tr),
+            mean_t,
+            tiled(&mg, tr),
+            scale_t,
+            shift_t,
+        ],
+        bounds: (lo, hi),
+    };
+    (dgamma, dbeta, op)
+}
+
+/// Batch-norm backward in training mode with the clamp that follows it,
+/// both halves: `g` (the gradient at the clamp's output) is overwritten
+/// with the gradient at the batch-norm input `z`. Returns
+/// `(dgamma, dbeta)`.
+#[allow(clippy::too_many_arguments)]
+pub fn bn_backward_train(
+    z: &[f32],
+    c: usize,
+    mean: &[f32],
+    inv_std: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    act: Act,
+    g: &mut [f32],
+    threads: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (dgamma, dbeta, op) = bn_backward_sums(z, c, mean, inv_std, gamma, beta, act, g, threads);
+    op.apply_in_place(z, g, c, threads);
     (dgamma, dbeta)
 }
 

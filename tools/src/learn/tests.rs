@@ -63,19 +63,19 @@ fn conv_case(s: ConvSpec, d: Dims, seed: u64) {
     let probe = rand_vec(&mut r, od.len());
     let loss = |x: &[f32], w: &[f32]| {
         let mut y = vec![0f32; od.len()];
-        k::conv_forward(&s, x, d, w, None, &mut y, 2);
+        k::conv_forward(&s, x, d, w, None, &mut y, None, 2);
         dot(&y, &probe)
     };
     let mut dx = vec![0f32; d.len()];
     let mut dw = vec![0f32; w.len()];
-    k::conv_backward(&s, &x, d, &w, &probe, Some(&mut dx), Some(&mut dw), 2);
+    k::conv_backward(&s, &x, d, &w, &probe, Some(&mut dx), Some(&mut dw), None, 2);
     let w0 = w.clone();
     check_grad(&format!("{s:?} dx"), &mut x, &dx, &mut |x| loss(x, &w0));
     let x0 = x.clone();
     check_grad(&format!("{s:?} dw"), &mut w, &dw, &mut |w| loss(&x0, w));
     // One thread gives the same values (up to summation order).
     let mut dx1 = vec![0f32; d.len()];
-    k::conv_backward(&s, &x, d, &w, &probe, Some(&mut dx1), None, 1);
+    k::conv_backward(&s, &x, d, &w, &probe, Some(&mut dx1), None, None, 1);
     for (a, b) in dx.iter().zip(&dx1) {
         assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()));
     }
@@ -333,8 +333,32 @@ pub(crate) fn tiny_graph(seed: u64, classes: usize) -> Graph {
         vec![s2],
         g,
     );
+    // An inverted-residual chain: expand, depthwise, project; each output
+    // has one reader, so batch-norms are applied inside the next conv
+    // (`Net::fused_inputs`).
+    let e = t(&mut tensors, 8, 3, 3);
+    push(
+        &mut nodes,
+        conv(&mut r, 4, 8, 1, 1, 0, 1, Act::Clip(0.0, 6.0)),
+        vec![d],
+        e,
+    );
+    let f = t(&mut tensors, 8, 3, 3);
+    push(
+        &mut nodes,
+        conv(&mut r, 8, 8, 3, 1, 1, 8, Act::Clip(0.0, 6.0)),
+        vec![e],
+        f,
+    );
+    let h = t(&mut tensors, 4, 3, 3);
+    push(
+        &mut nodes,
+        conv(&mut r, 8, 4, 1, 1, 0, 1, Act::None),
+        vec![f],
+        h,
+    );
     let m = t(&mut tensors, 4, 3, 3);
-    push(&mut nodes, Op::Mul, vec![d, g], m);
+    push(&mut nodes, Op::Mul, vec![h, g], m);
     let af = t(&mut tensors, 4, 3, 3);
     push(
         &mut nodes,
@@ -418,6 +442,51 @@ fn network_gradients_match_finite_differences() {
             });
         }
     }
+}
+
+/// A batch-norm applied inside its only reader gives the same bits as one
+/// written out: outputs in every mode, every gradient, for every patch kind
+/// (the tiny graph has an expand/depthwise/project chain that fuses).
+#[test]
+fn fused_batch_norm_inputs_give_the_same_bits() {
+    let g = tiny_graph(3, 3);
+    // 64 images: 576 rows of 3x3 pixels, more than one block of rows per
+    // thread in the pointwise convs.
+    const N: usize = 64;
+    let (x, labels) = batch(6, N);
+    let mut fused_somewhere = false;
+    for kind in PatchKind::ALL {
+        let run = |fuse: bool| {
+            let mut net = Net::from_graph(&g, kind, BnInit::PreserveFunction, 2).unwrap();
+            net.fuse = fuse;
+            if net.has_bn() {
+                net.init_bn_from_data(&[(x.clone(), N)]);
+            }
+            let fused = net.fused_inputs().iter().filter(|&&f| f).count();
+            let eval = net.forward(x.clone(), N, Mode::Eval).to_vec();
+            let logits = net.forward(x.clone(), N, Mode::Train).to_vec();
+            let mut d = vec![0f32; logits.len()];
+            k::softmax_xent(&logits, 3, &labels, &mut d);
+            net.backward(d);
+            let grads: Vec<Vec<f32>> = net.params_mut().iter().map(|p| p.g.clone()).collect();
+            (fused, eval, logits, grads)
+        };
+        let (n_fused, e1, l1, g1) = run(true);
+        let (n_plain, e0, l0, g0) = run(false);
+        assert_eq!(n_plain, 0);
+        fused_somewhere |= n_fused > 0;
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&e1), bits(&e0), "{kind:?}: eval outputs");
+        assert_eq!(bits(&l1), bits(&l0), "{kind:?}: train outputs");
+        assert_eq!(g1.len(), g0.len());
+        for (i, (a, b)) in g1.iter().zip(&g0).enumerate() {
+            assert_eq!(bits(a), bits(b), "{kind:?}: gradient of parameter {i}");
+        }
+    }
+    assert!(
+        fused_somewhere,
+        "no patch kind fused a batch-norm: the test tests nothing"
+    );
 }
 
 #[test]
