@@ -15,18 +15,28 @@
 // Tile loops (used by `kernels` and `norm`): plain index loops over slices cut to one length, with
 // scalars in locals, so LLVM vectorizes them (the zip chains they replace
 // compiled to scalar code reloading pointers every element). Each is
-// compiled twice: for the baseline x86-64 (SSE2) and with AVX2 enabled,
-// chosen at run time. Rust never fuses a multiply and an add on its own,
-// so both give the same bits.
+// compiled three times: for the baseline x86-64 (SSE2), with AVX2 and with
+// AVX-512F enabled, chosen at run time. Rust never fuses a multiply and an
+// add on its own and the loops keep one accumulator per element (no
+// horizontal sums), so all three give the same bits.
 
-/// Defines `fn $name` with an AVX2 build of the same body picked at run
-/// time on x86-64.
+/// Defines `fn $name` with AVX-512F and AVX2 builds of the same body
+/// picked at run time on x86-64.
 macro_rules! tile_fn {
     ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
         $(#[$m])*
         #[inline(never)]
         #[allow(clippy::too_many_arguments)]
         $vis fn $name($($a: $t),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx512f") {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                fn wide512($($a: $t),*) $body
+                // SAFETY: the CPU has AVX-512F (checked just above);
+                // `wide512` is the same safe code compiled for it.
+                return unsafe { wide512($($a),*) };
+            }
             #[cfg(target_arch = "x86_64")]
             if std::is_x86_feature_detected!("avx2") {
                 #[target_feature(enable = "avx2")]
