@@ -129,7 +129,8 @@ enum Cmd {
     /// The main job on the models and data the repository ships: export,
     /// then run every task and print accuracy, sizes and switch time.
     Demo {
-        /// folder with learned/, mnv2/, mnv3/ and data/ (default: the repo's tests/models)
+        /// folder with learned/, mnv2/, mnv3/ and data/ (default: tests/models of the
+        /// checkout around the current directory or the executable)
         #[arg(long)]
         models: Option<PathBuf>,
         /// larger test sets written by tests/data/setup.sh (default: tests/data/generated if present)
@@ -590,8 +591,22 @@ fn cmd_eval(
     Ok(())
 }
 
-fn repo_models() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models")
+/// `rel` (a folder of the repository, e.g. `tests/models`) found at run
+/// time: under the current directory or one of its parents, then beside
+/// the executable or one of its parents (`target/release/graftnet` in a
+/// checkout). No path is compiled into the binary.
+fn find_repo_dir(rel: &str) -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok();
+    let exe = std::env::current_exe().ok();
+    for start in cwd.into_iter().chain(exe) {
+        for dir in start.ancestors() {
+            let d = dir.join(rel);
+            if d.is_dir() {
+                return Some(d);
+            }
+        }
+    }
+    None
 }
 
 fn cmd_demo(
@@ -601,13 +616,18 @@ fn cmd_demo(
     arch: &str,
     json_out: bool,
 ) -> Result<()> {
-    let models = models.unwrap_or_else(repo_models);
-    let generated = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/generated");
+    let models = match models {
+        Some(m) => m,
+        None => find_repo_dir("tests/models").ok_or_else(|| {
+            anyhow::anyhow!(
+                "the demo's models were not found: no --models DIR given, and no tests/models \
+                 under the current directory, the executable's or their parents \
+                 (run it from a graftnet checkout, or pass --models PATH/TO/tests/models)"
+            )
+        })?,
+    };
     let data_dir = data_dir.or_else(|| {
-        generated
-            .join("mnist_test_x.npy")
-            .exists()
-            .then_some(generated)
+        find_repo_dir("tests/data/generated").filter(|g| g.join("mnist_test_x.npy").exists())
     });
     let archs: Vec<&str> = match arch {
         "all" => vec!["learned", "mnv2", "mnv3"],
