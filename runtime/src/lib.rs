@@ -37,3 +37,5 @@ pub use engine::{Engine, Requant, Scores};
 pub use error::{Error, FormatError, RunError};
 pub use format::backbone::Backbone;
 pub use format::patch::Patch;
+#[cfg(feature = "verify")]
+pub use format::signature::{SigningKey, VerifyKey};
