@@ -131,9 +131,10 @@ impl<'a> Patch<'a> {
     /// verified once, at boot.
     #[cfg(feature = "verify")]
     pub fn parse_verified(blob: &'a [u8], key: &VerifyKey) -> Result<Self, FormatError> {
-        let (hdr, content) = check_content(blob)?;
+        let content = locate(blob)?;
         let trailer = Trailer::find(blob, content.len());
         key.verify(content, trailer)?;
+        let (hdr, content) = check_content(content)?;
         let mut p = Self::parse_content(content, hdr, trailer)?;
         p.verified = Some(key.to_bytes());
         Ok(p)
@@ -329,13 +330,32 @@ fn check_content(blob: &[u8]) -> Result<(HeaderRepr, &[u8]), FormatError> {
     Ok((hdr, content))
 }
 
-/// Checks the fixed header fields (no checksum).
-fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
-    let have = b.len() as u32;
+/// The content (`total_len` bytes) by the fields that locate it: magic,
+/// version, header and total length. What `parse_verified` checks before
+/// the signature.
+#[cfg(feature = "verify")]
+fn locate(blob: &[u8]) -> Result<&[u8], FormatError> {
+    check_magic(blob)?;
+    let total_len = rd_u32(blob, field::TOTAL_LEN);
+    if (total_len as usize) < HEADER_LEN {
+        return Err(FormatError::TooShort {
+            declared: total_len,
+            min: HEADER_LEN as u32,
+        });
+    }
+    blob.get(..total_len as usize)
+        .ok_or(FormatError::Truncated {
+            need: total_len,
+            have: blob.len() as u32,
+        })
+}
+
+/// Checks the length, magic, version and header length.
+fn check_magic(b: &[u8]) -> Result<(), FormatError> {
     if b.len() < HEADER_LEN {
         return Err(FormatError::Truncated {
             need: HEADER_LEN as u32,
-            have,
+            have: b.len() as u32,
         });
     }
     let magic: [u8; 4] = super::rd(b, field::MAGIC.start);
@@ -355,6 +375,12 @@ fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
     if rd_u16(b, field::HEADER_LEN) as usize != HEADER_LEN {
         return Err(FormatError::BadLayout { section: "header" });
     }
+    Ok(())
+}
+
+/// Checks the fixed header fields (no checksum).
+fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
+    check_magic(b)?;
     let hdr = HeaderRepr {
         total_len: rd_u32(b, field::TOTAL_LEN),
         backbone: rd_u64(b, field::BACKBONE),
