@@ -39,30 +39,10 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The 32 bytes of a key file's key line (see the module doc).
+/// The 32 bytes of a key file's key line (see the module doc; the
+/// runtime's `key_from_text` is the definition).
 pub fn parse_key_text(text: &str) -> Result<[u8; 32], String> {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    let [line] = lines.as_slice() else {
-        return Err(format!(
-            "expected one line of 64 hex digits (besides # comments), found {} lines",
-            lines.len()
-        ));
-    };
-    if line.len() != 64 || !line.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "expected 64 hex digits (a 32-byte key), found {} characters",
-            line.len()
-        ));
-    }
-    let mut key = [0u8; 32];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = u8::from_str_radix(&line[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
-    }
-    Ok(key)
+    graftnet::format::signature::key_from_text(text).map_err(str::to_string)
 }
 
 /// Writes a new key pair: `key` (secret, mode 0600) and `key.pub`.
@@ -196,28 +176,4 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         format!("replacing {}", path.display())
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_text_round_trips_and_bad_text_is_refused() {
-        let k = parse_key_text(
-            "# c\n\n 9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60 \n",
-        )
-        .unwrap();
-        assert_eq!(k[0], 0x9d);
-        assert_eq!(k[31], 0x60);
-        for bad in [
-            "",
-            "# only a comment",
-            "9d61",
-            "zz61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
-            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60\n00",
-        ] {
-            assert!(parse_key_text(bad).is_err(), "{bad:?}");
-        }
-    }
 }

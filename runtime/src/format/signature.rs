@@ -140,6 +140,37 @@ pub fn emit(key_id: KeyId, signature: &[u8; SIGNATURE_LEN]) -> [u8; TRAILER_LEN]
     t
 }
 
+/// The 32 bytes of a key file (`graftnet keygen` writes them): lines
+/// starting with `#` and blank lines are skipped, and the one line left
+/// holds the key as 64 hex digits (surrounding spaces allowed). One
+/// definition for the host tools, the device program and the firmware
+/// build.
+pub fn key_from_text(text: &str) -> Result<[u8; 32], &'static str> {
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let (Some(line), None) = (lines.next(), lines.next()) else {
+        return Err("expected one line of 64 hex digits (besides # comments)");
+    };
+    let digit = |c: u8| (c as char).to_digit(16);
+    let mut key = [0u8; 32];
+    let mut pairs = line.as_bytes().chunks(2);
+    for k in key.iter_mut() {
+        let Some(&[hi, lo]) = pairs.next() else {
+            return Err("expected 64 hex digits (a 32-byte key), found fewer");
+        };
+        let (Some(hi), Some(lo)) = (digit(hi), digit(lo)) else {
+            return Err("expected 64 hex digits (a 32-byte key), found another character");
+        };
+        *k = (hi * 16 + lo) as u8;
+    }
+    if pairs.next().is_some() {
+        return Err("expected 64 hex digits (a 32-byte key), found more");
+    }
+    Ok(key)
+}
+
 /// The key id of a public key (first 8 bytes of its SHA-512).
 #[cfg(feature = "verify")]
 pub fn key_id(public: &[u8; PUBLIC_KEY_LEN]) -> KeyId {
@@ -284,6 +315,27 @@ mod tests {
             let mut b = blob;
             b[20 + at] ^= 1;
             assert!(Trailer::find(&b, 20).is_none(), "byte {at}");
+        }
+    }
+
+    #[test]
+    fn key_text() {
+        let k = key_from_text(
+            "# c\n\n 9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60 \n",
+        )
+        .unwrap();
+        assert_eq!((k[0], k[31]), (0x9d, 0x60));
+        for bad in [
+            "",
+            "# only a comment",
+            "9d61",
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f6",
+            "zz61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f600",
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60\n00",
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f6é",
+        ] {
+            assert!(key_from_text(bad).is_err(), "{bad:?}");
         }
     }
 
