@@ -100,6 +100,10 @@ impl SigInfo {
 /// against `key` if given: an error says why it is refused.
 fn signature_info(file: &Path, bytes: &[u8], key: Option<&graftnet::VerifyKey>) -> Result<SigInfo> {
     let err = |e: graftnet::FormatError| anyhow::anyhow!("{}: {e}", file.display());
+    if let Some(k) = key {
+        // The signature first, as a device checks it.
+        crate::signing::verify_blob(bytes, k).map_err(err)?;
+    }
     let (content, trailer) = if bytes.get(..4) == Some(&BACKBONE_MAGIC[..]) {
         let b = Backbone::parse(bytes).map_err(err)?;
         (b.bytes(), b.signature())

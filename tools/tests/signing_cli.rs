@@ -44,7 +44,10 @@ fn refused(args: &[&str], what: &str) -> String {
     let (code, out, err) = graftnet(args);
     assert_eq!(code, 1, "graftnet {args:?}: exit code {code}\n{err}\n{out}");
     assert!(!err.contains("panicked"), "{err}");
-    assert!(err.contains(what), "graftnet {args:?}: expected '{what}' in:\n{err}");
+    assert!(
+        err.contains(what),
+        "graftnet {args:?}: expected '{what}' in:\n{err}"
+    );
     err
 }
 
@@ -78,8 +81,14 @@ fn keygen_export_sign_and_verify_through_the_binary() {
     let pubkey = d.join("device.key.pub");
     let secret = std::fs::read_to_string(&key).unwrap();
     let public = std::fs::read_to_string(&pubkey).unwrap();
-    assert!(secret.starts_with("# graftnet ed25519 secret key"), "{secret}");
-    assert!(public.starts_with("# graftnet ed25519 public key"), "{public}");
+    assert!(
+        secret.starts_with("# graftnet ed25519 secret key"),
+        "{secret}"
+    );
+    assert!(
+        public.starts_with("# graftnet ed25519 public key"),
+        "{public}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -117,7 +126,10 @@ fn keygen_export_sign_and_verify_through_the_binary() {
     let signed = d.join("signed");
     let plain = d.join("plain");
     let out = export(&signed, Some(&key));
-    assert!(out.contains("signed   the backbone and every patch with key"), "{out}");
+    assert!(
+        out.contains("signed   the backbone and every patch with key"),
+        "{out}"
+    );
     export(&plain, None);
     for f in ["backbone.gnb", "mnist-sb.gnp", "fashion-binary-logits.gnp"] {
         let (a, b) = (
@@ -125,7 +137,11 @@ fn keygen_export_sign_and_verify_through_the_binary() {
             std::fs::read(signed.join(f)).unwrap(),
         );
         assert_eq!(b.len(), a.len() + 80, "{f}");
-        assert_eq!(&b[..a.len()], a.as_slice(), "{f}: the blob's bytes are unchanged");
+        assert_eq!(
+            &b[..a.len()],
+            a.as_slice(),
+            "{f}: the blob's bytes are unchanged"
+        );
     }
 
     // run --verify-key: the signed export runs, with the same scores as
@@ -142,7 +158,15 @@ fn keygen_export_sign_and_verify_through_the_binary() {
         graftnet_tools::data::write_npy_f32(&sample, &[1, c, h, w], x.sample(0)).unwrap();
     }
     let run = |dir: &Path, key: Option<&Path>| -> Vec<String> {
-        let mut a = vec!["run", s(dir), "--task", "mnist-sb", "--input", s(&sample), "--json"];
+        let mut a = vec![
+            "run",
+            s(dir),
+            "--task",
+            "mnist-sb",
+            "--input",
+            s(&sample),
+            "--json",
+        ];
         if let Some(k) = key {
             a.extend(["--verify-key", s(k)]);
         }
@@ -153,10 +177,19 @@ fn keygen_export_sign_and_verify_through_the_binary() {
 
     // The unsigned export, a foreign key, the secret key by mistake.
     let run_args = |dir: &Path, k: &Path, task: &'static str| -> Vec<String> {
-        ["run", s(dir), "--task", task, "--input", s(&sample), "--verify-key", s(k)]
-            .iter()
-            .map(|x| x.to_string())
-            .collect()
+        [
+            "run",
+            s(dir),
+            "--task",
+            task,
+            "--input",
+            s(&sample),
+            "--verify-key",
+            s(k),
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect()
     };
     let refused_run = |dir: &Path, k: &Path, task: &'static str, what: &str| {
         let a = run_args(dir, k, task);
@@ -230,7 +263,12 @@ fn keygen_export_sign_and_verify_through_the_binary() {
     let text = ok(&["inspect", s(&plain.join("backbone.gnb"))]);
     assert!(text.contains("signature: none (unsigned)"), "{text}");
     refused(
-        &["inspect", s(&bad.join("mnist-sb.gnp")), "--verify-key", s(&pubkey)],
+        &[
+            "inspect",
+            s(&bad.join("mnist-sb.gnp")),
+            "--verify-key",
+            s(&pubkey),
+        ],
         "bad signature",
     );
 
@@ -268,7 +306,10 @@ fn keygen_export_sign_and_verify_through_the_binary() {
         std::fs::read(plain.join("mnist-sb.gnp")).unwrap().len() + 80,
         std::fs::read(&copy).unwrap().len()
     );
-    refused(&["sign", s(&sample), "--key", s(&key)], "neither a graftnet backbone");
+    refused(
+        &["sign", s(&sample), "--key", s(&key)],
+        "neither a graftnet backbone",
+    );
     refused(
         &["sign", s(&bad.join("mnist-sb.gnp")), "--key", s(&key)],
         "not a valid patch",
@@ -293,7 +334,14 @@ fn keygen_export_sign_and_verify_through_the_binary() {
     assert!(v["verify_patch_us"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["switch_from_signed_bytes_us"].as_f64().is_some(), "{v}");
     refused(
-        &["bench", s(&plain), "--iters", "2", "--verify-key", s(&pubkey)],
+        &[
+            "bench",
+            s(&plain),
+            "--iters",
+            "2",
+            "--verify-key",
+            s(&pubkey),
+        ],
         "is not signed",
     );
     let _ = std::fs::remove_dir_all(d);

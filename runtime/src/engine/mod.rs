@@ -20,6 +20,14 @@
 //!   A patch from untrusted bytes goes through `Patch::parse` first, every
 //!   time (a few µs more: the checksum runs on carry-less multiply or CRC
 //!   instructions where the CPU has them).
+//! - Signed blobs only (feature `verify`): `Engine::new_verified` takes
+//!   the public key at set-up, checks the backbone's signature, and makes
+//!   `apply` refuse every patch that does not carry the key's signature
+//!   (`FormatError::Unsigned`, `WrongKey`, `BadSignature`) before looking
+//!   at its content; the active task stays. A patch checked by
+//!   `Patch::parse_verified` with the same key is not checked again, so
+//!   resident patches cost one verification each, at boot. Without a key
+//!   the engine behaves exactly as before and ignores signature trailers.
 //! - A patch is always applied over the backbone's base task, never over the
 //!   previous patch: results do not depend on the order of switches.
 //! - The patch bytes are used in place (DW kernels, classifier weights), so
@@ -306,7 +314,7 @@ impl<'a, 'm> Engine<'a, 'm> {
 
     /// Switches to the task in `patch`. On error nothing changes.
     ///
-    /// On an engine made by [`Engine::new_verified`] the patch's signature
+    /// On an engine made by `Engine::new_verified` the patch's signature
     /// is checked first (at once for a patch from `Patch::parse_verified`
     /// with the same key; else its whole content is verified here).
     pub fn apply(&mut self, patch: Patch<'a>) -> Result<(), FormatError> {

@@ -388,7 +388,7 @@ impl<'a> Backbone<'a> {
     ///
     /// A signature trailer after the blob (`FORMAT.md`, "Signatures") is
     /// recognized ([`Backbone::signature`]) but not checked: see
-    /// [`Backbone::parse_verified`].
+    /// `Backbone::parse_verified`.
     pub fn parse(blob: &'a [u8]) -> Result<Self, FormatError> {
         let (hdr, content) = Self::check_fixed(blob)?;
         Self::parse_content(content, hdr, Trailer::find(blob, content.len()))

@@ -114,7 +114,7 @@ impl<'a> Patch<'a> {
     ///
     /// A signature trailer after the patch (`FORMAT.md`, "Signatures") is
     /// recognized ([`Patch::signature`]) but not checked: see
-    /// [`Patch::parse_verified`], or an engine made with
+    /// `Patch::parse_verified`, or an engine made with
     /// `Engine::new_verified`, which checks it in `apply`.
     pub fn parse(blob: &'a [u8]) -> Result<Self, FormatError> {
         let (hdr, content) = check_content(blob)?;
@@ -226,7 +226,7 @@ impl<'a> Patch<'a> {
 
     /// Streams a signed patch (the patch and its 80-byte trailer) from
     /// `reader` into `buf` and parses it there with
-    /// [`Patch::parse_verified`]. A reader that ends where the trailer
+    /// `Patch::parse_verified`. A reader that ends where the trailer
     /// should begin gives [`FormatError::Unsigned`] (an unsigned patch);
     /// `buf` needs [`Patch::required_len`] + `TRAILER_LEN` bytes.
     #[cfg(feature = "verify")]

@@ -9,8 +9,8 @@
 //! `verify_strict`) over the blob's content: its first `total_len` bytes,
 //! header, checksum and all. The key id is the first 8 bytes of
 //! SHA-512 of the 32-byte public key; it only tells "signed by another
-//! key" ([`FormatError::WrongKey`]) apart from "modified"
-//! ([`FormatError::BadSignature`]) and carries no security of its own.
+//! key" (`FormatError::WrongKey`) apart from "modified"
+//! (`FormatError::BadSignature`) and carries no security of its own.
 //! Normative spec: `FORMAT.md`, "Signatures".
 //!
 //! # Why a trailer
@@ -26,11 +26,11 @@
 //!
 //! # Verification contract
 //!
-//! A reader that has a key ([`VerifyKey`]) refuses, before parsing anything
+//! A reader that has a key (`VerifyKey`) refuses, before parsing anything
 //! beyond the fixed header: a blob with no trailer, or with anything but an
-//! 80-byte Ed25519 trailer after it ([`FormatError::Unsigned`]); a trailer
-//! naming another key ([`FormatError::WrongKey`]); a signature that does
-//! not verify ([`FormatError::BadSignature`]). Without a key the trailer is
+//! 80-byte Ed25519 trailer after it (`FormatError::Unsigned`); a trailer
+//! naming another key (`FormatError::WrongKey`); a signature that does
+//! not verify (`FormatError::BadSignature`). Without a key the trailer is
 //! recognized (the parsers expose it) and ignored.
 //!
 //! # Why a feature (`verify`)
@@ -42,7 +42,7 @@
 //! SHA-512 to the firmware's `.text` (`targets/README.md` gives the
 //! measured size), about a fifth of what the whole runtime takes, which a
 //! device that does not check signatures should not pay for. Signing
-//! ([`SigningKey`]) is in the same feature, for the host tools: it is a
+//! (`SigningKey`) is in the same feature, for the host tools: it is a
 //! few functions over the same arithmetic, and the linker drops it from a
 //! firmware that only verifies. `ed25519-dalek`'s `fast` feature (128 KB
 //! of precomputed tables, for signing speed) stays off.
