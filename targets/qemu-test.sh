@@ -131,7 +131,7 @@ AARCH64_ENV=(env CARGO_TARGET_DIR="$WORK/aarch64-test" CARGO_TARGET_AARCH64_UNKN
 for cpu in cortex-a72 cortex-a76; do
     log="runtime-tests-$cpu.log"
     if run "$log" "${AARCH64_ENV[@]}" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu" \
-        "$CARGO" test -p graftnet --features std --target aarch64-unknown-linux-gnu --manifest-path "$ROOT/Cargo.toml"; then :; else
+        "$CARGO" test -p graftnet --features std,verify --target aarch64-unknown-linux-gnu --manifest-path "$ROOT/Cargo.toml"; then :; else
         fail "runtime tests ($cpu)"
     fi
     passed=$(grep -o '[0-9]* passed' "$LOGS/$log" | awk '{s+=$1} END {print s+0}')
