@@ -4,19 +4,23 @@
 #   bash targets/qemu-test.sh
 #
 # 1. installs what it needs from Debian (only if something is missing);
-# 2. builds the host exporter and targets/host-ref, exports the MobileNetV2
-#    test models (tests/models/mnv2) to targets/target/export/mnv2, and writes
+# 2. builds the host exporter and targets/host-ref, makes a signing key and
+#    exports the MobileNetV2 test models (tests/models/mnv2), signed, to
+#    targets/target/export/mnv2, and writes
 #    the host's results: MCU samples (selftest.json) and a device request
 #    stream with the expected response of every line;
 # 3. runs the runtime's own tests for aarch64 under qemu-aarch64 -cpu cortex-a72
 #    and -cpu cortex-a76;
 # 4. builds rpi4, rpi5 and jetson-orin and runs graftnet-device under
-#    qemu-aarch64 on every request (stdin) and over its Unix socket (two
-#    concurrent clients), checking every response against the host;
+#    qemu-aarch64 with --verify-key on every request (stdin) and over its
+#    Unix socket (two concurrent clients), checking every response against
+#    the host;
 # 5. builds cortex-m4 and cortex-m7 (and the STM32H743 layout) and runs both
 #    firmwares under qemu-system-arm: exit 0 only if every result is
-#    bit-identical to the host's; then both kernel self-test firmwares (the
-#    dsp kernels against the scalar reference);
+#    bit-identical to the host's; the cortex-m4 firmware also with feature
+#    verify (the export's signatures checked against the compiled-in key, a
+#    modified and an unsigned patch refused); then both kernel self-test
+#    firmwares (the dsp kernels against the scalar reference);
 # 6. prints a table; exits non-zero on any failure or mismatch.
 #
 # Environment: GRAFTNET_REQUESTS (valid device requests per board, default
@@ -99,16 +103,19 @@ run host-ref-build.log "${HOST_CARGO[@]}" --manifest-path "$HERE/host-ref/Cargo.
 GRAFTNET="$WORK/host/release/graftnet"
 HOSTREF="$WORK/host/release/graftnet-host-ref"
 
-step "host: export tests/models/mnv2 to $EXPORT"
+step "host: export tests/models/mnv2 to $EXPORT, signed"
 M="$ROOT/tests/models/mnv2"; D="$ROOT/tests/models/data"
 rm -rf "$EXPORT"
+KEY="$WORK/export/signing.key"; PUBKEY="$KEY.pub"
+mkdir -p "$WORK/export"
+run keygen.log "$GRAFTNET" keygen --out "$KEY" --force
 run export.log "$GRAFTNET" export --base "$M/base.folded.onnx" \
     --task mnist-sb="$M/mnist-sb.folded.onnx" --task mnist-dw="$M/mnist-dw.folded.onnx" \
     --task fashion-updown-sb="$M/fashion-updown-sb.folded.onnx" --task fashion-binary-logits="$M/fashion-binary-logits.folded.onnx" \
     --calib "$D/fashion_calib_x.npy" \
     --calib-task mnist-sb="$D/mnist_calib_x.npy" --calib-task mnist-dw="$D/mnist_calib_x.npy" \
     --calib-task fashion-updown-sb="$D/fashion-updown_calib_x.npy" --calib-task fashion-binary-logits="$D/fashion-binary_calib_x.npy" \
-    --out "$EXPORT"
+    --out "$EXPORT" --sign "$KEY"
 cat "$LOGS/export.log"
 DATA=(--data base="$D/fashion_test_x.npy" --data mnist-sb="$D/mnist_test_x.npy" --data mnist-dw="$D/mnist_test_x.npy"
       --data fashion-updown-sb="$D/fashion-updown_test_x.npy" --data fashion-binary-logits="$D/fashion-binary_test_x.npy")
@@ -124,7 +131,7 @@ AARCH64_ENV=(env CARGO_TARGET_DIR="$WORK/aarch64-test" CARGO_TARGET_AARCH64_UNKN
 for cpu in cortex-a72 cortex-a76; do
     log="runtime-tests-$cpu.log"
     if run "$log" "${AARCH64_ENV[@]}" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu" \
-        "$CARGO" test -p graftnet --features std --target aarch64-unknown-linux-gnu --manifest-path "$ROOT/Cargo.toml"; then :; else
+        "$CARGO" test -p graftnet --features std,verify --target aarch64-unknown-linux-gnu --manifest-path "$ROOT/Cargo.toml"; then :; else
         fail "runtime tests ($cpu)"
     fi
     passed=$(grep -o '[0-9]* passed' "$LOGS/$log" | awk '{s+=$1} END {print s+0}')
@@ -153,12 +160,12 @@ device_test() {
     set +e
     local b=$1 cpu=${QCPU[$1]}
     local bin="$HERE/$b/target/aarch64-unknown-linux-gnu/release/graftnet-device" o="$DT/$b"
-    qemu-aarch64 -cpu "$cpu" "$bin" --dir "$EXPORT" <"$REQ" >"$o.responses.jsonl" 2>"$o.stderr"
+    qemu-aarch64 -cpu "$cpu" "$bin" --dir "$EXPORT" --verify-key "$PUBKEY" <"$REQ" >"$o.responses.jsonl" 2>"$o.stderr"
     local rc_run=$?
     "$HOSTREF" check --expected "$EXP" --responses "$o.responses.jsonl" >"$o.check.json" 2>>"$o.stderr"
     local rc_check=$?
     local sock="$SOCKDIR/$b.sock"
-    qemu-aarch64 -cpu "$cpu" "$bin" --dir "$EXPORT" --socket "$sock" </dev/null 2>"$o.socket.stderr" &
+    qemu-aarch64 -cpu "$cpu" "$bin" --dir "$EXPORT" --verify-key "$PUBKEY" --socket "$sock" </dev/null 2>"$o.socket.stderr" &
     local spid=$!
     for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.2; done
     "$HOSTREF" socket --socket "$sock" --requests "$REQ" --expected "$EXP" --skip 0 --limit 150 >"$o.socket-a.json" 2>>"$o.stderr" &
@@ -189,6 +196,8 @@ mcu_build() { # DIR LOG [cargo args]: build in DIR
 step "build cortex-m4 (and its size baseline without the engine)"
 mcu_build cortex-m4 build-cortex-m4-baseline.log --features size-baseline --bin graftnet-cortex-m4 || fail "build cortex-m4 baseline"
 cp "$HERE/cortex-m4/$ELF/graftnet-cortex-m4" "$WORK/cortex-m4-baseline.elf" || true
+GRAFTNET_VERIFY_KEY="$PUBKEY" mcu_build cortex-m4 build-cortex-m4-verify.log --features verify --bin graftnet-cortex-m4 || fail "build cortex-m4 (verify)"
+cp "$HERE/cortex-m4/$ELF/graftnet-cortex-m4" "$WORK/cortex-m4-verify.elf" || true
 mcu_build cortex-m4 build-cortex-m4.log || fail "build cortex-m4"
 # The patch partition image, flashable on its own (README, "The patch partition").
 cp "$(ls -t "$HERE"/cortex-m4/$ELF/build/graftnet-mcu-*/out/patches.bin | head -1)" "$WORK/patches.bin" || fail "patches.bin"
@@ -209,6 +218,14 @@ for fw in cortex-m4 cortex-m7; do
     cat "$LOGS/run-$fw.log"
     [ "${FW_RC[$fw]}" = 0 ] || fail "$fw firmware (exit ${FW_RC[$fw]})"
 done
+step "run cortex-m4 with feature verify under qemu-system-arm (mps2-an386)"
+set +e
+timeout 600 qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic -semihosting-config enable=on,target=native \
+    -kernel "$WORK/cortex-m4-verify.elf" >"$LOGS/run-cortex-m4-verify.log" 2>&1
+FW_RC[cortex-m4-verify]=$?
+set -e
+cat "$LOGS/run-cortex-m4-verify.log"
+[ "${FW_RC[cortex-m4-verify]}" = 0 ] || fail "cortex-m4 firmware with verify (exit ${FW_RC[cortex-m4-verify]})"
 # The kernel self-test firmware (built with the board): every kernel of the
 # dsp table against the scalar reference (a few seconds), then one timed
 # inference per table. -icount shift=0 makes qemu's clock count instructions
@@ -287,6 +304,10 @@ echo "  backbone in flash: $bb_bytes bytes; test samples + host results: $sample
 echo "  arena: $arena bytes; parameter table + arena = .bss; stack high-water mark: $stack bytes"
 echo "  .text: $text_full bytes in all; the build without the engine (size-baseline) has $text_base bytes,"
 echo "         so running graftnet (runtime, self-test driver, the core::fmt and soft-f64 code they pull in) adds $((text_full - text_base)) bytes"
+if [ -f "$WORK/cortex-m4-verify.elf" ]; then
+    text_verify=$(secsize "$WORK/cortex-m4-verify.elf" .text)
+    echo "  .text with feature verify (Ed25519 + SHA-512, signatures checked at boot): $text_verify bytes, $((text_verify - text_full)) more"
+fi
 echo "  .text by crate (symbol sizes; code inlined into a caller counts for the caller):"
 "$NM_TOOL" -C -S -t d "$e4" | awk '$3 ~ /^[tTwW]$/ {
         name = $4; for (i = 5; i <= NF; i++) name = name " " $i
@@ -311,6 +332,9 @@ for b in "${BOARDS[@]}"; do
 done
 row "cortex-m4 firmware (mps2-an386)" "${FW_TESTS[cortex-m4]}" "$(yn "${FW_RC[cortex-m4]}")" "${FW_SIZE[cortex-m4]}"
 row "cortex-m7 firmware (mps2-an500)" "${FW_TESTS[cortex-m7]}" "$(yn "${FW_RC[cortex-m7]}")" "${FW_SIZE[cortex-m7]}"
+vline=$(grep -o '^[0-9]* of [0-9]* inferences' "$LOGS/run-cortex-m4-verify.log" 2>/dev/null | awk '{print $1 "/" $3}')
+vref=$(grep -c 'refused .*: yes' "$LOGS/run-cortex-m4-verify.log" 2>/dev/null || true)
+row "cortex-m4 firmware, verify (mps2-an386)" "${vline:-0/0} inferences, ${vref:-0}/4 refusals" "$(yn "${FW_RC[cortex-m4-verify]:-1}")" ".text $(secsize "$WORK/cortex-m4-verify.elf" .text 2>/dev/null) bytes"
 row "cortex-m4 kernel self-test (mps2-an386)" "${KT_TESTS[cortex-m4]}" "$(yn "${KT_RC[cortex-m4]}")" "-"
 row "cortex-m7 kernel self-test (mps2-an500)" "${KT_TESTS[cortex-m7]}" "$(yn "${KT_RC[cortex-m7]}")" "-"
 

@@ -3,6 +3,8 @@
 
 use core::fmt;
 
+use crate::format::signature::KeyId;
+
 /// A blob (backbone or patch) failed validation. Returned by the parsers and
 /// by [`crate::Engine::apply`]; nothing is half-applied when it is returned.
 #[non_exhaustive]
@@ -129,6 +131,22 @@ pub enum FormatError {
     },
     /// The reader failed or ended early while streaming a patch.
     Io,
+    /// A verification key is configured, and the blob carries no signature
+    /// trailer (`FORMAT.md`, "Signatures"): nothing, or something other
+    /// than an Ed25519 trailer, follows its declared length.
+    Unsigned,
+    /// The blob is signed with another key than the configured one.
+    WrongKey {
+        /// id of the configured key
+        expected: KeyId,
+        /// id of the key the trailer names
+        found: KeyId,
+    },
+    /// The signature does not verify: the blob (or its trailer) was
+    /// modified after it was signed.
+    BadSignature,
+    /// 32 bytes that are no usable Ed25519 public key.
+    BadKey,
 }
 
 impl fmt::Display for FormatError {
@@ -196,6 +214,19 @@ impl fmt::Display for FormatError {
                 write!(f, "patch needs a {need}-byte buffer, got {have}")
             }
             FormatError::Io => write!(f, "reading the patch failed or ended early"),
+            FormatError::Unsigned => write!(
+                f,
+                "the blob is not signed, and signatures are required (a verification key is set)"
+            ),
+            FormatError::WrongKey { expected, found } => write!(
+                f,
+                "the blob is signed with key {found}, not with the verification key {expected}"
+            ),
+            FormatError::BadSignature => write!(
+                f,
+                "bad signature: the blob was modified after it was signed (or its signature is corrupted)"
+            ),
+            FormatError::BadKey => write!(f, "not a valid Ed25519 public key"),
         }
     }
 }

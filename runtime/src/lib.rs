@@ -20,6 +20,10 @@
 //!   biases, and the derivation of fixed-point requantization parameters.
 //! - [`kernels`]: scalar reference int8 kernels; SIMD kernels plug in over them.
 //! - [`engine`]: applies a patch over the backbone and runs inference.
+//!
+//! Features: `std` (host conveniences), `verify` (Ed25519-signed blobs:
+//! `Backbone::parse_verified`, `Patch::parse_verified`,
+//! `Engine::new_verified`; see [`format::signature`]).
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -37,3 +41,5 @@ pub use engine::{Engine, Requant, Scores};
 pub use error::{Error, FormatError, RunError};
 pub use format::backbone::Backbone;
 pub use format::patch::Patch;
+#[cfg(feature = "verify")]
+pub use format::signature::{SigningKey, VerifyKey};

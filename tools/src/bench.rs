@@ -14,6 +14,14 @@
 //!   median (`switch_percent_of_inference`); `switch_from_bytes_us` is
 //!   `Patch::parse` + `Engine::apply` (a switch from unverified bytes, e.g.
 //!   a patch just received), `patch_parse_us` the parse alone;
+//! - with `--verify-key KEY.pub` (every blob must be signed with it, or
+//!   the bench refuses the export): the signature check alone
+//!   (`VerifyKey::verify`: SHA-512 of the content and one Ed25519
+//!   verification) of the backbone (`verify_backbone_us`, median) and of
+//!   each patch (`verify_patch_us`, median over the patches), and a switch
+//!   from signed bytes (`Patch::parse_verified` + `Engine::apply`,
+//!   `switch_from_signed_bytes_us`); resident patches are then
+//!   `parse_verified` once, so `switch_us` stays `apply` alone;
 //! - memory the caller provides: arena + parameter table + patch bytes (the
 //!   backbone stays in flash / mmap and is reported separately);
 //! - for comparison, loading the same task as a whole model: the task's
@@ -31,7 +39,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use graftnet::format::OpKind;
 use graftnet::kernels::Kernels;
-use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet::{Backbone, Engine, Patch, Requant, VerifyKey};
 use serde_json::{json, Value};
 
 use graftnet_tools::host::ExportDir;
@@ -42,6 +50,8 @@ use graftnet_tools::pipeline::BASE_TASK;
 pub struct BenchArgs {
     /// export directory (`backbone.gnb`, `*.gnp`, `manifest.json`)
     pub dir: PathBuf,
+    /// every blob must carry this key's signature; the checks are timed
+    pub verify_key: Option<VerifyKey>,
     /// task to time inference on (default: the base task)
     pub task: Option<String>,
     /// worker threads (each large convolution is split into row slabs)
@@ -166,6 +176,54 @@ struct SwitchTimes {
     from_bytes_us: f64,
     /// the largest patch, bytes
     max_patch: usize,
+    /// `Patch::parse_verified` + `Engine::apply` (with a verification key)
+    from_signed_bytes_us: Option<f64>,
+}
+
+/// Signature checks alone (median µs): the backbone, and each patch.
+struct VerifyTimes {
+    key_id: String,
+    backbone_us: f64,
+    backbone_bytes: usize,
+    /// median over every patch's own median
+    patch_us: Option<f64>,
+    max_patch_us: Option<f64>,
+    max_patch_bytes: usize,
+}
+
+/// Times `VerifyKey::verify` on the backbone (`rounds` times) and on each
+/// patch (`rounds` times each); the blobs were checked to parse.
+fn time_verify(ex: &ExportDir, key: &VerifyKey, rounds: usize) -> Result<VerifyTimes> {
+    let bb = ex.parse_backbone()?;
+    let median = |content: &[u8], trailer| -> Result<f64> {
+        let mut t = Vec::with_capacity(rounds);
+        for _ in 0..rounds.max(1) {
+            let t0 = Instant::now();
+            key.verify(std::hint::black_box(content), trailer)
+                .map_err(|err| anyhow!("{err}"))?;
+            t.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok(stats(t).0)
+    };
+    let backbone_us = median(bb.bytes(), bb.signature())?;
+    let mut per_patch = Vec::new();
+    let mut largest = (0usize, None);
+    for name in ex.patches.keys() {
+        let p = ex.patch(name)?.ok_or_else(|| anyhow!("no patch"))?;
+        let us = median(p.bytes(), p.signature())?;
+        per_patch.push(us);
+        if p.bytes().len() >= largest.0 {
+            largest = (p.bytes().len(), Some(us));
+        }
+    }
+    Ok(VerifyTimes {
+        key_id: key.id().to_string(),
+        backbone_us,
+        backbone_bytes: bb.bytes().len(),
+        patch_us: (!per_patch.is_empty()).then(|| stats(per_patch).0),
+        max_patch_us: largest.1,
+        max_patch_bytes: largest.0,
+    })
 }
 
 /// Times task switches, cycling through the export's patches: a switch
@@ -177,12 +235,20 @@ fn time_switch(ex: &ExportDir, rounds: usize) -> Result<Option<SwitchTimes>> {
     let bb = ex.parse_backbone()?;
     let mut arena = vec![0i8; bb.arena_len()];
     let mut params = vec![Requant::default(); bb.params_len()];
-    let mut e = Engine::new(&bb, &mut arena, &mut params).map_err(|err| anyhow!("{err}"))?;
+    let (mut arena2, mut params2) = (arena.clone(), params.clone());
+    let mut e = match &ex.verify_key {
+        None => Engine::new(&bb, &mut arena, &mut params).map_err(graftnet::Error::from),
+        Some(k) => Engine::new_verified(&bb, &mut arena, &mut params, k),
+    }
+    .map_err(|err| anyhow!("{err}"))?;
     let blobs: Vec<&Vec<u8>> = ex.patches.values().collect();
     // Verified once, as at boot from flash; a switch is then `apply` alone.
     let resident = blobs
         .iter()
-        .map(|b| Patch::parse(b))
+        .map(|b| match &ex.verify_key {
+            None => Patch::parse(b),
+            Some(k) => Patch::parse_verified(b, k),
+        })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| anyhow!("{err}"))?;
     let n = rounds.max(blobs.len() * 3);
@@ -205,16 +271,37 @@ fn time_switch(ex: &ExportDir, rounds: usize) -> Result<Option<SwitchTimes>> {
         std::hint::black_box(Patch::parse(blobs[i]).map_err(|err| anyhow!("{err}"))?);
         Ok(())
     })?;
-    let from_bytes_us = time(&mut |i| {
-        let p = Patch::parse(blobs[i]).map_err(|err| anyhow!("{err}"))?;
-        e.apply(p).map_err(|err| anyhow!("{err}"))?;
-        Ok(())
-    })?;
+    let from_signed_bytes_us = match &ex.verify_key {
+        None => None,
+        Some(k) => Some(time(&mut |i| {
+            let p = Patch::parse_verified(blobs[i], k).map_err(|err| anyhow!("{err}"))?;
+            e.apply(p).map_err(|err| anyhow!("{err}"))?;
+            Ok(())
+        })?),
+    };
+    // Without the signature (an engine with a key would check it in `apply`).
+    let from_bytes_us = match &ex.verify_key {
+        None => time(&mut |i| {
+            let p = Patch::parse(blobs[i]).map_err(|err| anyhow!("{err}"))?;
+            e.apply(p).map_err(|err| anyhow!("{err}"))?;
+            Ok(())
+        })?,
+        Some(_) => {
+            let mut plain =
+                Engine::new(&bb, &mut arena2, &mut params2).map_err(|err| anyhow!("{err}"))?;
+            time(&mut |i| {
+                let p = Patch::parse(blobs[i]).map_err(|err| anyhow!("{err}"))?;
+                plain.apply(p).map_err(|err| anyhow!("{err}"))?;
+                Ok(())
+            })?
+        }
+    };
     Ok(Some(SwitchTimes {
         apply_us,
         parse_us,
         from_bytes_us,
         max_patch: blobs.iter().map(|b| b.len()).max().unwrap_or(0),
+        from_signed_bytes_us,
     }))
 }
 
@@ -290,7 +377,7 @@ fn time_tract(
 
 /// Runs `graftnet bench`.
 pub fn run(args: &BenchArgs) -> Result<()> {
-    let ex = ExportDir::open(&args.dir)?;
+    let ex = ExportDir::open_verified(&args.dir, args.verify_key)?;
     for w in ex.warnings() {
         eprintln!("graftnet: warning: {w}");
     }
@@ -346,6 +433,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let main = results.last().unwrap();
 
     let switch = time_switch(&ex, 200)?;
+    let verify = match &ex.verify_key {
+        Some(k) => Some(time_verify(&ex, k, 20)?),
+        None => None,
+    };
     let params_bytes = bb.params_len() * std::mem::size_of::<Requant>();
     let patch_bytes = if task == BASE_TASK {
         switch.as_ref().map_or(0, |s| s.max_patch)
@@ -394,6 +485,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "switch_us": switch.as_ref().map(|s| s.apply_us),
             "switch_from_bytes_us": switch.as_ref().map(|s| s.from_bytes_us),
             "patch_parse_us": switch.as_ref().map(|s| s.parse_us),
+            "switch_from_signed_bytes_us": switch.as_ref().and_then(|s| s.from_signed_bytes_us),
+            "verify_key_id": verify.as_ref().map(|v| v.key_id.clone()),
+            "verify_backbone_us": verify.as_ref().map(|v| v.backbone_us),
+            "verify_backbone_bytes": verify.as_ref().map(|v| v.backbone_bytes),
+            "verify_patch_us": verify.as_ref().and_then(|v| v.patch_us),
+            "verify_largest_patch_us": verify.as_ref().and_then(|v| v.max_patch_us),
+            "verify_largest_patch_bytes": verify.as_ref().map(|v| v.max_patch_bytes),
             "switch_percent_of_inference": switch.as_ref().map(|s| s.apply_us / 10.0 / main.median_ms),
             "arena_bytes": bb.arena_len(),
             "params_bytes": params_bytes,
@@ -448,6 +546,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             s.parse_us,
         ),
         None => println!("switch   - (no patches in this export)"),
+    }
+    if let Some(us) = switch.as_ref().and_then(|s| s.from_signed_bytes_us) {
+        println!(
+            "         from signed bytes {us:.1} us median (Patch::parse_verified + Engine::apply)"
+        );
+    }
+    if let Some(v) = &verify {
+        println!(
+            "verify   key {}: backbone {:.1} us ({} B), patch {} median{} (signature check alone: SHA-512 + Ed25519)",
+            v.key_id,
+            v.backbone_us,
+            v.backbone_bytes,
+            v.patch_us.map_or("-".to_string(), |u| format!("{u:.1} us")),
+            v.max_patch_us.map_or(String::new(), |u| format!(
+                ", largest ({} B) {u:.1} us",
+                v.max_patch_bytes
+            )),
+        );
     }
     println!(
         "memory   {} B = arena {} + params {} + patch {}   (backbone {} B stays in flash)",

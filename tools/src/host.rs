@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet::{Backbone, Engine, Patch, Requant, VerifyKey};
 
 use crate::pipeline::BASE_TASK;
 
@@ -40,6 +40,10 @@ pub struct ExportDir {
     /// `*.gnp` files in the directory that the manifest does not list, left
     /// out (see [`listed_patches`])
     pub ignored: Vec<PathBuf>,
+    /// With a key (`--verify-key`), the backbone and every patch must carry
+    /// its signature: `parse_backbone`, `patch` and `with_engine` refuse
+    /// the others.
+    pub verify_key: Option<VerifyKey>,
 }
 
 impl ExportDir {
@@ -83,7 +87,16 @@ impl ExportDir {
             patches,
             manifest,
             ignored,
+            verify_key: None,
         })
+    }
+
+    /// [`ExportDir::open`], then every blob used must carry `key`'s
+    /// signature (none: as `open`).
+    pub fn open_verified(dir: &Path, key: Option<VerifyKey>) -> Result<Self> {
+        let mut d = Self::open(dir)?;
+        d.verify_key = key;
+        Ok(d)
     }
 
     /// One line per `*.gnp` file left out because the manifest does not
@@ -109,8 +122,11 @@ impl ExportDir {
 
     /// Parses the backbone.
     pub fn parse_backbone(&self) -> Result<Backbone<'_>> {
-        Backbone::parse(&self.backbone)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.join("backbone.gnb").display()))
+        match &self.verify_key {
+            None => Backbone::parse(&self.backbone),
+            Some(k) => Backbone::parse_verified(&self.backbone, k),
+        }
+        .map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.join("backbone.gnb").display()))
     }
 
     /// The patch of `task` (`None` for the base task).
@@ -122,9 +138,11 @@ impl ExportDir {
             name: task.to_string(),
             known: self.task_names(),
         })?;
-        let p = Patch::parse(bytes).map_err(|e| {
-            anyhow::anyhow!("{}: {e}", self.dir.join(format!("{task}.gnp")).display())
-        })?;
+        let p = match &self.verify_key {
+            None => Patch::parse(bytes),
+            Some(k) => Patch::parse_verified(bytes, k),
+        }
+        .map_err(|e| anyhow::anyhow!("{}: {e}", self.dir.join(format!("{task}.gnp")).display()))?;
         Ok(Some(p))
     }
 
@@ -138,8 +156,11 @@ impl ExportDir {
         let patch = self.patch(task)?;
         let mut arena = vec![0i8; bb.arena_len()];
         let mut params = vec![Requant::default(); bb.params_len()];
-        let mut engine =
-            Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut engine = match &self.verify_key {
+            None => Engine::new(&bb, &mut arena, &mut params).map_err(graftnet::Error::from),
+            Some(k) => Engine::new_verified(&bb, &mut arena, &mut params, k),
+        }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(p) = patch {
             engine
                 .apply(p)

@@ -17,5 +17,6 @@ pub mod pipeline;
 pub mod quantize;
 pub mod reference;
 pub mod rng;
+pub mod signing;
 pub mod soak;
 pub mod verify;

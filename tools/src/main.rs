@@ -38,20 +38,45 @@ enum Cmd {
     Export(ExportArgs),
     /// Train a task patch (S/B, DW, logits) or a whole base on the CPU; writes ONNX for `export`.
     Learn(Box<graftnet_tools::learn::cli::LearnArgs>),
-    /// Describe a backbone (.gnb) or patch (.gnp): layers, shapes, sizes, quantization.
+    /// Describe a backbone (.gnb) or patch (.gnp): layers, shapes, sizes, quantization, signature.
     Inspect {
         file: PathBuf,
         /// For a patch: the backbone to check it against (default: backbone.gnb beside it).
         #[arg(long)]
         backbone: Option<PathBuf>,
+        /// Check the blob's signature against this public key (KEY.pub) and time the check; fails if it does not verify.
+        #[arg(long, value_name = "KEY.pub")]
+        verify_key: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+    /// Make an Ed25519 signing key: KEY (secret, 64 hex digits, mode 0600) and KEY.pub.
+    Keygen {
+        /// the secret key file; the public key goes to KEY.pub
+        #[arg(long, value_name = "KEY")]
+        out: PathBuf,
+        /// replace existing key files
+        #[arg(long)]
+        force: bool,
+    },
+    /// Sign backbones (.gnb) and patches (.gnp) in place (or to --out): appends an Ed25519 signature trailer, replacing an old one.
+    Sign {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// the secret key file (from `graftnet keygen`)
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// write the signed blob here instead of replacing FILE (one FILE only)
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Class scores of one input.
     Run {
         dir: PathBuf,
         #[arg(long)]
         task: String,
+        #[command(flatten)]
+        verify: VerifyArgs,
         /// .npy of one sample (1,C,H,W) or an image file
         #[arg(long)]
         input: PathBuf,
@@ -65,6 +90,8 @@ enum Cmd {
         dir: PathBuf,
         #[arg(long)]
         task: String,
+        #[command(flatten)]
+        verify: VerifyArgs,
         /// .npy (N,C,H,W) float32, or an ImageFolder directory
         #[arg(long)]
         data: PathBuf,
@@ -105,9 +132,11 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Time inference, task switch and memory of an export directory.
+    /// Time inference, task switch and memory of an export directory (and signature checks, with --verify-key).
     Bench {
         dir: PathBuf,
+        #[command(flatten)]
+        verify: VerifyArgs,
         /// task to time inference on (default: base)
         #[arg(long)]
         task: Option<String>,
@@ -145,6 +174,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--verify-key KEY.pub`: run signed blobs only.
+#[derive(Args, Clone, Default)]
+struct VerifyArgs {
+    /// Refuse a backbone or patch that is not signed with this public key (KEY.pub from `graftnet keygen`).
+    #[arg(long, value_name = "KEY.pub")]
+    verify_key: Option<PathBuf>,
+}
+
+impl VerifyArgs {
+    fn key(&self) -> Result<Option<graftnet::VerifyKey>> {
+        self.verify_key
+            .as_deref()
+            .map(graftnet_tools::signing::read_verify_key)
+            .transpose()
+    }
 }
 
 #[derive(Args, Clone, Default)]
@@ -201,6 +247,9 @@ struct ExportArgs {
     /// a task older than one they accepted (Engine::apply_newer)
     #[arg(long, default_value_t = 0, value_name = "N")]
     task_version: u32,
+    /// sign the backbone and every patch with this secret key (from `graftnet keygen`)
+    #[arg(long, value_name = "KEY")]
+    sign: Option<PathBuf>,
     #[command(flatten)]
     prep: PrepArgs,
     #[arg(long)]
@@ -234,18 +283,23 @@ fn main() -> ExitCode {
         Cmd::Inspect {
             file,
             backbone,
+            verify_key,
             json,
-        } => inspect::inspect(&file, backbone.as_deref(), json),
+        } => inspect::inspect_verified(&file, backbone.as_deref(), verify_key.as_deref(), json),
+        Cmd::Keygen { out, force } => cmd_keygen(&out, force),
+        Cmd::Sign { files, key, out } => cmd_sign(&files, &key, out.as_deref()),
         Cmd::Run {
             dir,
             task,
+            verify,
             input,
             prep,
             json,
-        } => cmd_run(&dir, &task, &input, &prep, json),
+        } => cmd_run(&dir, &task, &verify, &input, &prep, json),
         Cmd::Eval {
             dir,
             task,
+            verify,
             data,
             labels,
             reference,
@@ -255,6 +309,7 @@ fn main() -> ExitCode {
         } => cmd_eval(
             &dir,
             &task,
+            &verify,
             &data,
             labels.as_deref(),
             reference.as_deref(),
@@ -283,18 +338,22 @@ fn main() -> ExitCode {
         ),
         Cmd::Bench {
             dir,
+            verify,
             task,
             threads,
             iters,
             kernels,
             json,
-        } => bench::run(&bench::BenchArgs {
-            dir,
-            task,
-            threads,
-            iters,
-            json,
-            kernels,
+        } => verify.key().and_then(|verify_key| {
+            bench::run(&bench::BenchArgs {
+                dir,
+                verify_key,
+                task,
+                threads,
+                iters,
+                json,
+                kernels,
+            })
         }),
     };
     match r {
@@ -341,7 +400,13 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         }),
         backbone: a.backbone,
         task_version: a.task_version,
+        sign: a
+            .sign
+            .as_deref()
+            .map(graftnet_tools::signing::read_signing_key)
+            .transpose()?,
     };
+    let opts_sign_id = opts.sign.as_ref().map(|k| k.verify_key().id().to_string());
     let r = pipeline::export(&opts)?;
     for p in &r.removed {
         eprintln!(
@@ -364,7 +429,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
             "{}",
             json!({"backbone": r.backbone.to_string_lossy(), "backbone_bytes": r.backbone_bytes, "weights_bytes": r.weights_bytes,
                    "arena_bytes": r.arena_bytes, "arena_lower_bound": r.arena_lower_bound, "params_len": r.params_len,
-                   "fingerprint": format!("{:016x}", r.fingerprint), "tasks": tasks})
+                   "fingerprint": format!("{:016x}", r.fingerprint), "tasks": tasks, "signed_by": opts_sign_id})
         );
     } else {
         println!(
@@ -376,6 +441,9 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
             r.arena_lower_bound,
             r.fingerprint
         );
+        if let Some(k) = &opts_sign_id {
+            println!("signed   the backbone and every patch with key {k}");
+        }
         for t in r.tasks.iter().skip(1) {
             let parts: Vec<String> = t
                 .bytes_by_class
@@ -426,8 +494,50 @@ fn manifest_prep(dir: &ExportDir, prep: &PrepArgs, shape: (usize, usize, usize))
     p
 }
 
-fn cmd_run(dir: &Path, task: &str, input: &Path, prep: &PrepArgs, json_out: bool) -> Result<()> {
-    let d = ExportDir::open(dir)?;
+fn cmd_keygen(out: &Path, force: bool) -> Result<()> {
+    let vk = graftnet_tools::signing::keygen(out, force)?;
+    println!(
+        "wrote {} (secret: keep it private) and {} (public), key id {}",
+        out.display(),
+        graftnet_tools::signing::public_path(out).display(),
+        vk.id()
+    );
+    Ok(())
+}
+
+fn cmd_sign(files: &[PathBuf], key: &Path, out: Option<&Path>) -> Result<()> {
+    use graftnet::format::signature::TRAILER_LEN;
+    use graftnet_tools::signing;
+    if out.is_some() && files.len() != 1 {
+        bail!("--out takes one FILE, got {}", files.len());
+    }
+    let sk = signing::read_signing_key(key)?;
+    let id = sk.verify_key().id();
+    for f in files {
+        let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+        signing::blob_kind(&bytes, f)?;
+        let signed = signing::sign_blob(&bytes, &sk).with_context(|| format!("{}", f.display()))?;
+        let dest = out.unwrap_or(f);
+        signing::write_atomic(dest, &signed)?;
+        println!(
+            "signed {} with key {id}: {} bytes ({} of blob, {TRAILER_LEN} of signature trailer)",
+            dest.display(),
+            signed.len(),
+            signed.len() - TRAILER_LEN
+        );
+    }
+    Ok(())
+}
+
+fn cmd_run(
+    dir: &Path,
+    task: &str,
+    verify: &VerifyArgs,
+    input: &Path,
+    prep: &PrepArgs,
+    json_out: bool,
+) -> Result<()> {
+    let d = ExportDir::open_verified(dir, verify.key()?)?;
     for w in d.warnings() {
         eprintln!("graftnet: warning: {w}");
     }
@@ -537,6 +647,7 @@ fn evaluate(
 fn cmd_eval(
     dir: &Path,
     task: &str,
+    verify: &VerifyArgs,
     data_p: &Path,
     labels: Option<&Path>,
     reference: Option<&Path>,
@@ -544,11 +655,13 @@ fn cmd_eval(
     prep: &PrepArgs,
     json_out: bool,
 ) -> Result<()> {
-    let d = ExportDir::open(dir)?;
+    let d = ExportDir::open_verified(dir, verify.key()?)?;
     for w in d.warnings() {
         eprintln!("graftnet: warning: {w}");
     }
-    d.patch(task)?; // unknown task -> error before loading data
+    // Unknown task, unsigned or modified blobs -> error before loading data.
+    d.parse_backbone()?;
+    d.patch(task)?;
     let shape = input_shape_of(&d)?;
     let p = manifest_prep(&d, prep, shape);
     let ds = data::load_dataset(data_p, labels, &p)?;

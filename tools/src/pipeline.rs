@@ -52,6 +52,11 @@ pub struct ExportOptions {
     /// Version written into every patch (0: unversioned); devices using
     /// `Engine::apply_newer` refuse a version older than one they accepted.
     pub task_version: u32,
+    /// Sign the backbone and every patch written (`--sign KEY`): each file
+    /// is the blob followed by its signature trailer (`FORMAT.md`,
+    /// "Signatures"); without a key the files are byte-identical to an
+    /// unsigned export.
+    pub sign: Option<graftnet::SigningKey>,
 }
 
 /// One exported task.
@@ -272,7 +277,8 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
                 );
             }
             let bb = export::emit_backbone(&base_q, capacity)?;
-            if &bb.bytes != old {
+            // A signed backbone is compared by its content.
+            if bb.bytes.as_slice() != old_bb.bytes() {
                 bail!(
                     "the base model {} with its calibration data does not reproduce the backbone {}: {}. Export with the same --base, --calib, --calib-limit, --bias-correction and --input-shape as the export that wrote it",
                     opts.base.display(),
@@ -298,9 +304,25 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         .map(|((name, _, q), (_, blob))| (name.as_str(), q, blob.as_slice()))
         .collect();
     verify::check_export(&base_q, &bb.bytes, &checked)?;
+    // Signed: content + trailer, checked against the key before writing.
+    let signed = |blob: &[u8], what: &str| -> Result<Vec<u8>> {
+        let Some(key) = &opts.sign else {
+            return Ok(blob.to_vec());
+        };
+        let out = crate::signing::sign_blob(blob, key)?;
+        crate::signing::verify_blob(&out, &key.verify_key()).map_err(|e| {
+            anyhow::anyhow!("{what}: signed, but the signature does not verify: {e}")
+        })?;
+        Ok(out)
+    };
+    let bb_file = match (&existing, &opts.sign) {
+        // Reusing a backbone without signing: write it as it was (its
+        // trailer, if any, stays).
+        (Some(old), None) => old.clone(),
+        _ => signed(&bb.bytes, "backbone")?,
+    };
     let bb_path = opts.out.join("backbone.gnb");
-    std::fs::write(&bb_path, &bb.bytes)
-        .with_context(|| format!("writing {}", bb_path.display()))?;
+    std::fs::write(&bb_path, &bb_file).with_context(|| format!("writing {}", bb_path.display()))?;
     let mut reports = vec![TaskReport {
         name: BASE_TASK.into(),
         source: opts.base.clone(),
@@ -312,6 +334,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     }];
     for ((name, path, q), (entries, blob)) in tasks_q.iter().zip(patches) {
         let p = opts.out.join(format!("{name}.gnp"));
+        let blob = signed(&blob, name)?;
         std::fs::write(&p, &blob).with_context(|| format!("writing {}", p.display()))?;
         reports.push(TaskReport {
             name: name.clone(),
@@ -325,7 +348,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     }
     let mut report = ExportReport {
         backbone: bb_path,
-        backbone_bytes: bb.bytes.len(),
+        backbone_bytes: bb_file.len(),
         weights_bytes: bb.weights_len,
         arena_bytes: bb.plan.arena_len,
         arena_lower_bound: bb.plan.lower_bound,
@@ -449,6 +472,11 @@ fn write_manifest(opts: &ExportOptions, r: &ExportReport) -> Result<Vec<PathBuf>
         "bias_correction": opts.bias_correction.map_or(0, |b| b.samples),
         "tasks": tasks,
     });
+    let mut m = m;
+    if let Some(k) = &opts.sign {
+        // Only in signed exports: an unsigned export's manifest is unchanged.
+        m["signed_by"] = json!(k.verify_key().id().to_string());
+    }
     let p = opts.out.join("manifest.json");
     std::fs::write(&p, serde_json::to_string_pretty(&m)?)
         .with_context(|| format!("writing {}", p.display()))?;

@@ -20,6 +20,14 @@
 //!   A patch from untrusted bytes goes through `Patch::parse` first, every
 //!   time (a few µs more: the checksum runs on carry-less multiply or CRC
 //!   instructions where the CPU has them).
+//! - Signed blobs only (feature `verify`): `Engine::new_verified` takes
+//!   the public key at set-up, checks the backbone's signature, and makes
+//!   `apply` refuse every patch that does not carry the key's signature
+//!   (`FormatError::Unsigned`, `WrongKey`, `BadSignature`) before looking
+//!   at its content; the active task stays. A patch checked by
+//!   `Patch::parse_verified` with the same key is not checked again, so
+//!   resident patches cost one verification each, at boot. Without a key
+//!   the engine behaves exactly as before and ignores signature trailers.
 //! - A patch is always applied over the backbone's base task, never over the
 //!   previous patch: results do not depend on the order of switches.
 //! - The patch bytes are used in place (DW kernels, classifier weights), so
@@ -29,6 +37,8 @@ use crate::error::{FormatError, RunError};
 use crate::format::backbone::{param_slots, Backbone, OpInfo, TensorInfo};
 use crate::format::entry::{Entry, EntryIter, EntryKind, Luts, Rows};
 use crate::format::patch::Patch;
+#[cfg(feature = "verify")]
+use crate::format::signature::VerifyKey;
 use crate::format::{rd_f32, Act, OpKind, NONE};
 use crate::kernels::{scalar, ConvGeom, Kernels, OutQ};
 #[cfg(feature = "std")]
@@ -176,6 +186,9 @@ pub struct Engine<'a, 'm> {
     classes: u16,
     kernels: Kernels,
     threads: usize,
+    /// Patches must carry this key's signature (`Engine::new_verified`).
+    #[cfg(feature = "verify")]
+    key: Option<VerifyKey>,
 }
 
 impl<'a, 'm> Engine<'a, 'm> {
@@ -207,9 +220,36 @@ impl<'a, 'm> Engine<'a, 'm> {
             classes: bb.base_classes(),
             kernels: Kernels::best(),
             threads: 1,
+            #[cfg(feature = "verify")]
+            key: None,
         };
         e.derive()?;
         Ok(e)
+    }
+
+    /// [`Engine::new`] for a device that runs signed blobs only (feature
+    /// `verify`): the backbone must carry `key`'s signature (checked here
+    /// unless `Backbone::parse_verified` checked it with the same key),
+    /// and every patch [`Engine::apply`] is given must too, or it is
+    /// refused ([`FormatError::Unsigned`], [`FormatError::WrongKey`],
+    /// [`FormatError::BadSignature`]) and the active task stays.
+    #[cfg(feature = "verify")]
+    pub fn new_verified(
+        bb: &Backbone<'a>,
+        arena: &'m mut [i8],
+        params: &'m mut [Requant],
+        key: &VerifyKey,
+    ) -> Result<Self, crate::Error> {
+        bb.verify(key)?;
+        let mut e = Self::new(bb, arena, params)?;
+        e.key = Some(*key);
+        Ok(e)
+    }
+
+    /// The key patches must be signed with (`Engine::new_verified`).
+    #[cfg(feature = "verify")]
+    pub fn verify_key(&self) -> Option<&VerifyKey> {
+        self.key.as_ref()
     }
 
     /// Uses another kernel table (e.g. `Kernels::scalar()` to compare).
@@ -273,7 +313,15 @@ impl<'a, 'm> Engine<'a, 'm> {
     }
 
     /// Switches to the task in `patch`. On error nothing changes.
+    ///
+    /// On an engine made by `Engine::new_verified` the patch's signature
+    /// is checked first (at once for a patch from `Patch::parse_verified`
+    /// with the same key; else its whole content is verified here).
     pub fn apply(&mut self, patch: Patch<'a>) -> Result<(), FormatError> {
+        #[cfg(feature = "verify")]
+        if let Some(key) = &self.key {
+            patch.verify(key)?;
+        }
         if patch.backbone_fingerprint() != self.bb.fingerprint() {
             return Err(FormatError::WrongBackbone {
                 expected: self.bb.fingerprint(),

@@ -14,6 +14,9 @@
 mod task;
 
 use super::entry::EntryIter;
+use super::signature::Trailer;
+#[cfg(feature = "verify")]
+use super::signature::{VerifyKey, PUBLIC_KEY_LEN};
 use super::{
     align_up, blob_checksum, in_bounds, rd_f32, rd_u16, rd_u32, rd_u64, wr_u16, wr_u32, wr_u64,
     Act, OpKind, ARENA_ALIGN, BACKBONE_MAGIC, NONE, VERSION, WEIGHT_ALIGN,
@@ -374,11 +377,58 @@ pub struct Backbone<'a> {
     blob: &'a [u8],
     hdr: HeaderRepr,
     base: TaskSummary,
+    trailer: Option<Trailer<'a>>,
+    /// The public key whose signature `parse_verified` checked.
+    #[cfg(feature = "verify")]
+    verified: Option<[u8; PUBLIC_KEY_LEN]>,
 }
 
 impl<'a> Backbone<'a> {
     /// Validates `blob` completely (see the module doc) and returns a view.
+    ///
+    /// A signature trailer after the blob (`FORMAT.md`, "Signatures") is
+    /// recognized ([`Backbone::signature`]) but not checked: see
+    /// `Backbone::parse_verified`.
     pub fn parse(blob: &'a [u8]) -> Result<Self, FormatError> {
+        let (hdr, content) = Self::check_fixed(blob)?;
+        Self::parse_content(content, hdr, Trailer::find(blob, content.len()))
+    }
+
+    /// [`Backbone::parse`] of a blob that must carry `key`'s signature.
+    /// The signature is checked first, right after the fixed header
+    /// fields that locate it, so nothing else of an unauthenticated blob
+    /// is parsed. Errors: [`FormatError::Unsigned`],
+    /// [`FormatError::WrongKey`], [`FormatError::BadSignature`], then any
+    /// of `parse`'s.
+    #[cfg(feature = "verify")]
+    pub fn parse_verified(blob: &'a [u8], key: &VerifyKey) -> Result<Self, FormatError> {
+        let (hdr, content) = Self::check_fixed(blob)?;
+        let trailer = Trailer::find(blob, content.len());
+        key.verify(content, trailer)?;
+        let mut bb = Self::parse_content(content, hdr, trailer)?;
+        bb.verified = Some(key.to_bytes());
+        Ok(bb)
+    }
+
+    /// Checks that the backbone carries `key`'s signature (at once if
+    /// `parse_verified` checked it with this key).
+    #[cfg(feature = "verify")]
+    pub fn verify(&self, key: &VerifyKey) -> Result<(), FormatError> {
+        if self.verified == Some(key.to_bytes()) {
+            return Ok(());
+        }
+        key.verify(self.blob, self.trailer)
+    }
+
+    /// The signature trailer after the blob, if any (not verified by
+    /// `parse`).
+    pub fn signature(&self) -> Option<Trailer<'a>> {
+        self.trailer
+    }
+
+    /// The header fields that locate the content (magic, version, header
+    /// and total length) and the content, `total_len` bytes.
+    fn check_fixed(blob: &'a [u8]) -> Result<(HeaderRepr, &'a [u8]), FormatError> {
         let have = blob.len() as u32;
         if blob.len() < HEADER_LEN {
             return Err(FormatError::Truncated {
@@ -416,6 +466,15 @@ impl<'a> Backbone<'a> {
                 have,
             });
         };
+        Ok((hdr, blob))
+    }
+
+    /// The rest of `parse`, on the content (`total_len` bytes).
+    fn parse_content(
+        blob: &'a [u8],
+        hdr: HeaderRepr,
+        trailer: Option<Trailer<'a>>,
+    ) -> Result<Self, FormatError> {
         let stored = rd_u32(blob, field::CHECKSUM);
         let computed = blob_checksum(blob);
         if stored != computed {
@@ -445,6 +504,9 @@ impl<'a> Backbone<'a> {
             blob,
             hdr,
             base: TaskSummary { classes: 0 },
+            trailer,
+            #[cfg(feature = "verify")]
+            verified: None,
         };
         bb.validate_graph()?;
         let task = bb.section(hdr.task_off, hdr.task_len);
@@ -468,7 +530,7 @@ impl<'a> Backbone<'a> {
             .and_then(|b| b.try_into().ok())
     }
 
-    /// The whole blob.
+    /// The whole blob (its `total_len` bytes, without a signature trailer).
     pub fn bytes(&self) -> &'a [u8] {
         self.blob
     }

@@ -44,6 +44,7 @@
 pub mod backbone;
 pub mod entry;
 pub mod patch;
+pub mod signature;
 
 pub use entry::{EntryClass, EntryKind};
 

@@ -10,6 +10,9 @@
 //! place: from flash, or streamed into a caller buffer by [`Patch::read`].
 
 use super::entry::{read_raw, EntryIter};
+use super::signature::Trailer;
+#[cfg(feature = "verify")]
+use super::signature::{VerifyKey, PUBLIC_KEY_LEN, TRAILER_LEN};
 use super::{
     align_up, blob_checksum, rd_u16, rd_u32, rd_u64, wr_u16, wr_u32, wr_u64, PATCH_MAGIC, VERSION,
 };
@@ -100,19 +103,65 @@ pub fn seal(blob: &mut [u8]) {
 pub struct Patch<'a> {
     blob: &'a [u8],
     hdr: HeaderRepr,
+    trailer: Option<Trailer<'a>>,
+    /// The public key whose signature `parse_verified` checked.
+    #[cfg(feature = "verify")]
+    verified: Option<[u8; PUBLIC_KEY_LEN]>,
 }
 
 impl<'a> Patch<'a> {
     /// Checks the header, checksum and entry framing.
+    ///
+    /// A signature trailer after the patch (`FORMAT.md`, "Signatures") is
+    /// recognized ([`Patch::signature`]) but not checked: see
+    /// `Patch::parse_verified`, or an engine made with
+    /// `Engine::new_verified`, which checks it in `apply`.
     pub fn parse(blob: &'a [u8]) -> Result<Self, FormatError> {
-        let hdr = check_fixed(blob)?;
-        // `check_fixed` proved HEADER_LEN + name_len <= entries_off <= total_len.
-        let Some(blob) = blob.get(..hdr.total_len as usize) else {
-            return Err(FormatError::Truncated {
-                need: hdr.total_len,
-                have: blob.len() as u32,
-            });
-        };
+        let (hdr, content) = check_content(blob)?;
+        Self::parse_content(content, hdr, Trailer::find(blob, content.len()))
+    }
+
+    /// [`Patch::parse`] of a patch that must carry `key`'s signature,
+    /// checked first (after the fixed header fields that locate it), so
+    /// nothing else of an unauthenticated patch is parsed. Errors:
+    /// [`FormatError::Unsigned`], [`FormatError::WrongKey`],
+    /// [`FormatError::BadSignature`], then any of `parse`'s. The view
+    /// remembers the key, so `Engine::apply` on an engine with the same
+    /// key does not check the signature again: patches kept in flash are
+    /// verified once, at boot.
+    #[cfg(feature = "verify")]
+    pub fn parse_verified(blob: &'a [u8], key: &VerifyKey) -> Result<Self, FormatError> {
+        let content = locate(blob)?;
+        let trailer = Trailer::find(blob, content.len());
+        key.verify(content, trailer)?;
+        let (hdr, content) = check_content(content)?;
+        let mut p = Self::parse_content(content, hdr, trailer)?;
+        p.verified = Some(key.to_bytes());
+        Ok(p)
+    }
+
+    /// Checks that the patch carries `key`'s signature (at once if
+    /// `parse_verified` checked it with this key).
+    #[cfg(feature = "verify")]
+    pub fn verify(&self, key: &VerifyKey) -> Result<(), FormatError> {
+        if self.verified == Some(key.to_bytes()) {
+            return Ok(());
+        }
+        key.verify(self.blob, self.trailer)
+    }
+
+    /// The signature trailer after the patch, if any (not verified by
+    /// `parse`).
+    pub fn signature(&self) -> Option<Trailer<'a>> {
+        self.trailer
+    }
+
+    /// The rest of `parse`, on the content (`total_len` bytes).
+    fn parse_content(
+        blob: &'a [u8],
+        hdr: HeaderRepr,
+        trailer: Option<Trailer<'a>>,
+    ) -> Result<Self, FormatError> {
         let stored = rd_u32(blob, field::CHECKSUM);
         let computed = blob_checksum(blob);
         if stored != computed {
@@ -140,7 +189,13 @@ impl<'a> Patch<'a> {
         if pos != body.len() {
             return Err(FormatError::BadLayout { section: "entries" });
         }
-        Ok(Patch { blob, hdr })
+        Ok(Patch {
+            blob,
+            hdr,
+            trailer,
+            #[cfg(feature = "verify")]
+            verified: None,
+        })
     }
 
     /// Streams a patch from `reader` into `buf` and parses it there.
@@ -169,12 +224,55 @@ impl<'a> Patch<'a> {
         Patch::parse(buf.get(..total).unwrap_or(&[]))
     }
 
-    /// Bytes a streamed patch needs, from its first 48 bytes.
+    /// Streams a signed patch (the patch and its 80-byte trailer) from
+    /// `reader` into `buf` and parses it there with
+    /// `Patch::parse_verified`. A reader that ends where the trailer
+    /// should begin gives [`FormatError::Unsigned`] (an unsigned patch);
+    /// `buf` needs [`Patch::required_len`] + `TRAILER_LEN` bytes.
+    #[cfg(feature = "verify")]
+    pub fn read_verified<R: embedded_io::Read>(
+        reader: &mut R,
+        buf: &'a mut [u8],
+        key: &VerifyKey,
+    ) -> Result<Self, FormatError> {
+        let have = buf.len() as u32;
+        let Some(head) = buf.get_mut(..HEADER_LEN) else {
+            return Err(FormatError::BufferTooSmall {
+                need: (HEADER_LEN + TRAILER_LEN) as u32,
+                have,
+            });
+        };
+        reader.read_exact(head).map_err(|_| FormatError::Io)?;
+        let total = check_fixed(head)?.total_len as usize;
+        let signed = total.saturating_add(TRAILER_LEN);
+        let Some(rest) = buf.get_mut(HEADER_LEN..total) else {
+            return Err(FormatError::BufferTooSmall {
+                need: signed as u32,
+                have,
+            });
+        };
+        reader.read_exact(rest).map_err(|_| FormatError::Io)?;
+        let Some(trailer) = buf.get_mut(total..signed) else {
+            return Err(FormatError::BufferTooSmall {
+                need: signed as u32,
+                have,
+            });
+        };
+        reader.read_exact(trailer).map_err(|e| match e {
+            embedded_io::ReadExactError::UnexpectedEof => FormatError::Unsigned,
+            embedded_io::ReadExactError::Other(_) => FormatError::Io,
+        })?;
+        let buf: &'a [u8] = buf;
+        Patch::parse_verified(buf.get(..signed).unwrap_or(&[]), key)
+    }
+
+    /// Bytes a streamed patch needs, from its first 48 bytes (without a
+    /// signature trailer: add `TRAILER_LEN` for a signed one).
     pub fn required_len(header: &[u8]) -> Result<usize, FormatError> {
         Ok(check_fixed(header)?.total_len as usize)
     }
 
-    /// The whole blob.
+    /// The whole blob (its `total_len` bytes, without a signature trailer).
     pub fn bytes(&self) -> &'a [u8] {
         self.blob
     }
@@ -219,13 +317,45 @@ impl<'a> Patch<'a> {
     }
 }
 
-/// Checks the fixed header fields (no checksum).
-fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
-    let have = b.len() as u32;
+/// The fixed header fields and the content (`total_len` bytes).
+fn check_content(blob: &[u8]) -> Result<(HeaderRepr, &[u8]), FormatError> {
+    let hdr = check_fixed(blob)?;
+    // `check_fixed` proved HEADER_LEN + name_len <= entries_off <= total_len.
+    let Some(content) = blob.get(..hdr.total_len as usize) else {
+        return Err(FormatError::Truncated {
+            need: hdr.total_len,
+            have: blob.len() as u32,
+        });
+    };
+    Ok((hdr, content))
+}
+
+/// The content (`total_len` bytes) by the fields that locate it: magic,
+/// version, header and total length. What `parse_verified` checks before
+/// the signature.
+#[cfg(feature = "verify")]
+fn locate(blob: &[u8]) -> Result<&[u8], FormatError> {
+    check_magic(blob)?;
+    let total_len = rd_u32(blob, field::TOTAL_LEN);
+    if (total_len as usize) < HEADER_LEN {
+        return Err(FormatError::TooShort {
+            declared: total_len,
+            min: HEADER_LEN as u32,
+        });
+    }
+    blob.get(..total_len as usize)
+        .ok_or(FormatError::Truncated {
+            need: total_len,
+            have: blob.len() as u32,
+        })
+}
+
+/// Checks the length, magic, version and header length.
+fn check_magic(b: &[u8]) -> Result<(), FormatError> {
     if b.len() < HEADER_LEN {
         return Err(FormatError::Truncated {
             need: HEADER_LEN as u32,
-            have,
+            have: b.len() as u32,
         });
     }
     let magic: [u8; 4] = super::rd(b, field::MAGIC.start);
@@ -245,6 +375,12 @@ fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
     if rd_u16(b, field::HEADER_LEN) as usize != HEADER_LEN {
         return Err(FormatError::BadLayout { section: "header" });
     }
+    Ok(())
+}
+
+/// Checks the fixed header fields (no checksum).
+fn check_fixed(b: &[u8]) -> Result<HeaderRepr, FormatError> {
+    check_magic(b)?;
     let hdr = HeaderRepr {
         total_len: rd_u32(b, field::TOTAL_LEN),
         backbone: rd_u64(b, field::BACKBONE),

@@ -7,6 +7,13 @@
 //! Patches that fail to parse, or that belong to another backbone, are
 //! reported and left out; the device serves the rest.
 //!
+//! With a verification key (`--verify-key`), the backbone and every patch
+//! must carry its signature (`runtime/FORMAT.md`, "Signatures"): an
+//! unsigned, foreign or modified backbone stops the start, and such a
+//! patch is reported and left out like any other patch that does not
+//! parse. Accepted patches are verified here once; task switches then do
+//! not check them again.
+//!
 //! The manifest decides which patches exist: a `.gnp` it does not list (left
 //! from an earlier export into the same directory, which still matches the
 //! backbone's fingerprint) is reported and not served, and a listed one that
@@ -16,7 +23,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use graftnet::{Backbone, Patch};
+use graftnet::{Backbone, Patch, VerifyKey};
 
 /// The task name of the backbone's own (base) task.
 pub const BASE_TASK: &str = "base";
@@ -108,18 +115,27 @@ impl ExportBytes {
             .collect()
     }
 
-    /// Parses the backbone.
-    pub fn backbone(&self) -> Result<Backbone<'_>, LoadError> {
-        Backbone::parse(&self.backbone).map_err(|e| LoadError(format!("{}: {e}", self.dir.join("backbone.gnb").display())))
+    /// Parses the backbone; with `key`, it must carry that key's signature.
+    pub fn backbone(&self, key: Option<&VerifyKey>) -> Result<Backbone<'_>, LoadError> {
+        match key {
+            None => Backbone::parse(&self.backbone),
+            Some(k) => Backbone::parse_verified(&self.backbone, k),
+        }
+        .map_err(|e| LoadError(format!("{}: {e}", self.dir.join("backbone.gnb").display())))
     }
 
-    /// Parses every patch that belongs to `bb`. Returns the usable ones by task
-    /// name and a warning for each file left out.
-    pub fn patches<'a>(&'a self, bb: &Backbone<'_>) -> (Vec<(String, Patch<'a>)>, Vec<String>) {
+    /// Parses every patch that belongs to `bb` (and, with `key`, carries
+    /// that key's signature). Returns the usable ones by task name and a
+    /// warning for each file left out.
+    pub fn patches<'a>(&'a self, bb: &Backbone<'_>, key: Option<&VerifyKey>) -> (Vec<(String, Patch<'a>)>, Vec<String>) {
         let mut ok: Vec<(String, Patch<'a>)> = Vec::new();
         let mut warnings = Vec::new();
         for (path, bytes) in &self.patches {
-            let p = match Patch::parse(bytes) {
+            let parsed = match key {
+                None => Patch::parse(bytes),
+                Some(k) => Patch::parse_verified(bytes, k),
+            };
+            let p = match parsed {
                 Ok(p) => p,
                 Err(e) => {
                     warnings.push(format!("{}: {e}; skipped", path.display()));

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! graftnet-device --dir EXPORT_DIR [--socket PATH] [--max-connections N]
-//!                 [--timeout SECS] [--max-request-bytes N]
+//!                 [--timeout SECS] [--max-request-bytes N] [--verify-key KEY.pub]
 //! ```
 //!
 //! Loads `EXPORT_DIR/backbone.gnb` and the `EXPORT_DIR/*.gnp` its
@@ -13,6 +13,10 @@
 //! socket the program ends at the end of stdin; with one it serves until it
 //! is stopped, so it runs as a service with stdin closed
 //! (`graftnet-device.service`).
+//!
+//! With `--verify-key KEY.pub` the device runs signed blobs only: the
+//! backbone and every patch must carry that key's Ed25519 signature
+//! (`graftnet export --sign`, `graftnet sign`); see [`export`].
 //!
 //! Memory: one arena and one parameter table, sized by the backbone, for the
 //! process lifetime; the blobs are read once. Requests switch tasks with
@@ -49,7 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use graftnet::{Engine, Requant};
+use graftnet::{Engine, Requant, VerifyKey};
 
 use crate::export::ExportBytes;
 use crate::protocol::{error_response, Refusal};
@@ -109,7 +113,7 @@ impl Limits {
 }
 
 const USAGE: &str = "usage: graftnet-device --dir EXPORT_DIR [--socket PATH] [--max-connections N]
-                       [--timeout SECS] [--max-request-bytes N]
+                       [--timeout SECS] [--max-request-bytes N] [--verify-key KEY.pub]
 
 Serves graftnet inference requests as JSON lines on stdin (and on a Unix
 socket with --socket):
@@ -120,7 +124,9 @@ socket with --socket):
 
   --max-connections N    socket connections served at once (default 16); more get an error and are closed
   --timeout SECS         time a socket connection has for each request line (default 30)
-  --max-request-bytes N  longest request line (default 32 * C*H*W + 65536, from the model's input)";
+  --max-request-bytes N  longest request line (default 32 * C*H*W + 65536, from the model's input)
+  --verify-key KEY.pub   run signed blobs only: the backbone and every patch must carry this key's
+                         Ed25519 signature (graftnet export --sign); others are refused";
 
 struct Args {
     dir: PathBuf,
@@ -128,10 +134,21 @@ struct Args {
     max_connections: usize,
     timeout: Duration,
     max_request: Option<usize>,
+    verify_key: Option<PathBuf>,
+}
+
+/// Reads a public-key file (`KEY.pub` from `graftnet keygen`).
+pub fn read_verify_key(path: &Path) -> Result<VerifyKey, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading the verification key {}: {e}", path.display()))?;
+    if text.contains("secret key") {
+        return Err(format!("{} is a secret key; --verify-key takes the public key (KEY.pub)", path.display()));
+    }
+    let bytes = graftnet::format::signature::key_from_text(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    VerifyKey::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let (mut dir, mut socket, mut max_request) = (None, None, None);
+    let (mut dir, mut socket, mut max_request, mut verify_key) = (None, None, None, None);
     let (mut max_connections, mut timeout) = (DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT);
     let positive = |flag: &str, v: Option<String>| -> Result<usize, String> {
         let v = v.ok_or(format!("{flag} needs a number"))?;
@@ -144,6 +161,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--max-connections" => max_connections = positive("--max-connections", it.next())?,
             "--timeout" => timeout = Duration::from_secs(positive("--timeout", it.next())? as u64),
             "--max-request-bytes" => max_request = Some(positive("--max-request-bytes", it.next())?),
+            "--verify-key" => verify_key = Some(PathBuf::from(it.next().ok_or("--verify-key needs a public-key file")?)),
             "-h" | "--help" => return Ok(None),
             "-V" | "--version" => {
                 println!("graftnet-device {}", env!("CARGO_PKG_VERSION"));
@@ -153,7 +171,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         }
     }
     let dir = dir.ok_or("--dir EXPORT_DIR is required")?;
-    Ok(Some(Args { dir, socket, max_connections, timeout, max_request }))
+    Ok(Some(Args { dir, socket, max_connections, timeout, max_request, verify_key }))
 }
 
 /// The program; `board` names the build.
@@ -202,18 +220,25 @@ fn cpu_features() -> String {
 }
 
 fn run(board: Board, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let key = args.verify_key.as_deref().map(read_verify_key).transpose()?;
     let bytes = ExportBytes::read(&args.dir)?;
     for w in bytes.warnings() {
         eprintln!("graftnet-device: warning: {w}");
     }
-    let bb = bytes.backbone()?;
-    let (patches, warnings) = bytes.patches(&bb);
+    let bb = bytes.backbone(key.as_ref())?;
+    let (patches, warnings) = bytes.patches(&bb, key.as_ref());
     for w in &warnings {
         eprintln!("graftnet-device: warning: {w}");
     }
     let mut arena = vec![0i8; bb.arena_len()];
     let mut params = vec![Requant::default(); bb.params_len()];
-    let engine = Engine::new(&bb, &mut arena, &mut params)?;
+    let engine = match &key {
+        None => Engine::new(&bb, &mut arena, &mut params)?,
+        Some(k) => Engine::new_verified(&bb, &mut arena, &mut params, k)?,
+    };
+    if let Some(k) = &key {
+        eprintln!("graftnet-device: signatures required: key {} (backbone verified)", k.id());
+    }
     let mut server = Server::new(engine, patches);
     for w in server.check_patches() {
         eprintln!("graftnet-device: warning: {w}");
@@ -714,5 +739,92 @@ mod tests {
             slow.0.write_all(b"\n").unwrap();
             assert_eq!(read_json(&mut slow.1)["id"], 1);
         });
+    }
+
+    /// A patch with no entries (the base task under another name) for the
+    /// backbone with fingerprint `fp`.
+    fn empty_patch(name: &str, fp: u64) -> Vec<u8> {
+        use graftnet::format::patch::{seal, HeaderRepr};
+        let off = HeaderRepr::entries_off(name.len());
+        let mut b = vec![0u8; off];
+        HeaderRepr { total_len: off as u32, backbone: fp, n_entries: 0, classes: 3, name_len: name.len() as u16, entries_off: off as u32, task_version: 0 }.emit(&mut b);
+        b[48..48 + name.len()].copy_from_slice(name.as_bytes());
+        seal(&mut b);
+        b
+    }
+
+    fn signed(blob: &[u8], key: &graftnet::SigningKey) -> Vec<u8> {
+        let mut v = blob.to_vec();
+        v.extend_from_slice(&key.sign(blob));
+        v
+    }
+
+    /// `--verify-key`: an unsigned, foreign or modified patch is left out
+    /// with a warning that says why; such a backbone stops the start.
+    /// Without the key everything is served as before.
+    #[test]
+    fn verify_key_refuses_unsigned_foreign_and_modified_blobs() {
+        let d = std::env::temp_dir().join(format!("graftnet-device-verify-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let key = graftnet::SigningKey::from_seed(&[9; 32]);
+        let other = graftnet::SigningKey::from_seed(&[10; 32]);
+        let bb = tiny_backbone(1, 4, 4, 3);
+        let fp = Backbone::parse(&bb).unwrap().fingerprint();
+        std::fs::write(d.join("backbone.gnb"), signed(&bb, &key)).unwrap();
+        std::fs::write(d.join("good.gnp"), signed(&empty_patch("good", fp), &key)).unwrap();
+        std::fs::write(d.join("plain.gnp"), empty_patch("plain", fp)).unwrap();
+        std::fs::write(d.join("foreign.gnp"), signed(&empty_patch("foreign", fp), &other)).unwrap();
+        let mut modified = signed(&empty_patch("modified", fp), &key);
+        modified[48] ^= b'm' ^ b'n'; // the name: "nodified"
+        let n = modified.len() - graftnet::format::signature::TRAILER_LEN;
+        graftnet::format::patch::seal(&mut modified[..n]);
+        std::fs::write(d.join("modified.gnp"), &modified).unwrap();
+        let hex: String = key.verify_key().to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(d.join("key.pub"), format!("# graftnet ed25519 public key\n{hex}\n")).unwrap();
+        std::fs::write(d.join("key"), "# graftnet ed25519 secret key\n00\n").unwrap();
+
+        let vk = read_verify_key(&d.join("key.pub")).unwrap();
+        assert!(read_verify_key(&d.join("key")).unwrap_err().contains("is a secret key"));
+        let x = ExportBytes::read(&d).unwrap();
+        let back = x.backbone(Some(&vk)).unwrap();
+        let (ok, warnings) = x.patches(&back, Some(&vk));
+        assert_eq!(ok.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(), ["good"]);
+        let says = |file: &str, what: &str| {
+            assert!(warnings.iter().any(|w| w.contains(file) && w.contains(what)), "{file}: {what}: {warnings:?}");
+        };
+        says("plain.gnp", "is not signed");
+        says("foreign.gnp", "is signed with key");
+        says("modified.gnp", "bad signature");
+        // The server refuses the tasks left out; the good one runs.
+        let mut arena = vec![0i8; back.arena_len()];
+        let mut params = vec![Requant::default(); back.params_len()];
+        let engine = Engine::new_verified(&back, &mut arena, &mut params, &vk).unwrap();
+        let srv = Mutex::new(Server::new(engine, ok));
+        let x16: Vec<f32> = vec![0.5; 16];
+        let ask = |task: &str| respond(&srv, 16, &serde_json::json!({"id": 1, "task": task, "input": x16}).to_string()).unwrap();
+        assert!(ask("good").contains("\"top1\""), "{}", ask("good"));
+        assert!(ask("plain").contains("unknown task 'plain'"), "{}", ask("plain"));
+        // Without a key: every patch (the modified one's CRC was resealed).
+        let back2 = x.backbone(None).unwrap();
+        let (all, w2) = x.patches(&back2, None);
+        assert_eq!(all.len(), 4, "{w2:?}");
+        // An unsigned or modified backbone stops the start.
+        std::fs::write(d.join("backbone.gnb"), &bb).unwrap();
+        let x = ExportBytes::read(&d).unwrap();
+        let e = x.backbone(Some(&vk)).err().unwrap().to_string();
+        assert!(e.contains("backbone.gnb") && e.contains("is not signed"), "{e}");
+        let mut bad = signed(&bb, &key);
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(d.join("backbone.gnb"), &bad).unwrap();
+        let x = ExportBytes::read(&d).unwrap();
+        assert!(x.backbone(Some(&vk)).err().unwrap().to_string().contains("bad signature"));
+        assert!(x.backbone(None).is_ok());
+        // The flag.
+        let args = parse_args(["--dir", "x", "--verify-key", "k.pub"].into_iter().map(String::from)).unwrap().unwrap();
+        assert_eq!(args.verify_key.as_deref(), Some(Path::new("k.pub")));
+        assert!(parse_args(["--dir", "x", "--verify-key"].into_iter().map(String::from)).is_err());
+        let _ = std::fs::remove_dir_all(d);
     }
 }
