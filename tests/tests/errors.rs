@@ -176,7 +176,7 @@ fn resealed_corruption_never_panics() {
                 b.len().min(4096)
             };
             let i = 16 + rng.below(limit - 16);
-            b[i] = (rng.next() & 0xff) as u8;
+            b[i] = (rng.next_u64() & 0xff) as u8;
         }
         reseal(&mut b);
         let outcome = std::panic::catch_unwind(|| {

@@ -233,8 +233,8 @@ fn inspect_backbone(file: &Path, bytes: &[u8], sig: &SigInfo, json_out: bool) ->
     );
     println!("{}", sig.line());
     println!(
-        "  {:>4} {:<7} {:>14} {:>14} {:>9}  {:<28} {}",
-        "#", "op", "input", "output", "weights", "geometry", "out quant (scale, zp)"
+        "  {:>4} {:<7} {:>14} {:>14} {:>9}  {:<28} out quant (scale, zp)",
+        "#", "op", "input", "output", "weights", "geometry"
     );
     for (i, op, a, o, w, s, z) in layers {
         println!(

@@ -134,6 +134,10 @@ impl Expr {
 }
 
 impl Unary {
+    // `max` then `min`, not `clamp`: `clamp` panics when the bounds cross
+    // (an ONNX Clip may say so) and passes NaN through where these give a
+    // bound; the float references are defined this way.
+    #[allow(clippy::manual_clamp)]
     pub fn apply(&self, x: f32) -> f32 {
         match self {
             Unary::Relu => x.max(0.0),

@@ -259,8 +259,10 @@ struct ExportArgs {
 impl PrepArgs {
     fn to_prep(&self, shape: Option<(usize, usize, usize)>) -> Preprocess {
         let c = shape.map_or(0, |s| s.0);
-        let mut p = Preprocess::default();
-        p.size = self.size.or(shape.map(|s| (s.1, s.2)));
+        let mut p = Preprocess {
+            size: self.size.or(shape.map(|s| (s.1, s.2))),
+            ..Preprocess::default()
+        };
         if c > 0 {
             p.channels = c;
         }

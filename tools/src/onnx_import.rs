@@ -2641,7 +2641,7 @@ fn reshape_dims(d: &[usize], shape: &[i64], allowzero: bool) -> Result<Vec<usize
     }
     if let Some(i) = infer {
         let rest = numel(&out);
-        if rest == 0 || total % rest != 0 {
+        if rest == 0 || !total.is_multiple_of(rest) {
             return Err(format!("cannot reshape {d:?} to {shape:?}"));
         }
         out[i] = total / rest;

@@ -220,7 +220,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         Ok(cache[&p].clone())
     };
     let labels = |name: &str| opts.labels.get(name).cloned().unwrap_or_default();
-    let pb = bar(opts.progress, format!("{BASE_TASK}"));
+    let pb = bar(opts.progress, BASE_TASK.to_string());
     let base_q = quantize_model_with(
         &base_graph,
         &get_calib(calib_for(BASE_TASK))?,

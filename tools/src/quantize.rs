@@ -495,7 +495,7 @@ pub fn calibrate<'s>(
             }
         }
     }
-    for t in 0..n {
+    for (t, hist) in hist.iter().enumerate() {
         let (a, b) = (r.min[t] as f64, r.max[t] as f64);
         if t == g.input || t == g.output || b <= a {
             r.lo[t] = r.min[t];
@@ -516,7 +516,7 @@ pub fn calibrate<'s>(
                 let step = (hi - lo) / 255.0;
                 let noise = step * step / 12.0;
                 let mut err = 0.0;
-                for (i, &c) in hist[t].iter().enumerate() {
+                for (i, &c) in hist.iter().enumerate() {
                     if c == 0 {
                         continue;
                     }

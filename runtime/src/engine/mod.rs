@@ -616,9 +616,9 @@ impl<'a, 'm> Engine<'a, 'm> {
                     };
                 }
                 OpKind::AvgPool => {
-                    for n in 1..slots_cap {
+                    for (n, slot) in block.iter_mut().enumerate().skip(1) {
                         let m = mq(s_in as f64 / (s_out as f64 * n as f64))?;
-                        block[n] = Requant {
+                        *slot = Requant {
                             mult: m.mult,
                             shift: m.shift,
                             bias: zp_in,

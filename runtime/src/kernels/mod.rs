@@ -354,7 +354,7 @@ impl Kernels {
 )]
 pub(crate) fn check_conv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], out: &[i8]) {
     assert!(
-        g.groups >= 1 && g.cin % g.groups == 0 && g.cout % g.groups == 0,
+        g.groups >= 1 && g.cin.is_multiple_of(g.groups) && g.cout.is_multiple_of(g.groups),
         "conv: groups must divide the channels"
     );
     assert!(input.len() >= g.ih * g.iw * g.cin, "conv: input too short");

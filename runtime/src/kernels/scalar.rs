@@ -296,7 +296,7 @@ pub fn concat(
     out: &mut [i8],
 ) {
     let c = ca + cb;
-    let pixels = if c == 0 { 0 } else { out.len() / c };
+    let pixels = out.len().checked_div(c).unwrap_or(0);
     for p in 0..pixels {
         for j in 0..ca {
             let v = apply_multiplier(a[p * ca + j] as i64 - ra.bias as i64, ra.mult, ra.shift)

@@ -45,7 +45,8 @@ pub fn decode_scale(code: u16) -> (f64, bool) {
 /// non-finite input gives the smallest code; values past the range saturate.
 pub fn encode_scale_ceil(s: f64, negate: bool) -> u16 {
     let sign = if negate { SCALE_SIGN } else { 0 };
-    if !(s > 0.0) {
+    // (also true for NaN)
+    if s.partial_cmp(&0.0) != Some(core::cmp::Ordering::Greater) {
         return sign;
     }
     if !s.is_finite() {
