@@ -18,7 +18,11 @@ fn set_u16(b: &mut [u8], at: usize, v: u16) {
 }
 
 fn tensor_record(b: &[u8], t: usize) -> usize {
-    let off = u32::from_le_bytes(b[field::TENSORS_OFF..field::TENSORS_OFF + 4].try_into().unwrap());
+    let off = u32::from_le_bytes(
+        b[field::TENSORS_OFF..field::TENSORS_OFF + 4]
+            .try_into()
+            .unwrap(),
+    );
     off as usize + t * TENSOR_LEN
 }
 

@@ -143,9 +143,7 @@ pub fn patch_case(data: &[u8], reseal: bool) {
     let stored_fp = data
         .get(patch::field::BACKBONE..patch::field::BACKBONE + 8)
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()));
-    let which = stored_fp
-        .and_then(named)
-        .unwrap_or(data.len() % bbs.len());
+    let which = stored_fp.and_then(named).unwrap_or(data.len() % bbs.len());
     let mut owned;
     let blob = if reseal {
         owned = data.to_vec();
@@ -332,7 +330,9 @@ impl State {
         State {
             name: e.task_name().to_string(),
             classes: e.classes(),
-            patch: e.patch().map(|p| (p.bytes().as_ptr() as usize, p.bytes().len())),
+            patch: e
+                .patch()
+                .map(|p| (p.bytes().as_ptr() as usize, p.bytes().len())),
             params: e.params().to_vec(),
             input_quant: (s.to_bits(), zp),
             scores,
@@ -394,9 +394,17 @@ fn run_checked(e: &mut Engine<'_, '_>, input: &[i8]) -> Vec<i8> {
     let k = e.kernels();
     if k.name != "scalar" {
         e.set_kernels(Kernels::scalar());
-        let reference = e.run(input).expect("an accepted task runs").quantized().to_vec();
+        let reference = e
+            .run(input)
+            .expect("an accepted task runs")
+            .quantized()
+            .to_vec();
         e.set_kernels(k);
-        assert_eq!(best, reference, "kernel table {} != scalar reference", k.name);
+        assert_eq!(
+            best, reference,
+            "kernel table {} != scalar reference",
+            k.name
+        );
     }
     best
 }
