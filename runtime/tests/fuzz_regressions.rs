@@ -99,3 +99,38 @@ fn an_alias_off_its_root_is_refused() {
     });
     assert!(Backbone::parse(&blob).is_err());
 }
+
+static TINY_LOGITS: &[u8] = include_bytes!("../fuzz/seeds/patch/tiny-logits.gnp");
+
+/// patch_resealed, crash-6bd3fbd9: the patch header's class count (bytes
+/// 28..30) changed from 4 to 36, re-sealed. `apply` took the class count
+/// from the entries (4) and accepted the patch, so `Patch::classes()` (what
+/// a device reports, e.g. the MCU self-test) disagreed with the scores the
+/// engine returned. Now refused, and the active task stays.
+#[test]
+fn a_patch_whose_header_class_count_disagrees_is_refused() {
+    use graftnet::format::patch;
+    let bb = Backbone::parse(TINY).unwrap();
+    let mut arena = vec![0i8; bb.arena_len()];
+    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
+    let good = graftnet::Patch::parse(TINY_LOGITS).unwrap();
+    assert_eq!(good.classes(), 4);
+    e.apply(good).unwrap();
+    let before = e.params().to_vec();
+
+    let mut blob = TINY_LOGITS.to_vec();
+    set_u16(&mut blob, patch::field::CLASSES, 36);
+    patch::seal(&mut blob);
+    let p = graftnet::Patch::parse(&blob).unwrap();
+    assert_eq!(
+        e.apply(p).unwrap_err(),
+        FormatError::BadEntry {
+            entry: 0,
+            op: bb.header().head_op,
+            what: "the patch header's class count differs from its task's",
+        }
+    );
+    assert_eq!(e.task_name(), good.name());
+    assert_eq!(e.params(), &before[..]);
+}
