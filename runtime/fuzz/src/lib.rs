@@ -134,9 +134,9 @@ pub fn backbone_case(data: &[u8], reseal: bool) {
     }
 }
 
-/// Patch target: parse; on the seed backbone the patch names (the first
-/// one if none), optionally with another task active first, apply it
-/// (`apply_newer` for some inputs) and check the engine.
+/// Patch target: parse; on the seed backbone the patch names (else one
+/// picked by the input's length), optionally with another task active
+/// first, apply it (`apply_newer` for some inputs) and check the engine.
 pub fn patch_case(data: &[u8], reseal: bool) {
     let bbs = backbones();
     let named = |fp: u64| bbs.iter().position(|b| b.fingerprint() == fp);
