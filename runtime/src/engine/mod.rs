@@ -331,6 +331,13 @@ impl<'a, 'm> Engine<'a, 'm> {
         let summary = self
             .bb
             .validate_task(patch.entry_bytes(), patch.n_entries(), false)?;
+        if summary.classes != patch.classes() {
+            return Err(FormatError::BadEntry {
+                entry: 0,
+                op: self.bb.header().head_op,
+                what: "the patch header's class count differs from its task's",
+            });
+        }
         let prev = (self.patch, self.tq, self.classes);
         self.patch = Some(patch);
         self.tq = tensor_quant(patch.entries())

@@ -710,6 +710,13 @@ impl<'a> Backbone<'a> {
             if t.alias_of != NONE && t.alias_of >= n_t {
                 return bad("aliases a tensor that does not exist");
             }
+            // A reshape reads what its root's writer wrote: same bytes.
+            if t.alias_of != NONE {
+                let r = self.tensor(t.alias_of as usize);
+                if r.alias_of != NONE || r.arena_off != t.arena_off || r.len() != t.len() {
+                    return bad("an alias must share its root tensor's storage and size");
+                }
+            }
             if t.alias_of == NONE {
                 let a = ARENA_ALIGN as u64;
                 side_by_side += (t.capacity as u64 + a - 1) & !(a - 1);
@@ -742,6 +749,27 @@ impl<'a> Backbone<'a> {
             };
             if op.in0 >= n_t || op.out >= n_t || (op.in1 != NONE && op.in1 >= n_t) {
                 return bad("tensor index out of range");
+            }
+            // Every tensor an op reads holds this inference's values: the
+            // input, or what an earlier op wrote (an alias, its root's),
+            // never the class scores (the head writes only the active
+            // task's classes). Else the scores would depend on what earlier
+            // inferences left in the arena.
+            let root = |t: u16| match self.tensor(t as usize).alias_of {
+                NONE => t,
+                a => a,
+            };
+            let written = |t: u16| {
+                let r = root(t);
+                r != root(self.hdr.output)
+                    && (r == root(self.hdr.input)
+                        || (0..i).any(|j| {
+                            self.op_record(j as usize)
+                                .is_some_and(|rec| root(rd_u16(rec, 6)) == r)
+                        }))
+            };
+            if !written(op.in0) || (op.in1 != NONE && !written(op.in1)) {
+                return bad("reads a tensor that neither the input nor an earlier op writes");
             }
             let a = self.tensor(op.in0 as usize);
             let o = self.tensor(op.out as usize);

@@ -247,15 +247,7 @@ const PIXELS: &[(usize, usize)] = &[
 
 fn pointwise_shapes(k: Kernels) {
     let mut r = Rng(1);
-    for &cin in CIN {
-        for &cout in COUT {
-            for &(h, w) in PIXELS {
-                let g = geom(h, w, cin, cout, (1, 1), (1, 1), [0; 4], 1);
-                dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, false);
-                dense_case(&mut r, k.name, "conv(1x1)", k.conv, &g, true);
-            }
-        }
-    }
+    pointwise_grid(&mut r, k, CIN, COUT, PIXELS);
     // Long rows: the dotprod packed block holds k <= 1024.
     for &cin in &[1020, 1024, 1028] {
         for &cout in &[5, 16, 33] {
@@ -263,112 +255,162 @@ fn pointwise_shapes(k: Kernels) {
             dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, true);
         }
     }
-    // zero pixels
+    pointwise_zero_pixels(&mut r, k);
+}
+
+/// Every `cin` x `cout` x pixels combination, as `pointwise` and as `conv`.
+fn pointwise_grid(
+    r: &mut Rng,
+    k: Kernels,
+    cins: &[usize],
+    couts: &[usize],
+    pixels: &[(usize, usize)],
+) {
+    for &cin in cins {
+        for &cout in couts {
+            for &(h, w) in pixels {
+                let g = geom(h, w, cin, cout, (1, 1), (1, 1), [0; 4], 1);
+                dense_case(r, k.name, "pointwise", k.pointwise, &g, false);
+                dense_case(r, k.name, "conv(1x1)", k.conv, &g, true);
+            }
+        }
+    }
+}
+
+fn pointwise_zero_pixels(r: &mut Rng, k: Kernels) {
     let g = ConvGeom {
         oh: 0,
         ow: 0,
         ..geom(1, 1, 8, 8, (1, 1), (1, 1), [0; 4], 1)
     };
-    dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, false);
+    dense_case(r, k.name, "pointwise", k.pointwise, &g, false);
 }
+
+/// (cin, cout, kernel, stride, pads t l b r, groups)
+type ConvCase = (
+    usize,
+    usize,
+    (usize, usize),
+    (usize, usize),
+    [usize; 4],
+    usize,
+);
+
+const CONV_CASES: &[ConvCase] = &[
+    (3, 32, (3, 3), (2, 2), [1, 1, 1, 1], 1), // MobileNet stem
+    (3, 16, (3, 3), (2, 2), [0, 0, 1, 1], 1), // TF "same" padding
+    (3, 8, (3, 3), (1, 1), [1, 1, 1, 1], 1),
+    (3, 17, (3, 3), (2, 2), [1, 1, 1, 1], 1),
+    (1, 5, (3, 3), (1, 1), [1, 1, 1, 1], 1),
+    (4, 7, (5, 5), (2, 2), [2, 2, 2, 2], 1),
+    (8, 9, (2, 3), (1, 2), [0, 1, 0, 1], 1),
+    (16, 16, (3, 3), (1, 1), [1, 1, 1, 1], 1),
+    (17, 4, (3, 3), (2, 1), [2, 0, 0, 2], 1),
+    (8, 8, (1, 1), (2, 2), [0, 0, 0, 0], 1), // strided 1x1
+    (24, 33, (1, 1), (2, 1), [0, 0, 0, 0], 1),
+    (8, 12, (1, 1), (1, 1), [0, 0, 0, 0], 2), // grouped 1x1
+    (12, 12, (1, 1), (1, 1), [0, 0, 0, 0], 4),
+    (8, 16, (3, 3), (1, 1), [1, 1, 1, 1], 2), // grouped 3x3
+    (9, 6, (3, 3), (2, 2), [1, 1, 1, 1], 3),
+    (6, 6, (1, 1), (1, 1), [1, 1, 1, 1], 1), // padded 1x1
+    (64, 40, (3, 3), (1, 1), [1, 1, 1, 1], 1),
+    (513, 3, (3, 3), (1, 1), [1, 1, 1, 1], 1), // weights too big to pad: scalar k tail
+    (4000, 2, (3, 3), (1, 1), [1, 1, 1, 1], 1), // row 36000 > im2col block: reference path
+];
 
 fn conv_shapes(k: Kernels) {
     let mut r = Rng(2);
-    // (cin, cout, kernel, stride, pads t l b r, groups)
-    type Case = (
-        usize,
-        usize,
-        (usize, usize),
-        (usize, usize),
-        [usize; 4],
-        usize,
-    );
-    let cases: &[Case] = &[
-        (3, 32, (3, 3), (2, 2), [1, 1, 1, 1], 1), // MobileNet stem
-        (3, 16, (3, 3), (2, 2), [0, 0, 1, 1], 1), // TF "same" padding
-        (3, 8, (3, 3), (1, 1), [1, 1, 1, 1], 1),
-        (3, 17, (3, 3), (2, 2), [1, 1, 1, 1], 1),
-        (1, 5, (3, 3), (1, 1), [1, 1, 1, 1], 1),
-        (4, 7, (5, 5), (2, 2), [2, 2, 2, 2], 1),
-        (8, 9, (2, 3), (1, 2), [0, 1, 0, 1], 1),
-        (16, 16, (3, 3), (1, 1), [1, 1, 1, 1], 1),
-        (17, 4, (3, 3), (2, 1), [2, 0, 0, 2], 1),
-        (8, 8, (1, 1), (2, 2), [0, 0, 0, 0], 1), // strided 1x1
-        (24, 33, (1, 1), (2, 1), [0, 0, 0, 0], 1),
-        (8, 12, (1, 1), (1, 1), [0, 0, 0, 0], 2), // grouped 1x1
-        (12, 12, (1, 1), (1, 1), [0, 0, 0, 0], 4),
-        (8, 16, (3, 3), (1, 1), [1, 1, 1, 1], 2), // grouped 3x3
-        (9, 6, (3, 3), (2, 2), [1, 1, 1, 1], 3),
-        (6, 6, (1, 1), (1, 1), [1, 1, 1, 1], 1), // padded 1x1
-        (64, 40, (3, 3), (1, 1), [1, 1, 1, 1], 1),
-        (513, 3, (3, 3), (1, 1), [1, 1, 1, 1], 1), // weights too big to pad: scalar k tail
-        (4000, 2, (3, 3), (1, 1), [1, 1, 1, 1], 1), // row 36000 > im2col block: reference path
-    ];
-    for &(cin, cout, ks, s, pad, groups) in cases {
-        for &(h, w) in &[(1, 1), (2, 2), (3, 3), (4, 5), (7, 7), (8, 9), (13, 6)] {
-            if cin * h * w > 100_000 {
-                continue;
-            }
-            let g = geom(h, w, cin, cout, ks, s, pad, groups);
-            dense_case(&mut r, k.name, "conv", k.conv, &g, true);
-            if g.is_pointwise() {
-                dense_case(&mut r, k.name, "pointwise", k.pointwise, &g, true);
-            }
-        }
-    }
+    let sizes = [(1, 1), (2, 2), (3, 3), (4, 5), (7, 7), (8, 9), (13, 6)];
+    conv_grid(&mut r, k, CONV_CASES, &sizes, 100_000);
     // The MobileNetV2 stem at full size.
     let g = geom(224, 224, 3, 32, (3, 3), (2, 2), [1, 1, 1, 1], 1);
     dense_case(&mut r, k.name, "conv", k.conv, &g, false);
 }
 
-fn fc_shapes(k: Kernels) {
-    let mut r = Rng(3);
-    for &(h, w, c, cout) in &[
-        (1, 1, 1280, 10),
-        (1, 1, 1280, 1000),
-        (1, 1, 1, 1),
-        (1, 1, 7, 3),
-        (3, 3, 7, 5),
-        (7, 7, 32, 17),
-        (2, 2, 3, 1),
-        (1, 1, 16, 16),
-        (1, 1, 17, 33),
-        (4, 4, 64, 9),
-    ] {
-        let g = geom(h, w, c, cout, (h, w), (1, 1), [0; 4], 1);
-        assert!(g.is_fully_connected());
-        dense_case(&mut r, k.name, "fc", k.fc, &g, true);
-        dense_case(&mut r, k.name, "conv(fc)", k.conv, &g, true);
-        if g.is_pointwise() {
-            dense_case(&mut r, k.name, "pointwise(fc)", k.pointwise, &g, true);
+/// Every case at every input size whose input holds at most `max_input`
+/// values.
+fn conv_grid(
+    r: &mut Rng,
+    k: Kernels,
+    cases: &[ConvCase],
+    sizes: &[(usize, usize)],
+    max_input: usize,
+) {
+    for &(cin, cout, ks, s, pad, groups) in cases {
+        for &(h, w) in sizes {
+            if cin * h * w > max_input {
+                continue;
+            }
+            let g = geom(h, w, cin, cout, ks, s, pad, groups);
+            dense_case(r, k.name, "conv", k.conv, &g, true);
+            if g.is_pointwise() {
+                dense_case(r, k.name, "pointwise", k.pointwise, &g, true);
+            }
         }
     }
 }
+
+/// (h, w, c, cout) of fully connected layers.
+const FC_CASES: &[(usize, usize, usize, usize)] = &[
+    (1, 1, 1280, 10),
+    (1, 1, 1280, 1000),
+    (1, 1, 1, 1),
+    (1, 1, 7, 3),
+    (3, 3, 7, 5),
+    (7, 7, 32, 17),
+    (2, 2, 3, 1),
+    (1, 1, 16, 16),
+    (1, 1, 17, 33),
+    (4, 4, 64, 9),
+];
+
+fn fc_shapes(k: Kernels) {
+    fc_grid(&mut Rng(3), k, FC_CASES);
+}
+
+fn fc_grid(r: &mut Rng, k: Kernels, cases: &[(usize, usize, usize, usize)]) {
+    for &(h, w, c, cout) in cases {
+        let g = geom(h, w, c, cout, (h, w), (1, 1), [0; 4], 1);
+        assert!(g.is_fully_connected());
+        dense_case(r, k.name, "fc", k.fc, &g, true);
+        dense_case(r, k.name, "conv(fc)", k.conv, &g, true);
+        if g.is_pointwise() {
+            dense_case(r, k.name, "pointwise(fc)", k.pointwise, &g, true);
+        }
+    }
+}
+
+/// (kernel, stride, pads t l b r) of depthwise convolutions.
+type DwCase = ((usize, usize), (usize, usize), [usize; 4]);
+
+const DW_CASES: &[DwCase] = &[
+    ((3, 3), (1, 1), [1, 1, 1, 1]),
+    ((3, 3), (2, 2), [1, 1, 1, 1]),
+    ((3, 3), (2, 2), [0, 0, 1, 1]),
+    ((3, 3), (1, 1), [0, 0, 0, 0]),
+    ((5, 5), (1, 1), [2, 2, 2, 2]),
+    ((5, 5), (2, 2), [2, 2, 2, 2]),
+    ((1, 1), (1, 1), [0, 0, 0, 0]),
+    ((2, 3), (1, 2), [1, 0, 0, 1]),
+    ((7, 7), (1, 1), [3, 3, 3, 3]),
+    ((9, 9), (1, 1), [4, 4, 4, 4]), // 81 taps: reference path
+];
 
 fn dwconv_shapes(k: Kernels) {
     let mut r = Rng(4);
     let chans = [
         1, 7, 8, 15, 16, 17, 31, 32, 33, 48, 127, 128, 129, 144, 200, 255, 256, 257, 300,
     ];
-    // (kernel, stride, pads t l b r)
-    type Case = ((usize, usize), (usize, usize), [usize; 4]);
-    let cases: &[Case] = &[
-        ((3, 3), (1, 1), [1, 1, 1, 1]),
-        ((3, 3), (2, 2), [1, 1, 1, 1]),
-        ((3, 3), (2, 2), [0, 0, 1, 1]),
-        ((3, 3), (1, 1), [0, 0, 0, 0]),
-        ((5, 5), (1, 1), [2, 2, 2, 2]),
-        ((5, 5), (2, 2), [2, 2, 2, 2]),
-        ((1, 1), (1, 1), [0, 0, 0, 0]),
-        ((2, 3), (1, 2), [1, 0, 0, 1]),
-        ((7, 7), (1, 1), [3, 3, 3, 3]),
-        ((9, 9), (1, 1), [4, 4, 4, 4]), // 81 taps: reference path
-    ];
-    for &c in &chans {
+    let sizes = [(1, 1), (2, 2), (3, 3), (4, 5), (7, 7), (8, 8)];
+    dw_grid(&mut r, k, &chans, DW_CASES, &sizes);
+}
+
+fn dw_grid(r: &mut Rng, k: Kernels, chans: &[usize], cases: &[DwCase], sizes: &[(usize, usize)]) {
+    for &c in chans {
         for &(ks, s, pad) in cases {
-            for &(h, w) in &[(1, 1), (2, 2), (3, 3), (4, 5), (7, 7), (8, 8)] {
+            for &(h, w) in sizes {
                 let g = geom(h, w, c, c, ks, s, pad, c);
-                dw_case(&mut r, k.name, k.dwconv, &g, c % 3 == 0);
+                dw_case(r, k.name, k.dwconv, &g, c % 3 == 0);
             }
         }
     }
@@ -377,7 +419,7 @@ fn dwconv_shapes(k: Kernels) {
         ow: 0,
         ..geom(3, 3, 16, 16, (3, 3), (1, 1), [1; 4], 16)
     };
-    dw_case(&mut r, k.name, k.dwconv, &g, false);
+    dw_case(r, k.name, k.dwconv, &g, false);
 }
 
 /// The elementwise add against [`super::scalar::add`]: lengths around the
@@ -441,17 +483,31 @@ fn add_cases(k: Kernels, seed: u64, cases: usize) {
     }
 }
 
-fn random_dense(k: Kernels, seed: u64, cases: usize) {
+/// Bounds of the random shapes: channels (per group for dense convs) and
+/// input height / width.
+#[derive(Clone, Copy)]
+struct Limits {
+    channels: i64,
+    size: i64,
+}
+
+/// The shapes of the full tables.
+const FULL: Limits = Limits {
+    channels: 40,
+    size: 9,
+};
+
+fn random_dense(k: Kernels, seed: u64, cases: usize, lim: Limits) {
     let mut r = Rng(seed);
     for _ in 0..cases {
         let groups = r.pick(&[1, 1, 1, 1, 2, 3]);
-        let cin = groups * r.range(1, 40) as usize;
-        let cout = groups * r.range(1, 40) as usize;
+        let cin = groups * r.range(1, lim.channels) as usize;
+        let cout = groups * r.range(1, lim.channels) as usize;
         let kh = r.range(1, 4) as usize;
         let kw = r.range(1, 4) as usize;
         let s = (r.range(1, 2) as usize, r.range(1, 2) as usize);
         let pad = [0; 4].map(|_| r.range(0, 2) as usize);
-        let (ih, iw) = (r.range(1, 9) as usize, r.range(1, 9) as usize);
+        let (ih, iw) = (r.range(1, lim.size) as usize, r.range(1, lim.size) as usize);
         let g = geom(ih, iw, cin, cout, (kh, kw), s, pad, groups);
         dense_case(&mut r, k.name, "conv", k.conv, &g, true);
         if g.is_pointwise() {
@@ -464,10 +520,12 @@ fn random_dense(k: Kernels, seed: u64, cases: usize) {
     }
 }
 
-fn random_dw(k: Kernels, seed: u64, cases: usize) {
+fn random_dw(k: Kernels, seed: u64, cases: usize, lim: Limits) {
     let mut r = Rng(seed);
     for _ in 0..cases {
-        let c = r.range(1, 300) as usize;
+        // Depthwise channels run in tiles of 16 (up to 256): 7.5x the
+        // dense bound reaches past them.
+        let c = r.range(1, lim.channels * 15 / 2) as usize;
         let kh = r.pick(&[1, 3, 3, 3, 5]);
         let kw = if r.next() % 4 == 0 {
             r.range(1, 5) as usize
@@ -476,7 +534,10 @@ fn random_dw(k: Kernels, seed: u64, cases: usize) {
         };
         let s = r.pick(&[(1, 1), (2, 2), (1, 2)]);
         let pad = [0; 4].map(|_| r.range(0, 2) as usize);
-        let (ih, iw) = (r.range(1, 10) as usize, r.range(1, 10) as usize);
+        let (ih, iw) = (
+            r.range(1, lim.size + 1) as usize,
+            r.range(1, lim.size + 1) as usize,
+        );
         let g = geom(ih, iw, c, c, (kh, kw), s, pad, c);
         dw_case(&mut r, k.name, k.dwconv, &g, true);
     }
@@ -495,30 +556,37 @@ macro_rules! kernel_tests {
                 k
             }
             #[test]
+            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn pointwise_shapes() {
                 table().map(super::pointwise_shapes);
             }
             #[test]
+            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn conv_shapes() {
                 table().map(super::conv_shapes);
             }
             #[test]
+            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn fc_shapes() {
                 table().map(super::fc_shapes);
             }
             #[test]
+            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn dwconv_shapes() {
                 table().map(super::dwconv_shapes);
             }
             #[test]
+            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn random_dense() {
-                table().map(|k| super::random_dense(k, 11, 300));
+                table().map(|k| super::random_dense(k, 11, 300, FULL));
             }
             #[test]
+            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn random_dwconv() {
-                table().map(|k| super::random_dw(k, 12, 300));
+                table().map(|k| super::random_dw(k, 12, 300, FULL));
             }
             #[test]
+            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn add() {
                 table().map(|k| super::add_cases(k, 13, 300));
             }
@@ -528,9 +596,105 @@ macro_rules! kernel_tests {
 
 kernel_tests!(scalar, avx2, avx512vnni, neon, dotprod, dsp);
 
+/// The Miri-sized set: the same case generators on small shapes (a few
+/// seconds each under Miri), over every table this target runs, which under
+/// Miri is the scalar one alone (Miri detects no SIMD features, and the
+/// SIMD kernels' intrinsics are not what it checks). Runs natively too, so
+/// it never rots:
+///
+/// ```text
+/// cargo +nightly miri test -p graftnet --lib -- format kernels::tests::miri
+/// ```
+///
+/// Miri checks what the native tests cannot: no out-of-bounds or
+/// uninitialized read, no arithmetic overflow (debug assertions on) in the
+/// reference kernels at every edge the big tables exercise (zero channels,
+/// zero pixels, padding on every side, strides, groups, weight −128,
+/// extreme multipliers, shifts and biases).
+mod miri {
+    use super::*;
+
+    const SMALL: Limits = Limits {
+        channels: 6,
+        size: 4,
+    };
+
+    fn tables() -> impl Iterator<Item = Kernels> {
+        Kernels::available()
+    }
+
+    #[test]
+    fn miri_pointwise() {
+        for k in tables() {
+            let mut r = Rng(21);
+            pointwise_grid(
+                &mut r,
+                k,
+                &[0, 1, 3, 8, 17],
+                &[0, 1, 5, 16],
+                &[(1, 1), (2, 3)],
+            );
+            pointwise_zero_pixels(&mut r, k);
+        }
+    }
+
+    #[test]
+    fn miri_conv() {
+        for k in tables() {
+            // The full table's cases with at most 1200 weights per output
+            // pixel (stem, "same" padding, 5x5, 2x3, strided and grouped).
+            let cases: Vec<ConvCase> = CONV_CASES
+                .iter()
+                .copied()
+                .filter(|&(cin, cout, (kh, kw), _, _, g)| cin * cout / g * kh * kw <= 1200)
+                .collect();
+            conv_grid(&mut Rng(22), k, &cases, &[(1, 1), (2, 5)], 17 * 15);
+        }
+    }
+
+    #[test]
+    fn miri_fc() {
+        for k in tables() {
+            let cases: Vec<_> = FC_CASES
+                .iter()
+                .copied()
+                .filter(|&(h, w, c, cout)| h * w * c * cout <= 2000)
+                .collect();
+            fc_grid(&mut Rng(23), k, &cases);
+        }
+    }
+
+    #[test]
+    fn miri_dwconv() {
+        for k in tables() {
+            dw_grid(&mut Rng(24), k, &[1, 17], DW_CASES, &[(1, 1), (2, 5)]);
+        }
+    }
+
+    #[test]
+    fn miri_add() {
+        for k in tables() {
+            // The fixed lengths up to 1001 (not the 75,264-element one).
+            add_cases(k, 25, 13);
+        }
+    }
+
+    #[test]
+    fn miri_random() {
+        for k in tables() {
+            random_dense(k, 26, 8, SMALL);
+            random_dw(k, 27, 8, SMALL);
+        }
+    }
+}
+
 /// The no-std self-test (`selftest.rs`, what the MCU firmwares run) passes
 /// on every table this CPU has.
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "the self-test's shape tables: minutes under Miri; see `miri`"
+)]
 fn selftest_every_table() {
     let mut s = std::boxed::Box::new(super::selftest::Scratch::new());
     for k in Kernels::available() {
@@ -663,6 +827,10 @@ fn broken_clamp(
 }
 
 #[test]
+#[cfg_attr(
+    miri,
+    ignore = "the self-test's shape tables: minutes under Miri; see `miri`"
+)]
 fn selftest_catches_broken_kernels() {
     use super::selftest::Entry;
     let mut s = std::boxed::Box::new(super::selftest::Scratch::new());
