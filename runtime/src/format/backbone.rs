@@ -22,6 +22,7 @@ use super::{
     Act, OpKind, ARENA_ALIGN, BACKBONE_MAGIC, NONE, VERSION, WEIGHT_ALIGN,
 };
 use crate::error::FormatError;
+use core::cmp::Ordering;
 
 /// Header field offsets.
 pub mod field {
@@ -816,7 +817,10 @@ impl<'a> Backbone<'a> {
                     if !geometry_ok(&o) {
                         return bad("output shape does not follow from kernel, stride and padding");
                     }
-                    if g == 0 || a.c as usize % g != 0 || o.c as usize % g != 0 {
+                    if g == 0
+                        || !(a.c as usize).is_multiple_of(g)
+                        || !(o.c as usize).is_multiple_of(g)
+                    {
                         return bad("groups do not divide the channels");
                     }
                     if op.kind == OpKind::DwConv && (g != a.c as usize || o.c != a.c) {
@@ -838,7 +842,13 @@ impl<'a> Backbone<'a> {
                     if is_head && (g != 1 || op.kind != OpKind::Conv) {
                         return bad("the classifier must be a dense conv");
                     }
-                    if op.act == Act::Clamp && !(op.act_lo <= op.act_hi) {
+                    // (`partial_cmp`: NaN bounds are refused too)
+                    if op.act == Act::Clamp
+                        && !matches!(
+                            op.act_lo.partial_cmp(&op.act_hi),
+                            Some(Ordering::Less | Ordering::Equal)
+                        )
+                    {
                         return bad("clamp bounds are not ordered");
                     }
                 }

@@ -33,10 +33,10 @@ impl Rng {
     }
     fn bytes(&mut self, n: usize) -> Vec<i8> {
         // Mostly uniform; every 4th buffer leans on the extremes (-128, 127).
-        let extreme = self.next() % 4 == 0;
+        let extreme = self.next().is_multiple_of(4);
         (0..n)
             .map(|_| {
-                if extreme && self.next() % 2 == 0 {
+                if extreme && self.next().is_multiple_of(2) {
                     self.pick(&[-128i8, 127, -127, 0])
                 } else {
                     self.next() as i8
@@ -47,7 +47,7 @@ impl Rng {
     /// Weights: every other buffer in the exporter's range [−127, 127]
     /// (kernels may take faster paths then), the others any int8.
     fn weights(&mut self, n: usize) -> Vec<u8> {
-        let symmetric = self.next() % 2 == 0;
+        let symmetric = self.next().is_multiple_of(2);
         self.bytes(n)
             .into_iter()
             .map(|b| if symmetric { b.max(-127) } else { b } as u8)
@@ -66,7 +66,7 @@ fn random_rq(r: &mut Rng, n: usize, wild: bool) -> Vec<Requant> {
                 1..=5 => -mag,
                 _ => mag,
             } as i32;
-            let shift = if wild && r.next() % 3 == 0 {
+            let shift = if wild && r.next().is_multiple_of(3) {
                 r.range(1, 62)
             } else {
                 r.range(31, 45)
@@ -129,10 +129,9 @@ fn check(
     k(input, w, g, zp, rq, q, &mut got);
     if got != want {
         let i = got.iter().zip(&want).position(|(a, b)| a != b).unwrap();
-        let (p, c) = if g.cout == 0 {
-            (0, 0)
-        } else {
-            (i / g.cout, i % g.cout)
+        let (p, c) = match (i.checked_div(g.cout), i.checked_rem(g.cout)) {
+            (Some(p), Some(c)) => (p, c),
+            _ => (0, 0),
         };
         panic!(
             "{table} {what}: mismatch at byte {i} (pixel {p}, channel {c}): got {} want {}\n{g:?} zp_in {zp} {q:?} rq[c] {:?}",
@@ -527,7 +526,7 @@ fn random_dw(k: Kernels, seed: u64, cases: usize, lim: Limits) {
         // dense bound reaches past them.
         let c = r.range(1, lim.channels * 15 / 2) as usize;
         let kh = r.pick(&[1, 3, 3, 3, 5]);
-        let kw = if r.next() % 4 == 0 {
+        let kw = if r.next().is_multiple_of(4) {
             r.range(1, 5) as usize
         } else {
             kh
