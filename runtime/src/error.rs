@@ -270,6 +270,14 @@ pub enum RunError {
         /// index of the first such value (NCHW order)
         index: u32,
     },
+    /// The branch buffer given to `Engine::run_tasks` cannot hold the
+    /// tensors kept at the branch point (`SharedPrefix::branch_len`).
+    BranchTooSmall {
+        /// bytes needed
+        need: u32,
+        /// bytes given
+        have: u32,
+    },
 }
 
 impl fmt::Display for RunError {
@@ -295,6 +303,10 @@ impl fmt::Display for RunError {
             RunError::NonFiniteInput { index } => {
                 write!(f, "input value {index} (NCHW order) is NaN or infinite")
             }
+            RunError::BranchTooSmall { need, have } => write!(
+                f,
+                "branch buffer too small: the tasks' shared prefix keeps {need} bytes, got {have}"
+            ),
         }
     }
 }

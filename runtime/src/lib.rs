@@ -37,7 +37,7 @@ pub mod format;
 pub mod kernels;
 pub mod quant;
 
-pub use engine::{Engine, Requant, Scores};
+pub use engine::{Engine, Requant, Scores, SharedPrefix};
 pub use error::{Error, FormatError, RunError};
 pub use format::backbone::Backbone;
 pub use format::patch::Patch;

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod quantize;
 pub mod reference;
 pub mod rng;
+pub mod share_prefix;
 pub mod signing;
 pub mod soak;
 pub mod verify;

@@ -250,6 +250,12 @@ struct ExportArgs {
     /// sign the backbone and every patch with this secret key (from `graftnet keygen`)
     #[arg(long, value_name = "KEY")]
     sign: Option<PathBuf>,
+    /// tasks keep the base's int8 form (activation ranges, gains, tables,
+    /// biases) for every op they leave unchanged, so `run --task A --task B`
+    /// and devices run those ops once for all tasks; patches shrink to what
+    /// changed. Costs accuracy where a task's data differ from the base's.
+    #[arg(long)]
+    share_prefix: bool,
     #[command(flatten)]
     prep: PrepArgs,
     #[arg(long)]
@@ -402,6 +408,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         }),
         backbone: a.backbone,
         task_version: a.task_version,
+        share_prefix: a.share_prefix,
         sign: a
             .sign
             .as_deref()

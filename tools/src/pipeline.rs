@@ -14,6 +14,7 @@ use crate::export::{self, OtherPolicy, PatchEntry};
 use crate::ir::Graph;
 use crate::onnx_import::{import_onnx_file, ImportOptions};
 use crate::quantize::{self, QModel};
+use crate::share_prefix::{self, SharedBase};
 use crate::verify;
 
 /// Name of the base task.
@@ -57,6 +58,10 @@ pub struct ExportOptions {
     /// "Signatures"); without a key the files are byte-identical to an
     /// unsigned export.
     pub sign: Option<graftnet::SigningKey>,
+    /// Every task keeps the base's int8 form for the ops it leaves
+    /// unchanged (`--share-prefix`, see [`crate::share_prefix`]), so
+    /// devices run those ops once for several tasks.
+    pub share_prefix: bool,
 }
 
 /// One exported task.
@@ -110,6 +115,43 @@ pub fn quantize_model_with(
     progress: Option<&ProgressBar>,
     bias_correction: Option<BiasCorrection>,
 ) -> Result<QModel> {
+    quantize_shared(graph, calib, limit, labels, progress, bias_correction, None).map(|r| r.q)
+}
+
+/// A model quantized by [`quantize_shared`].
+pub struct Quantized {
+    /// its calibration ranges (the base's, for unchanged tensors, when
+    /// shared)
+    pub ranges: quantize::Ranges,
+    /// before bias correction (`None` without it: the same as `q`)
+    pub uncorrected: Option<QModel>,
+    /// as exported
+    pub q: QModel,
+}
+
+impl Quantized {
+    /// The base for tasks exported with `--share-prefix`.
+    pub fn as_shared_base<'b>(&'b self, graph: &'b Graph) -> SharedBase<'b> {
+        SharedBase {
+            graph,
+            ranges: &self.ranges,
+            q: self.uncorrected.as_ref().unwrap_or(&self.q),
+            corrected: &self.q,
+        }
+    }
+}
+
+/// [`quantize_model_with`]; with `shared`, the task keeps the base's
+/// int8 form wherever it does not differ (`share_prefix`).
+pub fn quantize_shared(
+    graph: &Graph,
+    calib: &Dataset,
+    limit: usize,
+    labels: Vec<String>,
+    progress: Option<&ProgressBar>,
+    bias_correction: Option<BiasCorrection>,
+    shared: Option<&SharedBase<'_>>,
+) -> Result<Quantized> {
     let n = if limit == 0 {
         calib.len()
     } else {
@@ -132,9 +174,18 @@ pub fn quantize_model_with(
         p.set_length(n as u64);
         p.set_position(0);
     }
-    let ranges = quantize::calibrate(graph, (0..n).map(|i| calib.sample(i)), &tick)?;
+    let mut ranges = quantize::calibrate(graph, (0..n).map(|i| calib.sample(i)), &tick)?;
+    if let Some(s) = shared {
+        share_prefix::share_ranges(s, graph, &mut ranges);
+    }
     let mut q = quantize::quantize(graph, &ranges, labels)?;
+    let frozen = match shared {
+        Some(s) => share_prefix::freeze_prefix(s, &mut q),
+        None => vec![false; q.ops.len()],
+    };
+    let mut uncorrected = None;
     if let Some(bc) = bias_correction {
+        uncorrected = Some(q.clone());
         let bc = BiasCorrection {
             samples: bc.samples.min(n),
         };
@@ -142,8 +193,9 @@ pub fn quantize_model_with(
             p.set_length(
                 q.ops
                     .iter()
-                    .filter(|o| {
-                        matches!(
+                    .zip(&frozen)
+                    .filter(|(o, &f)| {
+                        !f && matches!(
                             o.kind,
                             graftnet::format::OpKind::Conv | graftnet::format::OpKind::DwConv
                         )
@@ -153,9 +205,13 @@ pub fn quantize_model_with(
             p.set_position(0);
             p.set_message(format!("{} (bias correction)", p.message()));
         }
-        correct_biases(graph, &mut q, calib, bc, &tick).context("bias correction")?;
+        correct_biases(graph, &mut q, calib, bc, &frozen, &tick).context("bias correction")?;
     }
-    Ok(q)
+    Ok(Quantized {
+        ranges,
+        uncorrected,
+        q,
+    })
 }
 
 fn bar(enabled: bool, msg: String) -> Option<ProgressBar> {
@@ -221,14 +277,17 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     };
     let labels = |name: &str| opts.labels.get(name).cloned().unwrap_or_default();
     let pb = bar(opts.progress, BASE_TASK.to_string());
-    let base_q = quantize_model_with(
+    let base = quantize_shared(
         &base_graph,
         &get_calib(calib_for(BASE_TASK))?,
         opts.calib_limit,
         labels(BASE_TASK),
         pb.as_ref(),
         opts.bias_correction,
+        None,
     )?;
+    let shared = opts.share_prefix.then(|| base.as_shared_base(&base_graph));
+    let base_q = &base.q;
     if let Some(p) = pb {
         p.finish();
     }
@@ -236,15 +295,17 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     for (name, path) in &opts.tasks {
         let g = import(path, opts.input_shape)?;
         let pb = bar(opts.progress, name.clone());
-        let q = quantize_model_with(
+        let q = quantize_shared(
             &g,
             &get_calib(calib_for(name))?,
             opts.calib_limit,
             labels(name),
             pb.as_ref(),
             opts.bias_correction,
+            shared.as_ref(),
         )
-        .with_context(|| format!("quantizing task '{name}'"))?;
+        .with_context(|| format!("quantizing task '{name}'"))?
+        .q;
         if let Some(p) = pb {
             p.finish();
         }
