@@ -917,8 +917,8 @@ enum Mode {
     Init,
     /// An S/B task (the seed): new gamma and beta for every batch norm,
     /// statistics re-estimated on the batch, as after real S/B fine-tuning.
-    /// Weights are not touched.
-    TaskStats(u64),
+    /// Weights are not touched. Only blocks from the second number on.
+    TaskStats(u64, usize),
 }
 
 /// Per-channel mean and variance of a batch of maps.
@@ -995,7 +995,7 @@ fn run_float(p: &mut NetParams, inputs: &[Vec<f32>], mode: Mode) -> Vec<Vec<f32>
                 scale(&mut c.weight, f);
                 ys.iter_mut().for_each(|y| scale(&mut y.data, f));
             }
-            (Mode::TaskStats(seed), Some(bn)) => task_batch_norm(bn, &channel_stats(&ys), seed),
+            (Mode::TaskStats(seed, _), Some(bn)) => task_batch_norm(bn, &channel_stats(&ys), seed),
             _ => {}
         }
         for y in &mut ys {
@@ -1064,7 +1064,12 @@ fn run_float(p: &mut NetParams, inputs: &[Vec<f32>], mode: Mode) -> Vec<Vec<f32>
             }
         })
         .collect();
-    for block in &mut p.blocks {
+    let outer = mode;
+    for (bi, block) in p.blocks.iter_mut().enumerate() {
+        let mode = match outer {
+            Mode::TaskStats(_, first) if bi < first => Mode::Eval,
+            m => m,
+        };
         let skip: Option<Vec<Vec<f32>>> = block
             .residual
             .then(|| xs.iter().map(|x| x.data.clone()).collect());
@@ -1138,6 +1143,10 @@ pub enum TaskKind {
     Depthwise { classes: usize },
     /// Only the classifier.
     Logits { classes: usize },
+    /// The batch norms of the last `blocks` blocks (S/B + logits on the
+    /// tail, the rest of the network the base's: a task that shares a long
+    /// prefix with the base).
+    ScaleBiasTail { blocks: usize, classes: usize },
 }
 
 /// A task model derived from `base` as fine-tuning would leave it; all
@@ -1158,15 +1167,30 @@ pub enum TaskKind {
 /// - `Logits`: nothing else changes.
 pub fn derive_task(base: &NetParams, kind: TaskKind, seed: u64) -> NetParams {
     let mut p = base.clone();
+    let (kind, first) = match kind {
+        TaskKind::ScaleBiasTail { blocks, classes } => (
+            TaskKind::ScaleBias { classes },
+            p.blocks.len().saturating_sub(blocks),
+        ),
+        k => (k, 0),
+    };
     let classes = match kind {
         TaskKind::ScaleBias { classes } => {
             let xs = calibration_batch(&p, seed);
-            run_float(&mut p, &xs, Mode::TaskStats(seed));
+            run_float(&mut p, &xs, Mode::TaskStats(seed, first));
             let bns = p.batch_norms();
             let any_neg = bns.iter().any(|b| b.gamma.iter().any(|&g| g < 0.0));
             let any_zero = bns.iter().any(|b| b.var.contains(&0.0));
+            let first_module = p.blocks.get(first).map(|b| b.module.clone());
             let mut convs = p.convs_mut();
-            if let Some(bn) = convs.iter_mut().find_map(|c| c.bn.as_mut()) {
+            // (the first batch norm this task changes)
+            let in_tail = |c: &&mut &mut ConvLayer| {
+                first == 0
+                    || first_module
+                        .as_deref()
+                        .is_some_and(|m| c.module == m || c.module.starts_with(&format!("{m}.")))
+            };
+            if let Some(bn) = convs.iter_mut().filter(in_tail).find_map(|c| c.bn.as_mut()) {
                 if !any_neg {
                     bn.gamma[0] = -bn.gamma[0];
                 }
@@ -1198,6 +1222,7 @@ pub fn derive_task(base: &NetParams, kind: TaskKind, seed: u64) -> NetParams {
             classes
         }
         TaskKind::Logits { classes } => classes,
+        TaskKind::ScaleBiasTail { classes, .. } => classes,
     };
     p.classifier = new_classifier(&p, classes, seed);
     p

@@ -152,8 +152,27 @@ impl ExportDir {
         task: &str,
         f: impl FnOnce(&mut Engine<'_, '_>) -> Result<R>,
     ) -> Result<R> {
-        let bb = self.parse_backbone()?;
         let patch = self.patch(task)?;
+        self.with_tasks(&[], |engine, _| {
+            if let Some(p) = patch {
+                engine
+                    .apply(p)
+                    .map_err(|e| anyhow::anyhow!("applying task '{task}': {e}"))?;
+            }
+            f(engine)
+        })
+    }
+
+    /// Runs `f` with an engine (the base task active) and the patches of
+    /// `tasks` (`None` for the base task), checked.
+    pub fn with_tasks<'s, R>(
+        &'s self,
+        tasks: &[String],
+        f: impl FnOnce(&mut Engine<'s, '_>, &[Option<Patch<'s>>]) -> Result<R>,
+    ) -> Result<R> {
+        let bb = self.parse_backbone()?;
+        let list: Vec<Option<Patch<'s>>> =
+            tasks.iter().map(|t| self.patch(t)).collect::<Result<_>>()?;
         let mut arena = vec![0i8; bb.arena_len()];
         let mut params = vec![Requant::default(); bb.params_len()];
         let mut engine = match &self.verify_key {
@@ -161,12 +180,32 @@ impl ExportDir {
             Some(k) => Engine::new_verified(&bb, &mut arena, &mut params, k),
         }
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(p) = patch {
-            engine
-                .apply(p)
-                .map_err(|e| anyhow::anyhow!("applying task '{task}': {e}"))?;
-        }
-        f(&mut engine)
+        f(&mut engine, &list)
+    }
+
+    /// Runs every task of `tasks` on one float NCHW input in one pass
+    /// (`Engine::run_tasks_f32`: the ops they share once); returns each
+    /// task's dequantized scores and top-1, and what they shared.
+    /// `threads` as `Engine::set_threads`.
+    pub fn run_tasks(
+        &self,
+        tasks: &[String],
+        x_chw: &[f32],
+        threads: usize,
+    ) -> Result<(Vec<(Vec<f32>, usize)>, graftnet::SharedPrefix)> {
+        self.with_tasks(tasks, |e, list| {
+            e.set_threads(threads);
+            let mut branch = vec![0i8; e.backbone().arena_len()];
+            let mut out = Vec::with_capacity(list.len());
+            let sp = e
+                .run_tasks_f32(x_chw, list, &mut branch, |_, sc| {
+                    let mut v = vec![0f32; sc.len()];
+                    sc.dequantize_into(&mut v);
+                    out.push((v, sc.argmax()));
+                })
+                .map_err(|err| anyhow::anyhow!("running tasks {}: {err}", tasks.join(", ")))?;
+            Ok((out, sp))
+        })
     }
 
     /// Labels of a task, if the export carries them.

@@ -70,11 +70,15 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Class scores of one input.
+    /// Class scores of one input; several --task in one pass (the ops they share run once).
     Run {
         dir: PathBuf,
-        #[arg(long)]
-        task: String,
+        /// task name (`base` for the base task); repeat for several tasks
+        #[arg(long, required = true)]
+        task: Vec<String>,
+        /// threads per inference
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
         #[command(flatten)]
         verify: VerifyArgs,
         /// .npy of one sample (1,C,H,W) or an image file
@@ -129,6 +133,11 @@ enum Cmd {
         calib: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// also write K logits-only tasks (logits-1..K) and K S/B tasks on
+        /// the last two blocks (sb-tail-1..K): tasks that share a prefix,
+        /// for `bench --tasks`
+        #[arg(long, default_value_t = 0, value_name = "K")]
+        multi: usize,
         #[arg(long)]
         out: PathBuf,
     },
@@ -137,9 +146,12 @@ enum Cmd {
         dir: PathBuf,
         #[command(flatten)]
         verify: VerifyArgs,
-        /// task to time inference on (default: base)
+        /// task to time inference on (default: base, or the first of --tasks)
         #[arg(long)]
         task: Option<String>,
+        /// time these tasks together in one pass (shared ops once): multi_ms
+        #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+        tasks: Vec<String>,
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// timed inferences (after warm-up)
@@ -299,11 +311,12 @@ fn main() -> ExitCode {
         Cmd::Run {
             dir,
             task,
+            threads,
             verify,
             input,
             prep,
             json,
-        } => cmd_run(&dir, &task, &verify, &input, &prep, json),
+        } => cmd_run(&dir, &task, threads, &verify, &input, &prep, json),
         Cmd::Eval {
             dir,
             task,
@@ -340,14 +353,16 @@ fn main() -> ExitCode {
             classes,
             calib,
             seed,
+            multi,
             out,
         } => cmd_fixture(
-            &arch, width, resolution, channels, classes, calib, seed, &out,
+            &arch, width, resolution, channels, classes, calib, seed, multi, &out,
         ),
         Cmd::Bench {
             dir,
             verify,
             task,
+            tasks,
             threads,
             iters,
             kernels,
@@ -361,6 +376,7 @@ fn main() -> ExitCode {
                 iters,
                 json,
                 kernels,
+                tasks,
             })
         }),
     };
@@ -540,7 +556,8 @@ fn cmd_sign(files: &[PathBuf], key: &Path, out: Option<&Path>) -> Result<()> {
 
 fn cmd_run(
     dir: &Path,
-    task: &str,
+    tasks: &[String],
+    threads: usize,
     verify: &VerifyArgs,
     input: &Path,
     prep: &PrepArgs,
@@ -561,23 +578,39 @@ fn cmd_run(
             shape
         );
     }
-    let labels = d.labels(task);
-    let (scores, top) = d.with_engine(task, |e| {
-        let sc = e.run_f32(&x).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut v = vec![0f32; sc.len()];
-        sc.dequantize_into(&mut v);
-        Ok((v, sc.argmax()))
-    })?;
+    let (results, shared) = d.run_tasks(tasks, &x, threads)?;
+    let objects: Vec<serde_json::Value> = tasks
+        .iter()
+        .zip(&results)
+        .map(|(task, (scores, top))| {
+            let labels = d.labels(task);
+            json!({"task": task, "scores": scores, "top1": top, "label": labels.get(*top)})
+        })
+        .collect();
     if json_out {
+        match objects.as_slice() {
+            [one] => println!("{one}"),
+            _ => println!(
+                "{}",
+                json!({"results": objects, "shared_ops": shared.ops, "ops": shared.of})
+            ),
+        }
+        return Ok(());
+    }
+    if tasks.len() > 1 {
         println!(
-            "{}",
-            json!({"task": task, "scores": scores, "top1": top, "label": labels.get(top)})
+            "{} tasks in one pass: {} of {} ops shared",
+            tasks.len(),
+            shared.ops,
+            shared.of
         );
-    } else {
+    }
+    for (task, (scores, top)) in tasks.iter().zip(&results) {
+        let labels = d.labels(task);
         println!(
             "task {task}: top-1 class {top}{}",
             labels
-                .get(top)
+                .get(*top)
                 .map(|l| format!(" ({l})"))
                 .unwrap_or_default()
         );
@@ -920,6 +953,7 @@ fn cmd_fixture(
     classes: usize,
     calib: usize,
     seed: u64,
+    multi: usize,
     out: &Path,
 ) -> Result<()> {
     use graftnet_tools::fixtures::*;
@@ -946,21 +980,33 @@ fn cmd_fixture(
     };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let style = ExportStyle::default();
-    let models = [
-        ("base", base.clone()),
+    let mut models = vec![
+        ("base".to_string(), base.clone()),
         (
-            "sb",
+            "sb".to_string(),
             derive_task(&base, TaskKind::ScaleBias { classes }, seed + 1),
         ),
         (
-            "dw",
+            "dw".to_string(),
             derive_task(&base, TaskKind::Depthwise { classes }, seed + 2),
         ),
         (
-            "logits",
+            "logits".to_string(),
             derive_task(&base, TaskKind::Logits { classes }, seed + 3),
         ),
     ];
+    for i in 1..=multi as u64 {
+        let logits = TaskKind::Logits { classes };
+        let tail = TaskKind::ScaleBiasTail { blocks: 2, classes };
+        models.push((
+            format!("logits-{i}"),
+            derive_task(&base, logits, seed + 20 + i),
+        ));
+        models.push((
+            format!("sb-tail-{i}"),
+            derive_task(&base, tail, seed + 40 + i),
+        ));
+    }
     for (name, p) in &models {
         let path = out.join(format!("{name}.onnx"));
         std::fs::write(&path, to_onnx(p, &style))
