@@ -99,7 +99,6 @@ fn check_exact(bb_bytes: &[u8], patches: &[Vec<u8>]) -> Vec<usize> {
             want.insert((k, s), separate(k, s));
         }
     }
-    drop(e);
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let mut tables = 0;
     for kt in Kernels::available() {

@@ -2257,7 +2257,23 @@ mod tests {
         let classes = match kind {
             TaskKind::ScaleBias { classes }
             | TaskKind::Depthwise { classes }
-            | TaskKind::Logits { classes } => classes,
+            | TaskKind::Logits { classes }
+            | TaskKind::ScaleBiasTail { classes, .. } => classes,
+        };
+        // Batch norms the task changes.
+        let tail: Vec<&str> = match kind {
+            TaskKind::ScaleBiasTail { blocks, .. } => base.blocks[base.blocks.len() - blocks..]
+                .iter()
+                .map(|b| b.module.as_str())
+                .collect(),
+            _ => vec![],
+        };
+        let sb_changes = |module: &str| match kind {
+            TaskKind::ScaleBias { .. } => true,
+            TaskKind::ScaleBiasTail { .. } => {
+                tail.iter().any(|m| module.starts_with(&format!("{m}.")))
+            }
+            _ => false,
         };
         assert_eq!(task.classes(), classes);
         assert_ne!(task.classifier.weight, base.classifier.weight);
@@ -2275,8 +2291,8 @@ mod tests {
                 assert_eq!(b.weight, t.weight, "{}", t.module);
             }
             assert_eq!(b.bias, t.bias);
-            match (kind, &b.bn, &t.bn) {
-                (TaskKind::ScaleBias { .. }, Some(x), Some(y)) => {
+            match (sb_changes(&b.module), &b.bn, &t.bn) {
+                (true, Some(x), Some(y)) => {
                     for i in 0..x.channels() {
                         assert_ne!(x.gamma[i], y.gamma[i]);
                         assert_ne!(x.beta[i], y.beta[i]);
@@ -2291,7 +2307,7 @@ mod tests {
                 _ => assert_eq!(b.bn, t.bn),
             }
         }
-        if let TaskKind::ScaleBias { .. } = kind {
+        if let TaskKind::ScaleBias { .. } | TaskKind::ScaleBiasTail { .. } = kind {
             let bns = task.batch_norms();
             assert!(bns.iter().any(|b| b.gamma.iter().any(|&g| g < 0.0)));
             assert!(bns.iter().any(|b| b.var.contains(&0.0)));
@@ -2312,6 +2328,13 @@ mod tests {
         check_task(&base, TaskKind::ScaleBias { classes: 10 });
         check_task(&base, TaskKind::Depthwise { classes: 10 });
         check_task(&base, TaskKind::Logits { classes: 2 });
+        check_task(
+            &base,
+            TaskKind::ScaleBiasTail {
+                blocks: 2,
+                classes: 10,
+            },
+        );
         let sb = derive_task(&base, TaskKind::ScaleBias { classes: 10 }, 77);
         let bns = sb.batch_norms();
         let neg: usize = bns

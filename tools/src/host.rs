@@ -192,7 +192,7 @@ impl ExportDir {
         tasks: &[String],
         x_chw: &[f32],
         threads: usize,
-    ) -> Result<(Vec<(Vec<f32>, usize)>, graftnet::SharedPrefix)> {
+    ) -> Result<(Vec<TaskScores>, graftnet::SharedPrefix)> {
         self.with_tasks(tasks, |e, list| {
             e.set_threads(threads);
             let mut branch = vec![0i8; e.backbone().arena_len()];
@@ -289,6 +289,9 @@ pub fn listed_patches(
         .collect();
     Ok((listed, ignored))
 }
+
+/// One task's dequantized scores and top-1 class.
+pub type TaskScores = (Vec<f32>, usize);
 
 /// Top-1 index of a float vector (first on ties).
 pub fn argmax(v: &[f32]) -> usize {

@@ -447,7 +447,8 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
                 let by: serde_json::Map<String, serde_json::Value> =
                     t.bytes_by_class.iter().map(|(c, b)| (c.name().to_string(), json!(b))).collect();
                 json!({"name": t.name, "classes": t.classes, "patch_bytes": t.patch_bytes, "bytes_by_class": by,
-                       "patch": t.patch.as_ref().map(|p| p.to_string_lossy().to_string())})
+                       "patch": t.patch.as_ref().map(|p| p.to_string_lossy().to_string()),
+                       "ops_shared_with_base": t.shared_ops})
             })
             .collect();
         println!(
@@ -477,11 +478,13 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
                 .map(|(c, b)| format!("{} {b}", c.name()))
                 .collect();
             println!(
-                "  task {:<24} {:>3} classes  patch {:>8} bytes  ({})",
+                "  task {:<24} {:>3} classes  patch {:>8} bytes  ({}); shares {} of {} ops with the base",
                 t.name,
                 t.classes,
                 t.patch_bytes,
-                parts.join(", ")
+                parts.join(", "),
+                t.shared_ops,
+                r.n_ops
             );
         }
     }

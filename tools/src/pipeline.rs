@@ -75,6 +75,9 @@ pub struct TaskReport {
     pub patch_bytes: usize,
     pub bytes_by_class: Vec<(EntryClass, usize)>,
     pub entries: Vec<PatchEntry>,
+    /// leading ops whose int8 form equals the base's (`Engine::run_tasks`
+    /// runs them once for both; see `--share-prefix`)
+    pub shared_ops: usize,
 }
 
 /// The export's results.
@@ -86,6 +89,8 @@ pub struct ExportReport {
     pub arena_bytes: usize,
     pub arena_lower_bound: usize,
     pub params_len: usize,
+    /// ops in the backbone
+    pub n_ops: usize,
     pub fingerprint: u64,
     pub tasks: Vec<TaskReport>,
     pub input_shape: (usize, usize, usize),
@@ -324,7 +329,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         None => None,
     };
     let bb = match &existing {
-        None => export::emit_backbone(&base_q, max_classes)?,
+        None => export::emit_backbone(base_q, max_classes)?,
         Some(old) => {
             let path = opts.backbone.as_deref().unwrap_or(Path::new(""));
             let old_bb = graftnet::Backbone::parse(old)
@@ -337,7 +342,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
                     path.display()
                 );
             }
-            let bb = export::emit_backbone(&base_q, capacity)?;
+            let bb = export::emit_backbone(base_q, capacity)?;
             // A signed backbone is compared by its content.
             if bb.bytes.as_slice() != old_bb.bytes() {
                 bail!(
@@ -354,7 +359,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     let fingerprint = graftnet::Backbone::parse(&bb.bytes).map_or(0, |b| b.fingerprint());
     let mut patches = Vec::new();
     for (name, _, q) in &tasks_q {
-        let entries = export::diff(&base_q, q, opts.other, name)?;
+        let entries = export::diff(base_q, q, opts.other, name)?;
         let blob = export::emit_patch(name, fingerprint, q.classes(), &entries, opts.task_version)?;
         patches.push((entries, blob));
     }
@@ -364,7 +369,8 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         .zip(&patches)
         .map(|((name, _, q), (_, blob))| (name.as_str(), q, blob.as_slice()))
         .collect();
-    verify::check_export(&base_q, &bb.bytes, &checked)?;
+    verify::check_export(base_q, &bb.bytes, &checked)?;
+    let shared = verify::shared_with_base(&bb.bytes, &checked)?;
     // Signed: content + trailer, checked against the key before writing.
     let signed = |blob: &[u8], what: &str| -> Result<Vec<u8>> {
         let Some(key) = &opts.sign else {
@@ -392,8 +398,11 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         patch_bytes: 0,
         bytes_by_class: vec![],
         entries: vec![],
+        shared_ops: shared.n_ops,
     }];
-    for ((name, path, q), (entries, blob)) in tasks_q.iter().zip(patches) {
+    for (((name, path, q), (entries, blob)), &shared_ops) in
+        tasks_q.iter().zip(patches).zip(&shared.tasks)
+    {
         let p = opts.out.join(format!("{name}.gnp"));
         let blob = signed(&blob, name)?;
         std::fs::write(&p, &blob).with_context(|| format!("writing {}", p.display()))?;
@@ -405,6 +414,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             patch_bytes: blob.len(),
             bytes_by_class: export::bytes_by_class(&entries),
             entries,
+            shared_ops,
         });
     }
     let mut report = ExportReport {
@@ -414,6 +424,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         arena_bytes: bb.plan.arena_len,
         arena_lower_bound: bb.plan.lower_bound,
         params_len: bb.params_len,
+        n_ops: shared.n_ops,
         fingerprint,
         tasks: reports,
         input_shape: shape,

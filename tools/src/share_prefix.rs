@@ -113,8 +113,7 @@ pub fn freeze_prefix(shared: &SharedBase<'_>, q: &mut QModel) -> Vec<bool> {
         }
         false
     };
-    for i in 0..q.ops.len() {
-        let (a, b) = (&base.ops[i], &q.ops[i]);
+    for (i, (a, b)) in base.ops.iter().zip(&q.ops).enumerate() {
         let inputs_ready = resolve(&ready, b.in0) && b.in1.is_none_or(|t| resolve(&ready, t));
         // (node names may differ between the two files)
         let same = same_op(a, b)

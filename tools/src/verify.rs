@@ -58,6 +58,39 @@ pub fn check_export(
     Ok(())
 }
 
+/// Ops of a backbone, and per patch the leading ops it shares with the
+/// base task ([`Engine::shared_prefix`]).
+pub struct SharedWithBase {
+    pub n_ops: usize,
+    pub tasks: Vec<usize>,
+}
+
+/// What each patch of an export (checked by [`check_export`]) shares with
+/// the base.
+pub fn shared_with_base(
+    backbone: &[u8],
+    patches: &[(&str, &QModel, &[u8])],
+) -> Result<SharedWithBase> {
+    let bb = Backbone::parse(backbone).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut arena = vec![0i8; bb.arena_len()];
+    let mut params = vec![Requant::default(); bb.params_len()];
+    let engine = Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tasks = patches
+        .iter()
+        .map(|(name, q, blob)| {
+            let p = Patch::parse(blob).map_err(|e| refused(name, q, e.into()))?;
+            let sp = engine
+                .shared_prefix(&[None, Some(p)])
+                .map_err(|e| refused(name, q, e))?;
+            Ok(sp.ops)
+        })
+        .collect::<Result<_>>()?;
+    Ok(SharedWithBase {
+        n_ops: bb.n_ops(),
+        tasks,
+    })
+}
+
 /// The runtime's error `e` on task `task` (quantized as `q`), with the
 /// names of the op and tensors it points at.
 fn refused(task: &str, q: &QModel, e: Error) -> anyhow::Error {

@@ -5,7 +5,6 @@
 //! calibration that does not reproduce that backbone.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 mod common;
 use common::*;

@@ -4,8 +4,7 @@
 //! command with exit code 1 (never a panic's 101) and a message that says
 //! which file and why.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 mod common;
 use common::*;
