@@ -147,6 +147,22 @@ pub enum FormatError {
     BadSignature,
     /// 32 bytes that are no usable Ed25519 public key.
     BadKey,
+    /// The task needs more arena than the engine was given (a patch that
+    /// brings its own head, or runs at another input size).
+    ArenaTooSmall {
+        /// bytes needed
+        need: u32,
+        /// bytes the engine has
+        have: u32,
+    },
+    /// The task needs a longer parameter table than the engine was given
+    /// (a patch that brings its own head).
+    ParamsTooSmall {
+        /// entries needed
+        need: u32,
+        /// entries the engine has
+        have: u32,
+    },
 }
 
 impl fmt::Display for FormatError {
@@ -214,6 +230,14 @@ impl fmt::Display for FormatError {
                 write!(f, "patch needs a {need}-byte buffer, got {have}")
             }
             FormatError::Io => write!(f, "reading the patch failed or ended early"),
+            FormatError::ArenaTooSmall { need, have } => write!(
+                f,
+                "the task needs an arena of {need} bytes, the engine has {have}"
+            ),
+            FormatError::ParamsTooSmall { need, have } => write!(
+                f,
+                "the task needs a parameter table of {need} entries, the engine has {have}"
+            ),
             FormatError::Unsigned => write!(
                 f,
                 "the blob is not signed, and signatures are required (a verification key is set)"

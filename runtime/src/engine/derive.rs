@@ -20,7 +20,7 @@ impl<'a, 'm> Engine<'a, 'm> {
     pub(super) fn derive_from(&mut self, first: usize) -> Result<(), RunError> {
         let (mut base, mut patch) = self.cursors();
         let mut off = self.param_offset(first);
-        for i in first..self.bb.n_ops() {
+        for i in first..self.kept_ops() {
             let op = self.bb.op(i);
             let ent = Self::merged(&mut base, &mut patch, i as u16);
             let cout = self.bb.cout(i, &op, self.classes);

@@ -73,6 +73,7 @@ use crate::format::signature::VerifyKey;
 use crate::format::{rd_f32, Act, OpKind, NONE};
 use crate::kernels::{scalar, ConvGeom, Kernels, OutQ};
 mod derive;
+mod head;
 mod multi;
 #[cfg(feature = "std")]
 mod parallel;
@@ -219,6 +220,8 @@ pub struct Engine<'a, 'm> {
     classes: u16,
     kernels: Kernels,
     threads: usize,
+    /// the active task's own head (`format::head`)
+    head: Option<head::ActiveHead<'a>>,
     /// Patches must carry this key's signature (`Engine::new_verified`).
     #[cfg(feature = "verify")]
     key: Option<VerifyKey>,
@@ -253,6 +256,7 @@ impl<'a, 'm> Engine<'a, 'm> {
             classes: bb.base_classes(),
             kernels: Kernels::best(),
             threads: 1,
+            head: None,
             #[cfg(feature = "verify")]
             key: None,
         };
@@ -351,14 +355,14 @@ impl<'a, 'm> Engine<'a, 'm> {
     /// is checked first (at once for a patch from `Patch::parse_verified`
     /// with the same key; else its whole content is verified here).
     pub fn apply(&mut self, patch: Patch<'a>) -> Result<(), FormatError> {
-        let classes = self.check(&patch)?;
-        self.switch(Some(patch), classes, 0)
+        let (classes, head) = self.check(&patch)?;
+        self.switch(Some(patch), classes, head, 0)
     }
 
     /// Everything `apply` checks before deriving: the signature (on an
     /// engine with a key), the backbone, the entries. Returns the task's
-    /// class count.
-    fn check(&self, patch: &Patch<'a>) -> Result<u16, FormatError> {
+    /// class count and the head it brings, placed.
+    fn check(&self, patch: &Patch<'a>) -> Result<(u16, Option<head::ActiveHead<'a>>), FormatError> {
         #[cfg(feature = "verify")]
         if let Some(key) = &self.key {
             patch.verify(key)?;
@@ -372,6 +376,9 @@ impl<'a, 'm> Engine<'a, 'm> {
         let summary = self
             .bb
             .validate_task(patch.entry_bytes(), patch.n_entries(), false)?;
+        if let Some(h) = self.check_head(patch)? {
+            return Ok((patch.classes(), Some(h)));
+        }
         if summary.classes != patch.classes() {
             return Err(FormatError::BadEntry {
                 entry: 0,
@@ -379,7 +386,7 @@ impl<'a, 'm> Engine<'a, 'm> {
                 what: "the patch header's class count differs from its task's",
             });
         }
-        Ok(summary.classes)
+        Ok((summary.classes, None))
     }
 
     /// Makes a checked patch active, deriving the parameter blocks of ops
@@ -390,10 +397,12 @@ impl<'a, 'm> Engine<'a, 'm> {
         &mut self,
         patch: Option<Patch<'a>>,
         classes: u16,
+        head: Option<head::ActiveHead<'a>>,
         first: usize,
     ) -> Result<(), FormatError> {
-        let prev = (self.patch, self.tq, self.classes);
+        let prev = (self.patch, self.tq, self.classes, self.head);
         self.patch = patch;
+        self.head = head;
         self.tq = patch
             .and_then(|p| tensor_quant(p.entries()))
             .or_else(|| tensor_quant(self.bb.base_entries()))
@@ -401,13 +410,22 @@ impl<'a, 'm> Engine<'a, 'm> {
         self.classes = classes;
         if let Err(RunError::BadQuantization { op }) = self.derive_from(first) {
             let entry = patch.map_or(0, |p| self.entry_at_fault(&p, op));
-            (self.patch, self.tq, self.classes) = prev;
+            (self.patch, self.tq, self.classes, self.head) = prev;
             // The previous task derived before, so it derives again.
             let _ = self.derive();
             return Err(FormatError::BadEntry {
                 entry,
                 op,
                 what: "quantization parameters out of range",
+            });
+        }
+        if let (Err(_), Some(h)) = (self.derive_head(), head) {
+            (self.patch, self.tq, self.classes, self.head) = prev;
+            let _ = self.derive();
+            return Err(FormatError::BadEntry {
+                entry: 0,
+                op: h.head.cut_op,
+                what: "the head network's quantization parameters are out of range",
             });
         }
         Ok(())
@@ -442,6 +460,7 @@ impl<'a, 'm> Engine<'a, 'm> {
     /// Switches back to the base task.
     pub fn reset(&mut self) {
         self.patch = None;
+        self.head = None;
         self.tq = tensor_quant(self.bb.base_entries()).unwrap_or(&[]);
         self.classes = self.bb.base_classes();
         let _ = self.derive();
@@ -547,8 +566,18 @@ impl<'a, 'm> Engine<'a, 'm> {
     }
 
     fn execute(&mut self) -> Result<Scores<'_>, RunError> {
-        self.execute_ops(0, self.bb.n_ops());
+        self.execute_from(0);
         Ok(self.scores())
+    }
+
+    /// Runs the active task's ops from backbone op `from` on: the
+    /// backbone's up to its cut, then its head network, if it has one.
+    fn execute_from(&mut self, from: usize) {
+        let kept = self.kept_ops();
+        self.execute_ops(from, kept);
+        if let Some(h) = self.head {
+            self.run_head(&h);
+        }
     }
 
     /// Runs ops `[from, to)` under the active task (their inputs are in
@@ -595,6 +624,9 @@ impl<'a, 'm> Engine<'a, 'm> {
     }
 
     fn scores(&self) -> Scores<'_> {
+        if let Some(h) = &self.head {
+            return self.head_scores(h);
+        }
         let t = self.bb.output();
         let (scale, zp) = self.tensor_quant(self.bb.header().output as usize);
         let o = t.arena_off as usize;

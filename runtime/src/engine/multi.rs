@@ -59,6 +59,8 @@ struct TaskOps<'a> {
     patch: Cursor<'a>,
     tq: &'a [u8],
     classes: u16,
+    /// ops of the backbone it runs (`Some` cut: its own head follows)
+    cut: usize,
 }
 
 fn same_entries(a: &OpEntries<'_>, b: &OpEntries<'_>) -> bool {
@@ -87,7 +89,8 @@ impl<'a, 'm> Engine<'a, 'm> {
         // Every task against the first, op by op, walking each task's
         // entries once.
         let a0 = self.task_ops(first)?;
-        let mut ops = n;
+        // (a task with its own head keeps the backbone's ops up to its cut)
+        let mut ops = a0.cut.min(n);
         for t in rest {
             let mut b = self.task_ops(t)?;
             let mut a = a0.clone();
@@ -177,11 +180,11 @@ impl<'a, 'm> Engine<'a, 'm> {
             }
             .into());
         }
-        let prev = (self.patch, self.tq, self.classes);
+        let prev = (self.patch, self.tq, self.classes, self.head);
         let result = self.run_each(input, tasks, &sp, branch, &mut each);
         // Back to the task that was active (it derived before, so it
         // derives again).
-        (self.patch, self.tq, self.classes) = prev;
+        (self.patch, self.tq, self.classes, self.head) = prev;
         let _ = self.derive();
         result.map(|()| sp)
     }
@@ -194,14 +197,17 @@ impl<'a, 'm> Engine<'a, 'm> {
         branch: &mut [i8],
         each: &mut dyn FnMut(usize, Scores<'_>),
     ) -> Result<(), Error> {
-        let n = self.bb.n_ops();
         for (k, patch) in tasks.iter().enumerate() {
             // (checked by `shared_prefix`: the header's class count is the
             // task's)
             let classes = patch.map_or(self.bb.base_classes(), |p| p.classes());
+            let head = match patch {
+                Some(p) => self.check_head(p)?,
+                None => None,
+            };
             // Task 0 derives everything; the others the unshared ops.
             let first = if k == 0 { 0 } else { sp.ops };
-            self.switch(*patch, classes, first)?;
+            self.switch(*patch, classes, head, first)?;
             if k == 0 {
                 self.load_input(input)?;
                 self.execute_ops(0, sp.ops);
@@ -213,7 +219,7 @@ impl<'a, 'm> Engine<'a, 'm> {
                     self.load_input(input)?;
                 }
             }
-            self.execute_ops(sp.ops, n);
+            self.execute_from(sp.ops);
             each(k, self.scores());
         }
         Ok(())
@@ -278,13 +284,18 @@ impl<'a, 'm> Engine<'a, 'm> {
                 patch: Cursor::empty(),
                 tq: base_tq(),
                 classes: self.bb.base_classes(),
+                cut: self.bb.n_ops(),
             },
-            Some(p) => TaskOps {
-                classes: self.check(p)?,
-                base: Cursor::new(self.bb.base_entries()),
-                patch: Cursor::new(p.entries()),
-                tq: tensor_quant(p.entries()).unwrap_or_else(base_tq),
-            },
+            Some(p) => {
+                let (classes, head) = self.check(p)?;
+                TaskOps {
+                    classes,
+                    base: Cursor::new(self.bb.base_entries()),
+                    patch: Cursor::new(p.entries()),
+                    tq: tensor_quant(p.entries()).unwrap_or_else(base_tq),
+                    cut: head.map_or(self.bb.n_ops(), |h| h.head.cut_op as usize),
+                }
+            }
         })
     }
 
@@ -301,7 +312,8 @@ impl<'a, 'm> Engine<'a, 'm> {
             sa.to_bits() == sb.to_bits() && za == zb
         });
         let classes_same = i != self.bb.head_op() || a.classes == b.classes;
-        same_entries(&ea, &eb) && quant_same && classes_same
+        let kept = i < a.cut && i < b.cut;
+        kept && same_entries(&ea, &eb) && quant_same && classes_same
     }
 }
 
