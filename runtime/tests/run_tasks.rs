@@ -1,6 +1,6 @@
 //! `Engine::run_tasks` on real exports (the fuzz seeds: a tiny network with
-//! S/B, DW and logits patches, and a MobileNetV3-small with two S/B
-//! patches): every task's scores equal a separate `apply` + `run`, on
+//! S/B, DW, logits patches and one that brings its own head, and a
+//! MobileNetV3-small with two S/B patches): every task's scores equal a separate `apply` + `run`, on
 //! every kernel table this CPU runs and, with `std`, several thread counts.
 //! Runs under qemu-aarch64 too (`targets/qemu-test.sh`), so the NEON and
 //! dotprod tables are checked on the boards.
@@ -9,10 +9,12 @@ use graftnet::kernels::Kernels;
 use graftnet::{Backbone, Engine, Patch, Requant};
 
 static TINY: &[u8] = include_bytes!("../fuzz/seeds/backbone/tiny.gnb");
-static TINY_PATCHES: [&[u8]; 3] = [
+static TINY_PATCHES: [&[u8]; 4] = [
     include_bytes!("../fuzz/seeds/patch/tiny-sb.gnp"),
     include_bytes!("../fuzz/seeds/patch/tiny-dw.gnp"),
     include_bytes!("../fuzz/seeds/patch/tiny-logits.gnp"),
+    // brings its own head (FC-ReLU-FC)
+    include_bytes!("../fuzz/seeds/patch/tiny-head.gnp"),
 ];
 static MNV3: &[u8] = include_bytes!("../fuzz/seeds/mnv3.gnb");
 static MNV3_PATCHES: [&[u8]; 2] = [
@@ -32,6 +34,7 @@ fn check(bb_bytes: &[u8], patch_bytes: &[&[u8]]) -> usize {
         (0..n).map(Some).chain([None]).collect(),
         vec![Some(n - 1), Some(n - 1)],
         vec![Some(0), None, Some(n - 1)],
+        vec![Some(n - 2), Some(n - 1), None],
     ];
     lists.push(vec![None]);
     let inputs: Vec<Vec<i8>> = (0..3u32)
@@ -41,9 +44,10 @@ fn check(bb_bytes: &[u8], patch_bytes: &[&[u8]]) -> usize {
                 .collect()
         })
         .collect();
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
-    let mut branch = vec![0i8; bb.arena_len()];
+    let sizes = bb.engine_sizes(&patches);
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![Requant::default(); sizes.params];
+    let mut branch = vec![0i8; sizes.arena];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let mut checked = 0;
     let threads: &[usize] = if cfg!(feature = "std") {

@@ -1147,6 +1147,10 @@ pub enum TaskKind {
     /// tail, the rest of the network the base's: a task that shares a long
     /// prefix with the base).
     ScaleBiasTail { blocks: usize, classes: usize },
+    /// A new head: a hidden fully connected layer of `hidden` units and a
+    /// ReLU between the pooling and a new classifier (FC-ReLU-FC); the
+    /// rest of the network the base's (a patch that brings its own head).
+    HiddenHead { hidden: usize, classes: usize },
 }
 
 /// A task model derived from `base` as fine-tuning would leave it; all
@@ -1223,6 +1227,31 @@ pub fn derive_task(base: &NetParams, kind: TaskKind, seed: u64) -> NetParams {
         }
         TaskKind::Logits { classes } => classes,
         TaskKind::ScaleBiasTail { classes, .. } => classes,
+        TaskKind::HiddenHead { hidden, classes } => {
+            // He-scaled, so the hidden layer keeps the features' scale.
+            // It reads the pooled features (replacing a hidden layer the
+            // base may have).
+            let fin = p
+                .hidden
+                .as_ref()
+                .map_or(p.features(), |h| h.linear.in_features);
+            let mut r = Rng::for_name(seed, "task.head.0");
+            let std = (2.0 / fin as f64).sqrt();
+            p.hidden = Some(Hidden {
+                linear: Linear {
+                    module: "head.0".into(),
+                    in_features: fin,
+                    out_features: hidden,
+                    weight: r.normals(hidden * fin, std),
+                    bias: r.normals(hidden, 0.05),
+                },
+                act: Activation::Relu,
+                act_module: "head.1".into(),
+            });
+            // (the new classifier reads the hidden units)
+            p.classifier.in_features = hidden;
+            classes
+        }
     };
     p.classifier = new_classifier(&p, classes, seed);
     p
@@ -2258,7 +2287,8 @@ mod tests {
             TaskKind::ScaleBias { classes }
             | TaskKind::Depthwise { classes }
             | TaskKind::Logits { classes }
-            | TaskKind::ScaleBiasTail { classes, .. } => classes,
+            | TaskKind::ScaleBiasTail { classes, .. }
+            | TaskKind::HiddenHead { classes, .. } => classes,
         };
         // Batch norms the task changes.
         let tail: Vec<&str> = match kind {

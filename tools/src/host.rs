@@ -173,8 +173,15 @@ impl ExportDir {
         let bb = self.parse_backbone()?;
         let list: Vec<Option<Patch<'s>>> =
             tasks.iter().map(|t| self.patch(t)).collect::<Result<_>>()?;
-        let mut arena = vec![0i8; bb.arena_len()];
-        let mut params = vec![Requant::default(); bb.params_len()];
+        // Room for every task of the export (a patch may bring its own head).
+        let all: Vec<Patch<'_>> = self
+            .patches
+            .values()
+            .filter_map(|b| Patch::parse(b).ok())
+            .collect();
+        let sizes = bb.engine_sizes(&all);
+        let mut arena = vec![0i8; sizes.arena];
+        let mut params = vec![Requant::default(); sizes.params];
         let mut engine = match &self.verify_key {
             None => Engine::new(&bb, &mut arena, &mut params).map_err(graftnet::Error::from),
             Some(k) => Engine::new_verified(&bb, &mut arena, &mut params, k),

@@ -7,6 +7,7 @@ pub mod data;
 pub mod export;
 pub mod fixtures;
 pub mod float_eval;
+pub mod head_patch;
 pub mod host;
 pub mod inspect;
 pub mod ir;

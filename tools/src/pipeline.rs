@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::bias_correction::{correct_biases, BiasCorrection};
 use crate::data::{self, Dataset, Preprocess};
 use crate::export::{self, OtherPolicy, PatchEntry};
+use crate::head_patch;
 use crate::ir::Graph;
 use crate::onnx_import::{import_onnx_file, ImportOptions};
 use crate::quantize::{self, QModel};
@@ -78,6 +79,8 @@ pub struct TaskReport {
     /// leading ops whose int8 form equals the base's (`Engine::run_tasks`
     /// runs them once for both; see `--share-prefix`)
     pub shared_ops: usize,
+    /// the task brings its own head (`head_patch`)
+    pub head: Option<head_patch::HeadReport>,
 }
 
 /// The export's results.
@@ -358,8 +361,23 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     // (A backbone that does not parse fails `check_export` below.)
     let fingerprint = graftnet::Backbone::parse(&bb.bytes).map_or(0, |b| b.fingerprint());
     let mut patches = Vec::new();
+    let mut heads = BTreeMap::new();
     for (name, _, q) in &tasks_q {
-        let entries = export::diff(base_q, q, opts.other, name)?;
+        let entries = match export::diff(base_q, q, opts.other, name) {
+            Ok(e) => e,
+            // A task that differs after a cut brings its own head.
+            Err(diff_err) => {
+                match head_patch::head_entries(base_q, q, opts.other, name, bb.plan.arena_len) {
+                    Ok((e, rep)) => {
+                        heads.insert(name.clone(), rep);
+                        e
+                    }
+                    Err(head_err) => {
+                        bail!("{diff_err:#}\n(nor as a patch with its own head: {head_err:#})")
+                    }
+                }
+            }
+        };
         let blob = export::emit_patch(name, fingerprint, q.classes(), &entries, opts.task_version)?;
         patches.push((entries, blob));
     }
@@ -399,6 +417,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         bytes_by_class: vec![],
         entries: vec![],
         shared_ops: shared.n_ops,
+        head: None,
     }];
     for (((name, path, q), (entries, blob)), &shared_ops) in
         tasks_q.iter().zip(patches).zip(&shared.tasks)
@@ -415,6 +434,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             bytes_by_class: export::bytes_by_class(&entries),
             entries,
             shared_ops,
+            head: heads.remove(name),
         });
     }
     let mut report = ExportReport {

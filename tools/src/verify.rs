@@ -47,8 +47,13 @@ pub fn check_export(
         check_scales(name, q)?;
     }
     let bb = Backbone::parse(backbone).map_err(|e| refused(BASE_TASK, base, e.into()))?;
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let parsed: Vec<Patch<'_>> = patches
+        .iter()
+        .filter_map(|(_, _, blob)| Patch::parse(blob).ok())
+        .collect();
+    let sizes = bb.engine_sizes(&parsed);
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![Requant::default(); sizes.params];
     let mut engine = Engine::new(&bb, &mut arena, &mut params)
         .map_err(|e| refused(BASE_TASK, base, e.into()))?;
     for (name, q, blob) in patches {
@@ -72,8 +77,13 @@ pub fn shared_with_base(
     patches: &[(&str, &QModel, &[u8])],
 ) -> Result<SharedWithBase> {
     let bb = Backbone::parse(backbone).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let parsed: Vec<Patch<'_>> = patches
+        .iter()
+        .filter_map(|(_, _, blob)| Patch::parse(blob).ok())
+        .collect();
+    let sizes = bb.engine_sizes(&parsed);
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![Requant::default(); sizes.params];
     let engine = Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tasks = patches
         .iter()

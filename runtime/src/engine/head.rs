@@ -46,7 +46,7 @@ impl<'a, 'm> Engine<'a, 'm> {
                 have: self.arena.len() as u32,
             });
         }
-        let params_off = self.param_offset(head.cut_op as usize);
+        let params_off = self.bb.params_len_before(head.cut_op as usize);
         let need_params = params_off + head.net.params_len();
         if need_params > self.params.len() {
             return Err(FormatError::ParamsTooSmall {

@@ -111,3 +111,58 @@ impl<'a> Head<'a> {
         Ok((self.arena_off as usize).saturating_add(self.net.arena_len()))
     }
 }
+
+/// What an engine needs to run a set of tasks: arena bytes and
+/// parameter-table entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineSizes {
+    /// arena bytes
+    pub arena: usize,
+    /// parameter-table entries
+    pub params: usize,
+}
+
+impl<'a> Backbone<'a> {
+    /// Parameter-table entries of ops `0..op` (their blocks precede op
+    /// `op`'s; the classifier's block has room for `max_classes`).
+    pub fn params_len_before(&self, op: usize) -> usize {
+        (0..op.min(self.n_ops()))
+            .map(|i| {
+                let o = self.op(i);
+                let cout = if i == self.head_op() {
+                    self.max_classes() as usize
+                } else {
+                    self.tensor(o.out as usize).c as usize
+                };
+                super::backbone::param_slots(&o, cout)
+            })
+            .sum()
+    }
+
+    /// The arena and parameter table an engine needs for the base task and
+    /// every task in `patches` (more than `arena_len()` / `params_len()`
+    /// when a patch brings its own head). A patch whose head does not
+    /// parse counts as the base (`Engine::apply` refuses it).
+    pub fn engine_sizes(&self, patches: &[super::patch::Patch<'_>]) -> EngineSizes {
+        let mut s = EngineSizes {
+            arena: self.arena_len(),
+            params: self.params_len(),
+        };
+        for p in patches {
+            for e in p.entries() {
+                if e.kind != super::EntryKind::Head {
+                    continue;
+                }
+                if let Ok(h) = Head::parse(e.payload) {
+                    let arena = (h.arena_off as usize).saturating_add(h.net.arena_len());
+                    let params = self
+                        .params_len_before(h.cut_op as usize)
+                        .saturating_add(h.net.params_len());
+                    s.arena = s.arena.max(arena);
+                    s.params = s.params.max(params);
+                }
+            }
+        }
+        s
+    }
+}

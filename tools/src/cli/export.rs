@@ -131,6 +131,7 @@ impl Args {
                     let by: serde_json::Map<String, serde_json::Value> =
                         t.bytes_by_class.iter().map(|(c, b)| (c.name().to_string(), json!(b))).collect();
                     json!({"name": t.name, "classes": t.classes, "patch_bytes": t.patch_bytes, "bytes_by_class": by, "ops_shared_with_base": t.shared_ops,
+                           "head": t.head.as_ref().map(|h| json!({"cut_op": h.cut_op, "cut_node": h.cut_node, "ops": h.ops, "arena_bytes": h.arena_len, "params": h.params_len})),
                            "patch": t.patch.as_ref().map(|p| p.to_string_lossy().to_string())})
                 })
                 .collect();
@@ -169,6 +170,14 @@ impl Args {
                     t.shared_ops,
                     r.n_ops
                 );
+                if let Some(h) = &t.head {
+                    println!(
+                        "       brings its own head: the backbone stops before op {} (node '{}'); head network: {}",
+                        h.cut_op,
+                        h.cut_node,
+                        h.ops.join(", ")
+                    );
+                }
             }
         }
         Ok(())

@@ -91,6 +91,17 @@ impl Args {
                 derive_task(&base, TaskKind::Logits { classes }, seed + 3),
             ),
         ];
+        models.push((
+            "head".to_string(),
+            derive_task(
+                &base,
+                TaskKind::HiddenHead {
+                    hidden: 32,
+                    classes,
+                },
+                seed + 4,
+            ),
+        ));
         for i in 1..=multi as u64 {
             let logits = TaskKind::Logits { classes };
             let tail = TaskKind::ScaleBiasTail { blocks: 2, classes };
@@ -115,7 +126,7 @@ impl Args {
             &random_inputs(calib, c, h, w, seed + 10),
         )?;
         println!(
-            "wrote {}/{{base,sb,dw,logits}}.onnx and calib.npy ({} parameters, {} batch-norm channels); export with:\n  graftnet export --base {0}/base.onnx --task sb={0}/sb.onnx --task dw={0}/dw.onnx --task logits={0}/logits.onnx --calib {0}/calib.npy --out {0}/export",
+            "wrote {}/{{base,sb,dw,logits,head}}.onnx (head: a new FC-ReLU-FC head, 32 hidden units) and calib.npy ({} parameters, {} batch-norm channels); export with:\n  graftnet export --base {0}/base.onnx --task sb={0}/sb.onnx --task dw={0}/dw.onnx --task logits={0}/logits.onnx --task head={0}/head.onnx --calib {0}/calib.npy --out {0}/export",
             out.display(),
             base.param_count(),
             base.bn_channels()
