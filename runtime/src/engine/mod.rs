@@ -55,6 +55,12 @@
 //! 4. The tensor-quantization payload, read through `tq_of`, which checks
 //!    the length and falls back to (1, 0).
 //!
+//! A task that brings its own head (`engine/head.rs`) runs its head network
+//! by an engine over sub-slices of the same two tables, taken with `get_mut`
+//! after `apply` checked that the head's arena and parameter regions lie
+//! inside them; the head network itself passed `Backbone::parse`, so the
+//! argument above holds for it as for any backbone.
+//!
 //! The kernels assert slice lengths against the geometry (their
 //! contract). Parse validated the same geometry for every op, and a patch
 //! only replaces values of validated shapes (`validate_task`), so those
