@@ -11,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::bias_correction::{correct_biases, BiasCorrection};
 use crate::data::{self, Dataset, Preprocess};
 use crate::export::{self, OtherPolicy, PatchEntry};
+use crate::import::{import_onnx_file, ImportOptions};
 use crate::ir::Graph;
-use crate::onnx_import::{import_onnx_file, ImportOptions};
 use crate::quantize::{self, QModel};
 use crate::verify;
 

@@ -310,7 +310,7 @@ fn base_graph(a: &LearnArgs) -> Result<(Graph, bool)> {
         }
     };
     let onnx = crate::fixtures::to_onnx(&params, &crate::fixtures::ExportStyle::default());
-    let g = crate::onnx_import::import_onnx(&onnx, &Default::default())
+    let g = crate::import::import_onnx(&onnx, &Default::default())
         .map_err(|e| anyhow::anyhow!("building --arch {spec}: {e}"))?;
     Ok((g, true))
 }
