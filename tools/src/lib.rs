@@ -1,11 +1,11 @@
 //! graftnet-tools: the offline side of graftnet (import, quantize, diff, emit)
 //! and the host runner.
 
+pub mod arch;
 pub mod args;
 pub mod bias_correction;
 pub mod data;
 pub mod export;
-pub mod fixtures;
 pub mod float_eval;
 pub mod host;
 pub mod import;

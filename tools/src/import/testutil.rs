@@ -3,55 +3,21 @@
 use prost::Message;
 use tract_onnx::pb;
 
-pub fn attr_i(name: &str, v: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: 2,
-        i: v,
-        ..Default::default()
-    }
-}
-pub fn attr_f(name: &str, v: f32) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: 1,
-        f: v,
-        ..Default::default()
-    }
-}
-pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: 7,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-pub fn attr_s(name: &str, v: &str) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: 3,
-        s: v.as_bytes().to_vec(),
-        ..Default::default()
-    }
-}
-pub fn attr_t(name: &str, t: pb::TensorProto) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: 4,
-        t: Some(t),
-        ..Default::default()
-    }
-}
+// The tools' own constructors (`crate::onnx_build`), under the short names
+// these tests use.
+pub use crate::onnx_build::{
+    attr_float as attr_f, attr_int as attr_i, attr_ints, attr_string as attr_s,
+    attr_tensor as attr_t,
+};
+
+/// A float tensor in `raw_data` ([`crate::onnx_build::f32_tensor`]) with
+/// ONNX's `i64` dims.
 pub fn tensor_f(name: &str, dims: &[i64], v: &[f32]) -> pb::TensorProto {
-    pb::TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: 1,
-        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ..Default::default()
-    }
+    let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+    crate::onnx_build::f32_tensor(name, &dims, v)
 }
+/// An int64 tensor in `int64_data` (not `raw_data`, unlike
+/// [`crate::onnx_build::i64_tensor`]: the importer reads both).
 pub fn tensor_i64(name: &str, dims: &[i64], v: &[i64]) -> pb::TensorProto {
     pb::TensorProto {
         name: name.into(),
