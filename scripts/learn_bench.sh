@@ -23,12 +23,12 @@ BATCH=128
 WORK=${WORK:-out/learn-bench}
 F=${FASHION_DIR:-/usr/share/datasets/fashion-mnist}
 mkdir -p "$WORK"
-cargo build --release -p graftnet-tools -q
+cargo build --release -p graftnet-tools -p graftnet-fixtures -q
 B=target/release/graftnet
 [ -f "$F/train-images-idx3-ubyte.gz" ] || bash tests/data/setup.sh
 # A MobileNetV2-0.5 base for 1x64x64 inputs (torchvision's structure, stem stride 2).
 [ -f "$WORK/mnv2-0.5-64/base.onnx" ] ||
-    $B fixture --arch mnv2 --width 0.5 --resolution 64 --channels 1 --classes 10 --calib 1 \
+    target/release/graftnet-fixture --arch mnv2 --width 0.5 --resolution 64 --channels 1 --classes 10 --calib 1 \
         --out "$WORK/mnv2-0.5-64" > /dev/null
 python3 -c "import torch" 2>/dev/null || { echo "PyTorch is not installed: pip install torch torchvision" >&2; exit 1; }
 # Three warm-up steps, then STEPS timed ones (graftnet times its whole epoch).

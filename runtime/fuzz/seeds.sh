@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the fuzz seeds (seeds/) with the release `graftnet` exporter
 # (seeds/mnv3.gnb is the backbone of the mnv3 patches, not a seed):
-#   - tiny: a synthetic MobileNetV3-Small (`graftnet fixture`, 16x16x1,
+#   - tiny: a synthetic MobileNetV3-Small (`graftnet-fixture`, 16x16x1,
 #     width 0.1, 4 classes) with S/B, DW and logits tasks, exported with
 #     task version 2: small, so the fuzzer runs it thousands of times a second;
 #     and a task with its own head (FC-ReLU-FC, 32 hidden units);
@@ -16,13 +16,14 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$here/../.."
 models="$root/tests/models"
 bin="${GRAFTNET:-$root/target/release/graftnet}"
-if [ ! -x "$bin" ]; then
-    (cd "$root" && cargo build --release -p graftnet-tools)
+fixture="${GRAFTNET_FIXTURE:-$root/target/release/graftnet-fixture}"
+if [ ! -x "$bin" ] || [ ! -x "$fixture" ]; then
+    (cd "$root" && cargo build --release -p graftnet-tools -p graftnet-fixtures)
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-"$bin" fixture --arch mnv3 --width 0.1 --resolution 16 --channels 1 --classes 4 \
+"$fixture" --arch mnv3 --width 0.1 --resolution 16 --channels 1 --classes 4 \
     --calib 8 --seed 7 --out "$work/tiny" >/dev/null
 "$bin" export --base "$work/tiny/base.onnx" \
     --task sb="$work/tiny/sb.onnx" --task dw="$work/tiny/dw.onnx" \

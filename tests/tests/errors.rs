@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use graftnet::format::EntryKind;
 use graftnet::{Backbone, Engine, FormatError, Patch, Requant};
+use graftnet_fixtures::*;
 use graftnet_tests::*;
 use graftnet_tools::data::write_npy_f32;
-use graftnet_tools::fixtures::*;
 use graftnet_tools::host::{ExportDir, UnknownTask};
-use graftnet_tools::onnx_import::{import_onnx, ImportError, ImportOptions};
+use graftnet_tools::import::{import_onnx, ImportError, ImportOptions};
 use graftnet_tools::pipeline::{export, ExportOptions};
 use graftnet_tools::soak::entry_offsets;
 

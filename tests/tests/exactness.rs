@@ -236,7 +236,7 @@ fn threads_give_identical_results() {
 /// ranges. Any thread count gives the single thread's bytes.
 #[test]
 fn threads_split_every_op_kind_identically() {
-    use graftnet_tools::fixtures::{
+    use graftnet_fixtures::{
         mobilenet_v3_small, random_inputs, to_onnx, ExportStyle, MobileNetV3Config,
     };
     let params = mobilenet_v3_small(&MobileNetV3Config {
@@ -284,8 +284,8 @@ fn derived_parameters_follow_the_formula() {
     use graftnet::format::entry::Rows;
     use graftnet::format::{EntryKind, OpKind};
     use graftnet::quant::ConvChannels;
+    use graftnet_fixtures::*;
     use graftnet_tools::data::write_npy_f32;
-    use graftnet_tools::fixtures::*;
 
     let dir = scratch("derive-formula");
     let base = tiny_cnn(11);

@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use graftnet::format::EntryClass;
+use graftnet_fixtures::*;
 use graftnet_tests::*;
 use graftnet_tools::data::write_npy_f32;
-use graftnet_tools::fixtures::*;
 use graftnet_tools::pipeline::{export, ExportOptions, ExportReport};
 
 /// Writes `params` as ONNX into `dir/name.onnx`.

@@ -6,10 +6,10 @@
 //! refused with typed errors (the active task stays).
 
 use graftnet::{Backbone, Engine, FormatError, Patch, Requant};
-use graftnet_tests::*;
-use graftnet_tools::fixtures::{
+use graftnet_fixtures::{
     derive_task, mobilenet_v2, random_inputs, to_onnx, ExportStyle, MobileNetV2Config, TaskKind,
 };
+use graftnet_tests::*;
 use graftnet_tools::pipeline::{export, ExportOptions};
 use prost::Message;
 

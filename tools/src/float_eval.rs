@@ -253,9 +253,9 @@ fn pool(p: &Pool, x: &[f32], is: Shape, os: Shape, avg: bool) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::import::testutil::*;
+    use crate::import::{import_onnx, import_onnx_file, ImportOptions};
     use crate::ir::{Act, Conv, Graph, Node, Op, Shape, TensorInfo};
-    use crate::onnx_import::testutil::*;
-    use crate::onnx_import::{import_onnx, import_onnx_file, ImportOptions};
     use crate::reference::TractModel;
     use std::path::{Path, PathBuf};
 
@@ -842,7 +842,7 @@ mod tests {
         let p = models_dir().join("pretrained/ch_ppocr_mobile_v2.0_cls_infer.onnx");
         let err = import_onnx_file(&p, &ImportOptions::default()).unwrap_err();
         assert!(
-            matches!(err, crate::onnx_import::ImportError::DynamicShape { .. }),
+            matches!(err, crate::import::ImportError::DynamicShape { .. }),
             "{err}"
         );
         let g = check_against_tract(&p, Some((3, 48, 192)), 1e-3, &[41, 42]);

@@ -36,10 +36,6 @@ enum Cmd {
     Run(cli::run::Args),
     /// Int8 top-1 accuracy of a task (and the float model's, with --reference).
     Eval(cli::eval::Args),
-    /// Write synthetic MobileNet ONNX models (random weights, PyTorch export
-    /// style) with derived S/B, DW and logits tasks, plus random calibration
-    /// data: the models BENCHMARKS.md measures.
-    Fixture(cli::fixture::Args),
     /// Time inference, task switch and memory of an export directory (and signature checks, with --verify-key).
     Bench(cli::bench::Args),
     /// Randomized long run of one engine: task switches, inferences checked
@@ -61,7 +57,6 @@ fn main() -> ExitCode {
         Cmd::Sign(a) => a.run(),
         Cmd::Run(a) => a.run(),
         Cmd::Eval(a) => a.run(),
-        Cmd::Fixture(a) => a.run(),
         Cmd::Bench(a) => a.run(),
         Cmd::Soak(a) => a.run(),
         Cmd::Demo(a) => a.run(),

@@ -1,7 +1,8 @@
 //! Small constructors for ONNX protobuf messages (tract's `pb` types): the
-//! one place the tools build ONNX by hand — the synthetic fixtures
-//! ([`crate::fixtures`]) and the trainer's model writer
-//! ([`crate::learn`]). Lengths are the caller's contract: `f32_tensor`
+//! one place the tools build ONNX by hand — the architectures' writer
+//! ([`crate::arch`], also behind the `graftnet-fixtures` test models), the
+//! trainer's model writer ([`crate::learn`]) and the importer's test models
+//! (`import::testutil`, which adds `int64_data` tensors and dynamic dims). Lengths are the caller's contract: `f32_tensor`
 //! panics when `dims` and `data` disagree (a programming error, not input).
 
 use tract_onnx::pb::{

@@ -2,7 +2,7 @@
 //! result is checked against.
 //!
 //! The model is loaded with tract's own ONNX front end (independent of
-//! [`crate::onnx_import`]), the input fact is pinned to `f32 [1, c, h, w]`,
+//! [`crate::import`]), the input fact is pinned to `f32 [1, c, h, w]`,
 //! and the model is optimized and made runnable. `run` always takes NCHW data:
 //! for TF exports whose input is NHWC followed by `Transpose(perm=[0,3,1,2])`
 //! the input is transposed to NHWC before it is handed to tract.
@@ -170,7 +170,7 @@ impl TractModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx_import::testutil::*;
+    use crate::import::testutil::*;
 
     #[test]
     fn reference_runs_tiny_conv() {

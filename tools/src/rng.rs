@@ -56,3 +56,9 @@ impl Rng {
         (0..n).map(|_| self.normal(0.0, std)).collect()
     }
 }
+
+/// `n * c * h * w` values uniform in [-1, 1], NCHW order, seeded.
+pub fn random_inputs(n: usize, c: usize, h: usize, w: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::for_name(seed, "random_inputs");
+    (0..n * c * h * w).map(|_| rng.uniform(-1.0, 1.0)).collect()
+}

@@ -42,10 +42,9 @@ use graftnet::{Engine, Patch, Requant};
 use serde_json::json;
 
 use crate::data::{self, Preprocess};
-use crate::fixtures::random_inputs;
 use crate::host::ExportDir;
 use crate::pipeline::BASE_TASK;
-use crate::rng::Rng;
+use crate::rng::{random_inputs, Rng};
 
 /// Re-sealed corruptions made per patch before the run (see the module doc).
 pub const RESEALED_PER_PATCH: usize = 64;

@@ -17,7 +17,6 @@ pub mod bench;
 pub mod demo;
 pub mod eval;
 pub mod export;
-pub mod fixture;
 pub mod inspect;
 pub mod keygen;
 pub mod run;

@@ -284,18 +284,16 @@ fn base_graph(a: &LearnArgs) -> Result<(Graph, bool)> {
         "--arch trains a network from scratch: use --patch full"
     );
     let params = match name {
-        "mobilenet_v2" | "mnv2" => {
-            crate::fixtures::mobilenet_v2(&crate::fixtures::MobileNetV2Config {
-                width,
-                resolution: h,
-                in_channels: c,
-                classes: 10,
-                first_stride: a.stem_stride,
-                seed: a.seed,
-            })
-        }
+        "mobilenet_v2" | "mnv2" => crate::arch::mobilenet_v2(&crate::arch::MobileNetV2Config {
+            width,
+            resolution: h,
+            in_channels: c,
+            classes: 10,
+            first_stride: a.stem_stride,
+            seed: a.seed,
+        }),
         "mobilenet_v3_small" | "mnv3" => {
-            crate::fixtures::mobilenet_v3_small(&crate::fixtures::MobileNetV3Config {
+            crate::arch::mobilenet_v3_small(&crate::arch::MobileNetV3Config {
                 width,
                 resolution: h,
                 in_channels: c,
@@ -309,8 +307,8 @@ fn base_graph(a: &LearnArgs) -> Result<(Graph, bool)> {
             bail!("--arch: unknown architecture '{name}' (mobilenet_v2:W or mobilenet_v3_small:W)")
         }
     };
-    let onnx = crate::fixtures::to_onnx(&params, &crate::fixtures::ExportStyle::default());
-    let g = crate::onnx_import::import_onnx(&onnx, &Default::default())
+    let onnx = crate::arch::to_onnx(&params, &crate::arch::ExportStyle::default());
+    let g = crate::import::import_onnx(&onnx, &Default::default())
         .map_err(|e| anyhow::anyhow!("building --arch {spec}: {e}"))?;
     Ok((g, true))
 }

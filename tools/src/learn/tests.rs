@@ -613,7 +613,7 @@ fn learned_onnx_imports_to_the_trained_function() {
         train::train(&mut runs, &cfg, false).unwrap();
         let net = &mut runs[0].net;
         let bytes = super::onnx_out::to_onnx(net, "test");
-        let imported = crate::onnx_import::import_onnx(&bytes, &Default::default()).unwrap();
+        let imported = crate::import::import_onnx(&bytes, &Default::default()).unwrap();
         let convs = |g: &Graph| {
             g.nodes
                 .iter()
