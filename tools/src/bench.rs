@@ -320,8 +320,9 @@ fn time_switch(ex: &ExportDir, rounds: usize) -> Result<Option<SwitchTimes>> {
         return Ok(None);
     }
     let bb = ex.parse_backbone()?;
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let sizes = ex.engine_sizes()?;
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![Requant::default(); sizes.params];
     let (mut arena2, mut params2) = (arena.clone(), params.clone());
     let mut e = match &ex.verify_key {
         None => Engine::new(&bb, &mut arena, &mut params).map_err(graftnet::Error::from),

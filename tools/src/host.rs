@@ -173,13 +173,7 @@ impl ExportDir {
         let bb = self.parse_backbone()?;
         let list: Vec<Option<Patch<'s>>> =
             tasks.iter().map(|t| self.patch(t)).collect::<Result<_>>()?;
-        // Room for every task of the export (a patch may bring its own head).
-        let all: Vec<Patch<'_>> = self
-            .patches
-            .values()
-            .filter_map(|b| Patch::parse(b).ok())
-            .collect();
-        let sizes = bb.engine_sizes(&all);
+        let sizes = self.engine_sizes()?;
         let mut arena = vec![0i8; sizes.arena];
         let mut params = vec![Requant::default(); sizes.params];
         let mut engine = match &self.verify_key {
@@ -188,6 +182,18 @@ impl ExportDir {
         }
         .map_err(|e| anyhow::anyhow!("{e}"))?;
         f(&mut engine, &list)
+    }
+
+    /// Arena and parameter table for an engine that runs every task of the
+    /// export (more than the backbone's when a patch brings its own head).
+    pub fn engine_sizes(&self) -> Result<graftnet::format::head::EngineSizes> {
+        let bb = self.parse_backbone()?;
+        let all: Vec<Patch<'_>> = self
+            .patches
+            .values()
+            .filter_map(|b| Patch::parse(b).ok())
+            .collect();
+        Ok(bb.engine_sizes(&all))
     }
 
     /// Runs every task of `tasks` on one float NCHW input in one pass
