@@ -28,10 +28,15 @@
 // design: a `no_std` device has no heap to box them into.
 #![allow(clippy::result_large_err, clippy::large_enum_variant)]
 
+#[cfg(feature = "std")]
+extern crate std;
+
 pub mod error;
 pub mod frame;
 pub mod message;
 pub mod server;
+#[cfg(feature = "std")]
+mod std_io;
 
 #[cfg(test)]
 mod tests;
@@ -39,7 +44,9 @@ mod tests;
 pub use error::{CallError, ErrorCode, Failure, FormatKind, FrameError, DETAIL_CAP};
 pub use frame::{call, decode_request, decode_response, encode, Frame, FrameReader};
 pub use message::{Info, Input, Request, Response, TaskEntry, TaskList, TaskScores};
-pub use server::{answer, check_name, serve, Device, UploadState, UploadStep, MIN_TX_BUF};
+pub use server::{answer, check_name, respond, serve, Device, UploadState, UploadStep, MIN_TX_BUF};
+#[cfg(feature = "std")]
+pub use std_io::FromStd;
 
 /// The protocol version this crate speaks ([`Info::protocol`]). It changes
 /// when a message's encoding changes incompatibly; appending a variant to

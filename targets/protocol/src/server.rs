@@ -83,28 +83,40 @@ pub fn serve<IO: Read + Write, D: Device>(
     loop {
         let n = match reader.next(io)? {
             None => return Ok(()),
-            Some(Frame::TooLarge) => {
-                let max = max_frame as u32;
-                refuse(&Failure::new(ErrorCode::FrameTooLarge { max }), tx)
-            }
-            Some(Frame::Data(f)) => match decode_request(f) {
-                Ok(req) => answer(dev, req, max_frame, tx),
-                Err(_) => refuse(
-                    &Failure::with(
-                        ErrorCode::Malformed,
-                        format_args!(
-                            "the frame is not a request of protocol version {}",
-                            crate::PROTOCOL_VERSION
-                        ),
-                    ),
-                    tx,
-                ),
-            },
+            Some(frame) => respond(dev, frame, max_frame, tx),
         };
         if n > 0 {
             io.write_all(&tx[..n])?;
             io.flush()?;
         }
+    }
+}
+
+/// Answers one received frame (the body of [`serve`]'s loop, for a caller
+/// that reads frames itself, e.g. to lock a shared device per frame): a
+/// frame too long or not a request is refused, a request is [`answer`]ed.
+/// Returns the answer's frame length in `tx`.
+pub fn respond<D: Device>(dev: &mut D, frame: Frame<'_>, max_frame: usize, tx: &mut [u8]) -> usize {
+    match frame {
+        Frame::TooLarge => refuse(
+            &Failure::new(ErrorCode::FrameTooLarge {
+                max: max_frame as u32,
+            }),
+            tx,
+        ),
+        Frame::Data(f) => match decode_request(f) {
+            Ok(req) => answer(dev, req, max_frame, tx),
+            Err(_) => refuse(
+                &Failure::with(
+                    ErrorCode::Malformed,
+                    format_args!(
+                        "the frame is not a request of protocol version {}",
+                        crate::PROTOCOL_VERSION
+                    ),
+                ),
+                tx,
+            ),
+        },
     }
 }
 
