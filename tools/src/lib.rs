@@ -4,6 +4,7 @@
 pub mod args;
 pub mod bias_correction;
 pub mod data;
+pub mod device;
 pub mod export;
 pub mod fixtures;
 pub mod float_eval;

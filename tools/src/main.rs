@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 mod bench;
+mod device_client;
 
 use graftnet_tools::args::{parse_kv, parse_pair, parse_triple};
 use graftnet_tools::bias_correction::BiasCorrection;
@@ -70,6 +71,8 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Talk to a board over the device protocol: info, tasks, switch, infer, upload, delete, bench.
+    Device(device_client::DeviceArgs),
     /// Class scores of one input.
     Run {
         dir: PathBuf,
@@ -290,6 +293,7 @@ fn main() -> ExitCode {
         } => inspect::inspect_verified(&file, backbone.as_deref(), verify_key.as_deref(), json),
         Cmd::Keygen { out, force } => cmd_keygen(&out, force),
         Cmd::Sign { files, key, out } => cmd_sign(&files, &key, out.as_deref()),
+        Cmd::Device(a) => device_client::run(a),
         Cmd::Run {
             dir,
             task,
@@ -562,10 +566,7 @@ fn cmd_run(
         Ok((v, sc.argmax()))
     })?;
     if json_out {
-        println!(
-            "{}",
-            json!({"task": task, "scores": scores, "top1": top, "label": labels.get(top)})
-        );
+        println!("{}", graftnet_tools::host::scores_json(task, &scores, top, &labels));
     } else {
         println!(
             "task {task}: top-1 class {top}{}",

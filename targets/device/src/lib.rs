@@ -429,6 +429,13 @@ impl Mode {
     pub fn json(limits: Limits, n_input: usize) -> Self {
         Mode { wire: Wire::Json, limits, n_input, frames: (0, 0) }
     }
+
+    /// The binary protocol with `limits`, buffers sized for `srv`'s model.
+    pub fn postcard(srv: &Mutex<Server<'_>>, limits: Limits) -> Self {
+        let s = srv.lock().unwrap_or_else(|p| p.into_inner());
+        let (n_input, max_classes) = (s.n_input(), s.backbone().max_classes() as usize);
+        Mode { wire: Wire::Postcard, limits, n_input, frames: (binary::max_frame(n_input), binary::tx_len(max_classes)) }
+    }
 }
 
 /// Accepts connections from `incoming` (a Unix or TCP listener's) and
