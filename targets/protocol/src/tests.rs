@@ -818,3 +818,87 @@ fn failure_details_are_cut_not_lost() {
         }
     );
 }
+
+/// The block-wise COBS coder gives `cobs::encode`'s bytes (what
+/// `postcard::to_slice_cobs` sends) and decodes exactly what
+/// `cobs::decode_in_place` decodes, on every length around the 254-byte
+/// block boundaries, zeros anywhere, and random garbage.
+#[test]
+fn cobs_matches_the_cobs_crate() {
+    let mut seed = 0x1234_5678_9abc_def0u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut cases: Vec<Vec<u8>> = Vec::new();
+    for n in (0..=600).chain([1000, 4096, 65_000]) {
+        for zeros in [0u64, 1, 8, 128] {
+            // zeros: the chance of a zero byte, in 1/256
+            cases.push(
+                (0..n)
+                    .map(|_| {
+                        if (rnd() & 255) < zeros {
+                            0
+                        } else {
+                            (rnd() % 255 + 1) as u8
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    cases.push(vec![0; 600]);
+    cases.push(vec![1; 254]);
+    let mut n_checked = 0;
+    for raw in &cases {
+        // Encode: as a postcard byte array, the message is its varint length
+        // and the bytes; compare the whole frame with cobs's encoding of the
+        // serialized message.
+        let msg = serde_bytes::Bytes::new(raw);
+        let mut plain = vec![0u8; raw.len() + 16];
+        let ser = postcard::to_slice(&msg, &mut plain).unwrap().len();
+        let mut want = vec![0u8; ser + ser / 254 + 2];
+        let w = cobs::encode(&plain[..ser], &mut want);
+        want.truncate(w);
+        want.push(0);
+        let mut buf = vec![0u8; raw.len() + raw.len() / 200 + 64];
+        let got = encode(&msg, &mut buf).unwrap().to_vec();
+        assert_eq!(got, want, "encode, {} bytes", raw.len());
+        let mut f = got.clone();
+        let back: &[u8] = decode_bytes(&mut f);
+        assert_eq!(back, &raw[..]);
+        // Decode garbage: both decoders agree on accepting it and on the bytes.
+        let mut g: Vec<u8> = raw.iter().map(|&b| if b == 0 { 1 } else { b }).collect();
+        let mut h = g.clone();
+        let ours = cobs_decode_for_test(&mut g);
+        let theirs = cobs::decode_in_place(&mut h).ok();
+        assert_eq!(ours, theirs, "decode, {} bytes", raw.len());
+        if let Some(n) = ours {
+            assert_eq!(g[..n], h[..n]);
+        }
+        n_checked += 1;
+    }
+    assert!(n_checked > 2400);
+    // A buffer too small is refused, never overrun.
+    for len in 0..40 {
+        let mut small = vec![0u8; len];
+        let r = encode(&serde_bytes::Bytes::new(&[5u8; 30]), &mut small);
+        // 31 bytes of message (length + payload), 33 of frame; `encode`
+        // serializes behind `len / 254 + 3` bytes of room for the codes.
+        assert_eq!(r.is_ok(), len >= 31 + len / 254 + 3, "{len}");
+        if let Ok(f) = r {
+            assert_eq!(f.len(), 33);
+        }
+    }
+}
+
+fn decode_bytes(f: &mut [u8]) -> &[u8] {
+    let n = crate::frame::cobs_decode(f).unwrap();
+    postcard::from_bytes::<&[u8]>(&f[..n]).unwrap()
+}
+
+fn cobs_decode_for_test(f: &mut [u8]) -> Option<usize> {
+    crate::frame::cobs_decode(f)
+}
