@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use graftnet_protocol::{
-    encode, ErrorCode, Frame, FrameReader, FromStd, Input, Request, Response,
-    TaskEntry, MAX_INFER_TASKS, PROTOCOL_VERSION,
+    encode, ErrorCode, Frame, FrameReader, FromStd, Input, Request, Response, TaskEntry,
+    MAX_INFER_TASKS, PROTOCOL_VERSION,
 };
 
 /// A byte stream to a device.
@@ -26,11 +26,15 @@ impl<T: Read + Write + Send> Stream for T {}
 /// (raw mode, 8N1, default 115200 baud) or `stdio:CMD` (runs `sh -c CMD`
 /// and talks over its stdin/stdout).
 pub fn connect(spec: &str) -> Result<Box<dyn Stream>> {
-    let (kind, rest) = spec
-        .split_once(':')
-        .with_context(|| format!("--connect '{spec}': expected unix:PATH, tcp:HOST:PORT, serial:DEV[@BAUD] or stdio:CMD"))?;
+    let (kind, rest) = spec.split_once(':').with_context(|| {
+        format!(
+            "--connect '{spec}': expected unix:PATH, tcp:HOST:PORT, serial:DEV[@BAUD] or stdio:CMD"
+        )
+    })?;
     Ok(match kind {
-        "unix" => Box::new(UnixStream::connect(rest).with_context(|| format!("connecting to {rest}"))?),
+        "unix" => {
+            Box::new(UnixStream::connect(rest).with_context(|| format!("connecting to {rest}"))?)
+        }
         "tcp" => {
             let s = TcpStream::connect(rest).with_context(|| format!("connecting to {rest}"))?;
             s.set_nodelay(true)?;
@@ -47,7 +51,11 @@ pub fn connect(spec: &str) -> Result<Box<dyn Stream>> {
 fn open_serial(spec: &str) -> Result<std::fs::File> {
     use rustix::termios::{tcgetattr, tcsetattr, OptionalActions};
     let (dev, baud) = match spec.rsplit_once('@') {
-        Some((d, b)) => (d, b.parse::<u32>().with_context(|| format!("serial baud rate '{b}'"))?),
+        Some((d, b)) => (
+            d,
+            b.parse::<u32>()
+                .with_context(|| format!("serial baud rate '{b}'"))?,
+        ),
         None => (spec, 115_200),
     };
     let f = std::fs::OpenOptions::new()
@@ -256,20 +264,36 @@ impl Client {
 
     /// Sends `req` and hands the answer to `f`; a refusal is a [`Refused`]
     /// error.
-    pub fn call<R>(&mut self, req: &Request<'_>, f: impl FnOnce(Response<'_>) -> Result<R>) -> Result<R> {
+    pub fn call<R>(
+        &mut self,
+        req: &Request<'_>,
+        f: impl FnOnce(Response<'_>) -> Result<R>,
+    ) -> Result<R> {
         let cap = self.tx.len();
-        let frame = encode(req, &mut self.tx).map_err(|e| anyhow::anyhow!("{e} (the request does not fit {cap} bytes)"))?;
-        self.io.0.write_all(frame).context("writing to the device")?;
+        let frame = encode(req, &mut self.tx)
+            .map_err(|e| anyhow::anyhow!("{e} (the request does not fit {cap} bytes)"))?;
+        self.io
+            .0
+            .write_all(frame)
+            .context("writing to the device")?;
         self.io.0.flush().context("writing to the device")?;
         let mut reader = FrameReader::new(&mut self.rx);
-        let frame = match reader.next(&mut self.io).context("reading from the device")? {
+        let frame = match reader
+            .next(&mut self.io)
+            .context("reading from the device")?
+        {
             None => bail!("the device closed the connection"),
             Some(Frame::TooLarge) => bail!("the device's answer is longer than {RX_LEN} bytes"),
             Some(Frame::Data(f)) => f,
         };
-        let resp = graftnet_protocol::decode_response(frame).map_err(|e| anyhow::anyhow!("the device's answer: {e}"))?;
+        let resp = graftnet_protocol::decode_response(frame)
+            .map_err(|e| anyhow::anyhow!("the device's answer: {e}"))?;
         match resp {
-            Response::Error { code, detail } => Err(Refused { code, detail: detail.to_string() }.into()),
+            Response::Error { code, detail } => Err(Refused {
+                code,
+                detail: detail.to_string(),
+            }
+            .into()),
             r => f(r),
         }
     }
@@ -304,7 +328,10 @@ impl Client {
     /// The resident tasks and the active one.
     pub fn tasks(&mut self) -> Result<(Vec<TaskInfo>, String)> {
         self.call(&Request::Tasks, |r| match r {
-            Response::Tasks(t) => Ok((t.tasks.iter().map(TaskInfo::from).collect(), t.active.to_string())),
+            Response::Tasks(t) => Ok((
+                t.tasks.iter().map(TaskInfo::from).collect(),
+                t.active.to_string(),
+            )),
             other => unexpected(&other),
         })
     }
@@ -321,27 +348,47 @@ impl Client {
     pub fn infer(&mut self, tasks: &[&str], input: Input<'_>) -> Result<Vec<TaskResult>> {
         let names = heapless::Vec::<&str, MAX_INFER_TASKS>::from_slice(tasks)
             .map_err(|_| anyhow::anyhow!("at most {MAX_INFER_TASKS} tasks per inference"))?;
-        self.call(&Request::Infer { tasks: names, input }, |r| match r {
-            Response::Infer(v) => Ok(v
-                .iter()
-                .map(|s| TaskResult {
-                    task: s.task.to_string(),
-                    quantized: s.scores.to_vec(),
-                    scores: s.dequantized().collect(),
-                    top1: s.top1 as usize,
-                    us: s.us,
-                })
-                .collect()),
-            other => unexpected(&other),
-        })
+        self.call(
+            &Request::Infer {
+                tasks: names,
+                input,
+            },
+            |r| match r {
+                Response::Infer(v) => Ok(v
+                    .iter()
+                    .map(|s| TaskResult {
+                        task: s.task.to_string(),
+                        quantized: s.scores.to_vec(),
+                        scores: s.dequantized().collect(),
+                        top1: s.top1 as usize,
+                        us: s.us,
+                    })
+                    .collect()),
+                other => unexpected(&other),
+            },
+        )
     }
 
     /// One `Upload` request: the bytes the device then holds.
-    pub fn upload_chunk(&mut self, name: &str, total_len: u32, offset: u32, chunk: &[u8]) -> Result<u32> {
-        self.call(&Request::Upload { name, total_len, offset, chunk }, |r| match r {
-            Response::Upload { held, .. } => Ok(held),
-            other => unexpected(&other),
-        })
+    pub fn upload_chunk(
+        &mut self,
+        name: &str,
+        total_len: u32,
+        offset: u32,
+        chunk: &[u8],
+    ) -> Result<u32> {
+        self.call(
+            &Request::Upload {
+                name,
+                total_len,
+                offset,
+                chunk,
+            },
+            |r| match r {
+                Response::Upload { held, .. } => Ok(held),
+                other => unexpected(&other),
+            },
+        )
     }
 
     /// The largest upload chunk for task `name` that fits the device's
@@ -376,7 +423,10 @@ impl Client {
                 Ok(h) => h,
                 Err(e) => match e.downcast_ref::<Refused>() {
                     // Someone else moved the upload on: continue from the device's count.
-                    Some(Refused { code: ErrorCode::OffsetMismatch { held: h }, .. }) if *h < total => *h,
+                    Some(Refused {
+                        code: ErrorCode::OffsetMismatch { held: h },
+                        ..
+                    }) if *h < total => *h,
                     _ => return Err(e),
                 },
             };
@@ -410,9 +460,13 @@ impl Client {
         let Some(Frame::Data(f)) = reader.next(&mut self.io)? else {
             bail!("no answer");
         };
-        let resp = graftnet_protocol::decode_response(f).map_err(|e| anyhow::anyhow!("the device's answer: {e}"))?;
+        let resp = graftnet_protocol::decode_response(f)
+            .map_err(|e| anyhow::anyhow!("the device's answer: {e}"))?;
         match resp {
-            Response::Error { code, detail } => Ok(Refused { code, detail: detail.to_string() }),
+            Response::Error { code, detail } => Ok(Refused {
+                code,
+                detail: detail.to_string(),
+            }),
             other => unexpected(&other),
         }
     }

@@ -97,7 +97,13 @@ enum DeviceCmd {
 }
 
 pub fn run(a: DeviceArgs) -> Result<()> {
-    if let DeviceCmd::Bench { count, task, protocol, shape } = &a.cmd {
+    if let DeviceCmd::Bench {
+        count,
+        task,
+        protocol,
+        shape,
+    } = &a.cmd
+    {
         if protocol == "json" {
             let shape = shape.context("bench --protocol json needs --shape C,H,W")?;
             return bench_json(&a.connect, *count, task.as_deref().unwrap_or("base"), shape);
@@ -111,25 +117,43 @@ pub fn run(a: DeviceArgs) -> Result<()> {
             println!("protocol:   {}", i.protocol);
             println!("runtime:    graftnet {}", i.runtime);
             println!("backbone:   {:016x}", i.backbone);
-            println!("input:      {}x{}x{} (c,h,w)", i.input[0], i.input[1], i.input[2]);
+            println!(
+                "input:      {}x{}x{} (c,h,w)",
+                i.input[0], i.input[1], i.input[2]
+            );
             println!("classes:    at most {}", i.max_classes);
-            println!("memory:     arena {} bytes, parameter table {} entries", i.arena_len, i.params_len);
+            println!(
+                "memory:     arena {} bytes, parameter table {} entries",
+                i.arena_len, i.params_len
+            );
             println!("kernels:    {}", i.kernels);
             println!("tasks:      {} resident, '{}' active", i.tasks, i.active);
-            println!("limits:     frames up to {} bytes, patches up to {} bytes", i.max_frame, i.max_patch);
+            println!(
+                "limits:     frames up to {} bytes, patches up to {} bytes",
+                i.max_frame, i.max_patch
+            );
         }
         DeviceCmd::Tasks => {
             let (tasks, active) = c.tasks()?;
             for t in tasks {
                 let mark = if t.name == active { '*' } else { ' ' };
-                println!("{mark} {:<32} {:>5} classes  version {:<4} {:>9} bytes", t.name, t.classes, t.version, t.bytes);
+                println!(
+                    "{mark} {:<32} {:>5} classes  version {:<4} {:>9} bytes",
+                    t.name, t.classes, t.version, t.bytes
+                );
             }
         }
         DeviceCmd::Switch { task } => {
             c.switch(&task)?;
             println!("active task: {task}");
         }
-        DeviceCmd::Infer { tasks, input, dir, prep, json } => {
+        DeviceCmd::Infer {
+            tasks,
+            input,
+            dir,
+            prep,
+            json,
+        } => {
             let [ch, h, w] = c.info.input.map(|d| d as usize);
             let shape = (ch, h, w);
             let export = dir.as_deref().map(ExportDir::open).transpose()?;
@@ -139,32 +163,56 @@ pub fn run(a: DeviceArgs) -> Result<()> {
             };
             let (s, x) = data::load_input(&input, &p)?;
             if s != shape {
-                bail!("input {} has shape {s:?} (c,h,w); the device's model takes {shape:?}", input.display());
+                bail!(
+                    "input {} has shape {s:?} (c,h,w); the device's model takes {shape:?}",
+                    input.display()
+                );
             }
             let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
             let names: Vec<&str> = tasks.iter().map(String::as_str).collect();
             for r in c.infer(&names, Input::F32(&bytes))? {
-                let labels = export.as_ref().map(|d| d.labels(&r.task)).unwrap_or_default();
+                let labels = export
+                    .as_ref()
+                    .map(|d| d.labels(&r.task))
+                    .unwrap_or_default();
                 if json {
                     println!("{}", scores_json(&r.task, &r.scores, r.top1, &labels));
                 } else {
-                    let label = labels.get(r.top1).map(|l| format!(" ({l})")).unwrap_or_default();
-                    println!("task {}: top-1 class {}{label} ({} µs on the device)", r.task, r.top1, r.us);
+                    let label = labels
+                        .get(r.top1)
+                        .map(|l| format!(" ({l})"))
+                        .unwrap_or_default();
+                    println!(
+                        "task {}: top-1 class {}{label} ({} µs on the device)",
+                        r.task, r.top1, r.us
+                    );
                     for (i, s) in r.scores.iter().enumerate() {
-                        println!("  {:>3} {:>10.4} {}", i, s, labels.get(i).map(String::as_str).unwrap_or(""));
+                        println!(
+                            "  {:>3} {:>10.4} {}",
+                            i,
+                            s,
+                            labels.get(i).map(String::as_str).unwrap_or("")
+                        );
                     }
                 }
             }
         }
         DeviceCmd::Upload { file, name, chunk } => {
-            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name = match name {
                 Some(n) => n,
                 None => graftnet::Patch::parse(&bytes)
                     .map(|p| p.name().to_string())
-                    .map_err(|e| anyhow::anyhow!("{}: {e} (give --name to send it anyway)", file.display()))?,
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}: {e} (give --name to send it anyway)", file.display())
+                    })?,
             };
-            let chunk = chunk.unwrap_or(if a.connect.starts_with("serial:") { 1024 } else { usize::MAX });
+            let chunk = chunk.unwrap_or(if a.connect.starts_with("serial:") {
+                1024
+            } else {
+                usize::MAX
+            });
             let t0 = Instant::now();
             let t = c.upload(&name, &bytes, chunk, |held, total| {
                 eprint!("\rgraftnet: uploading '{name}': {held}/{total} bytes");
@@ -202,16 +250,33 @@ pub fn run(a: DeviceArgs) -> Result<()> {
 }
 
 /// `graftnet device check` (see its help).
-fn check(c: &mut Client, dir: &std::path::Path, data: &[(String, PathBuf)], count: usize) -> Result<()> {
+fn check(
+    c: &mut Client,
+    dir: &std::path::Path,
+    data: &[(String, PathBuf)],
+    count: usize,
+) -> Result<()> {
     let d = ExportDir::open(dir)?;
     let [ch, h, w] = c.info.input.map(|d| d as usize);
-    let prep = data::Preprocess { size: Some((h, w)), channels: ch, ..data::Preprocess::default() };
+    let prep = data::Preprocess {
+        size: Some((h, w)),
+        channels: ch,
+        ..data::Preprocess::default()
+    };
     let sets = data
         .iter()
         .map(|(t, f)| Ok((t.as_str(), data::load_dataset(f, None, &prep)?)))
         .collect::<Result<Vec<_>>>()?;
-    if let Some((t, ds)) = sets.iter().find(|(_, ds)| ds.shape != (ch, h, w) || ds.is_empty()) {
-        bail!("{t}: the data holds {} samples of {:?}; the device takes {:?}", ds.len(), ds.shape, (ch, h, w));
+    if let Some((t, ds)) = sets
+        .iter()
+        .find(|(_, ds)| ds.shape != (ch, h, w) || ds.is_empty())
+    {
+        bail!(
+            "{t}: the data holds {} samples of {:?}; the device takes {:?}",
+            ds.len(),
+            ds.shape,
+            (ch, h, w)
+        );
     }
     // Which sample each request uses: request i runs task i % k on its
     // set's sample (i / k) % len.
@@ -220,11 +285,17 @@ fn check(c: &mut Client, dir: &std::path::Path, data: &[(String, PathBuf)], coun
     // The host's results, one engine per task.
     let mut want: Vec<Vec<(Vec<i8>, usize)>> = vec![Vec::new(); k];
     for (j, (t, ds)) in sets.iter().enumerate() {
-        let n = (0..count).filter(|&i| pick(i).0 == j).map(|i| pick(i).1 + 1).max().unwrap_or(0);
+        let n = (0..count)
+            .filter(|&i| pick(i).0 == j)
+            .map(|i| pick(i).1 + 1)
+            .max()
+            .unwrap_or(0);
         want[j] = d.with_engine(t, |e| {
             (0..n)
                 .map(|s| {
-                    let sc = e.run_f32(ds.sample(s)).map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let sc = e
+                        .run_f32(ds.sample(s))
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
                     Ok((sc.quantized().to_vec(), sc.argmax()))
                 })
                 .collect()
@@ -234,13 +305,23 @@ fn check(c: &mut Client, dir: &std::path::Path, data: &[(String, PathBuf)], coun
     let mut device_us = Vec::with_capacity(count);
     for i in 0..count {
         let (j, si) = pick(i);
-        let bytes: Vec<u8> = sets[j].1.sample(si).iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = sets[j]
+            .1
+            .sample(si)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let r = c.infer(&[sets[j].0], Input::F32(&bytes))?;
         let (q, top1) = &want[j][si];
         if r.len() == 1 && r[0].quantized == *q && r[0].top1 == *top1 {
             identical += 1;
         } else {
-            eprintln!("graftnet: request {i} ({} sample {si}): device {:?}, host {:?} top-1 {top1}", sets[j].0, r.first(), q);
+            eprintln!(
+                "graftnet: request {i} ({} sample {si}): device {:?}, host {:?} top-1 {top1}",
+                sets[j].0,
+                r.first(),
+                q
+            );
         }
         device_us.extend(r.first().map(|r| r.us));
     }
@@ -251,7 +332,10 @@ fn check(c: &mut Client, dir: &std::path::Path, data: &[(String, PathBuf)], coun
         serde_json::to_string(&sets.iter().map(|s| s.0).collect::<Vec<_>>())?
     );
     if identical != count {
-        bail!("{} of {count} results differ from the host's", count - identical);
+        bail!(
+            "{} of {count} results differ from the host's",
+            count - identical
+        );
     }
     Ok(())
 }
@@ -264,7 +348,12 @@ fn random_i8(n: usize) -> Vec<i8> {
 
 /// The same measurement over JSON lines: `{"id", "task", "input_i8"}`
 /// requests, the device's `us` as its time.
-fn bench_json(spec: &str, count: usize, task: &str, (c, h, w): (usize, usize, usize)) -> Result<()> {
+fn bench_json(
+    spec: &str,
+    count: usize,
+    task: &str,
+    (c, h, w): (usize, usize, usize),
+) -> Result<()> {
     let s = connect(spec)?;
     let mut s = BufReader::new(s);
     let x = random_i8(c * h * w);
@@ -282,7 +371,8 @@ fn bench_json(spec: &str, count: usize, task: &str, (c, h, w): (usize, usize, us
         resp.clear();
         s.read_line(&mut resp)?;
         let rtt = t0.elapsed().as_secs_f64() * 1e6;
-        let v: serde_json::Value = serde_json::from_str(&resp).with_context(|| format!("answer: {resp:.200}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&resp).with_context(|| format!("answer: {resp:.200}"))?;
         let Some(us) = v["us"].as_f64() else {
             bail!("the device refused: {}", v["error"]);
         };

@@ -566,7 +566,10 @@ fn cmd_run(
         Ok((v, sc.argmax()))
     })?;
     if json_out {
-        println!("{}", graftnet_tools::host::scores_json(task, &scores, top, &labels));
+        println!(
+            "{}",
+            graftnet_tools::host::scores_json(task, &scores, top, &labels)
+        );
     } else {
         println!(
             "task {task}: top-1 class {top}{}",

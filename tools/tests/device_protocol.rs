@@ -66,16 +66,23 @@ impl Device {
         let (dir, st) = (dir.to_path_buf(), stop.clone());
         let thread = std::thread::spawn(move || {
             graftnet_device::with_export(&dir, None, graftnet_device::HOST, 1 << 20, |srv| {
-                let mode = graftnet_device::Mode::postcard(srv, graftnet_device::Limits {
-                    max_connections: 4,
-                    timeout: Duration::from_secs(60),
-                    max_request: 1 << 20,
-                });
+                let mode = graftnet_device::Mode::postcard(
+                    srv,
+                    graftnet_device::Limits {
+                        max_connections: 4,
+                        timeout: Duration::from_secs(60),
+                        max_request: 1 << 20,
+                    },
+                );
                 graftnet_device::serve_socket(srv, listener.incoming(), mode, &st);
             })
             .unwrap();
         });
-        Device { sock: sock.to_path_buf(), stop, thread: Some(thread) }
+        Device {
+            sock: sock.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        }
     }
 
     fn spec(&self) -> String {
@@ -103,10 +110,26 @@ fn export(out: &Path) {
     let m = root().join("tests/models/mnv2");
     let d = root().join("tests/models/data");
     let task = |n: &str| format!("{n}={}", s(&m.join(format!("{n}.folded.onnx"))));
-    let (a, b, c) = (task("mnist-sb"), task("mnist-dw"), task("fashion-binary-logits"));
+    let (a, b, c) = (
+        task("mnist-sb"),
+        task("mnist-dw"),
+        task("fashion-binary-logits"),
+    );
     let (base, calib) = (m.join("base.folded.onnx"), d.join("fashion_calib_x.npy"));
     ok(&[
-        "export", "--base", s(&base), "--task", &a, "--task", &b, "--task", &c, "--calib", s(&calib), "--out", s(out),
+        "export",
+        "--base",
+        s(&base),
+        "--task",
+        &a,
+        "--task",
+        &b,
+        "--task",
+        &c,
+        "--calib",
+        s(&calib),
+        "--out",
+        s(out),
     ]);
 }
 
@@ -123,7 +146,9 @@ fn sample(data: &str, i: usize, out: &Path) -> PathBuf {
 }
 
 fn json_lines(out: &str) -> Vec<serde_json::Value> {
-    out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -147,14 +172,24 @@ fn device_protocol_end_to_end() {
     let run = |args: &[&str]| ok(&c(args).iter().map(String::as_str).collect::<Vec<_>>());
 
     let info = run(&["info"]);
-    let fp = graftnet::Backbone::parse(&std::fs::read(exp.join("backbone.gnb")).unwrap()).unwrap().fingerprint();
+    let fp = graftnet::Backbone::parse(&std::fs::read(exp.join("backbone.gnb")).unwrap())
+        .unwrap()
+        .fingerprint();
     assert!(info.contains(&format!("backbone:   {fp:016x}")), "{info}");
-    assert!(info.contains("tasks:      1 resident, 'base' active"), "{info}");
+    assert!(
+        info.contains("tasks:      1 resident, 'base' active"),
+        "{info}"
+    );
     assert!(info.contains("protocol:   1"), "{info}");
 
     // Upload two patches with the CLI (small chunks: many requests, resumable path).
     for t in ["mnist-sb", "mnist-dw"] {
-        let out = run(&["upload", s(&exp.join(format!("{t}.gnp"))), "--chunk", "4096"]);
+        let out = run(&[
+            "upload",
+            s(&exp.join(format!("{t}.gnp"))),
+            "--chunk",
+            "4096",
+        ]);
         assert!(out.contains(&format!("task '{t}' committed")), "{out}");
         assert!(dev_dir.join(format!("{t}.gnp")).is_file());
     }
@@ -162,20 +197,65 @@ fn device_protocol_end_to_end() {
     assert_eq!(tasks.lines().count(), 3, "{tasks}");
 
     // Scores: identical to `graftnet run --json` for the same export and input.
-    let inputs = [sample("mnist_test_x.npy", 0, &work), sample("mnist_test_x.npy", 1, &work), sample("fashion_test_x.npy", 0, &work)];
+    let inputs = [
+        sample("mnist_test_x.npy", 0, &work),
+        sample("mnist_test_x.npy", 1, &work),
+        sample("fashion_test_x.npy", 0, &work),
+    ];
     let mut n_compared = 0;
     for x in &inputs {
         for t in ["mnist-sb", "base", "mnist-dw"] {
-            let want = json_lines(&ok(&["run", s(&exp), "--task", t, "--input", s(x), "--json"]));
-            let got = json_lines(&run(&["infer", "--task", t, "--input", s(x), "--json", "--dir", s(&exp)]));
+            let want = json_lines(&ok(&[
+                "run",
+                s(&exp),
+                "--task",
+                t,
+                "--input",
+                s(x),
+                "--json",
+            ]));
+            let got = json_lines(&run(&[
+                "infer",
+                "--task",
+                t,
+                "--input",
+                s(x),
+                "--json",
+                "--dir",
+                s(&exp),
+            ]));
             assert_eq!(got, want, "{t} on {}", x.display());
             n_compared += 1;
         }
         // Several tasks on one input in one request: the same results.
-        let multi = json_lines(&run(&["infer", "--task", "mnist-dw", "--task", "base", "--task", "mnist-sb", "--input", s(x), "--json", "--dir", s(&exp)]));
+        let multi = json_lines(&run(&[
+            "infer",
+            "--task",
+            "mnist-dw",
+            "--task",
+            "base",
+            "--task",
+            "mnist-sb",
+            "--input",
+            s(x),
+            "--json",
+            "--dir",
+            s(&exp),
+        ]));
         let single: Vec<_> = ["mnist-dw", "base", "mnist-sb"]
             .iter()
-            .map(|t| json_lines(&ok(&["run", s(&exp), "--task", t, "--input", s(x), "--json"])).remove(0))
+            .map(|t| {
+                json_lines(&ok(&[
+                    "run",
+                    s(&exp),
+                    "--task",
+                    t,
+                    "--input",
+                    s(x),
+                    "--json",
+                ]))
+                .remove(0)
+            })
             .collect();
         assert_eq!(multi, single);
     }
@@ -188,75 +268,175 @@ fn device_protocol_end_to_end() {
     assert_eq!(before.1, "mnist-sb");
     let n = cl.info.n_input();
     let check_unchanged = |cl: &mut Client| {
-        assert_eq!(cl.tasks().unwrap(), before, "the task set and the active task are unchanged");
+        assert_eq!(
+            cl.tasks().unwrap(),
+            before,
+            "the task set and the active task are unchanged"
+        );
     };
     // Malformed frames: garbage, a truncated frame, a frame beyond max_frame.
-    assert_eq!(cl.raw(&[0x13, 0x37, 0xff, 0x00]).unwrap().code, ErrorCode::Malformed);
+    assert_eq!(
+        cl.raw(&[0x13, 0x37, 0xff, 0x00]).unwrap().code,
+        ErrorCode::Malformed
+    );
     let mut f = vec![0u8; 64];
-    let frame = graftnet_protocol::encode(&graftnet_protocol::Request::Switch { task: "mnist-dw" }, &mut f).unwrap().to_vec();
+    let frame = graftnet_protocol::encode(
+        &graftnet_protocol::Request::Switch { task: "mnist-dw" },
+        &mut f,
+    )
+    .unwrap()
+    .to_vec();
     let mut truncated = frame[..frame.len() - 4].to_vec();
     truncated.push(0);
     assert_eq!(cl.raw(&truncated).unwrap().code, ErrorCode::Malformed);
     let max = cl.info.max_frame;
-    let huge = vec![0x55u8; max as usize + 10].into_iter().chain([0]).collect::<Vec<_>>();
-    assert_eq!(cl.raw(&huge).unwrap().code, ErrorCode::FrameTooLarge { max });
+    let huge = vec![0x55u8; max as usize + 10]
+        .into_iter()
+        .chain([0])
+        .collect::<Vec<_>>();
+    assert_eq!(
+        cl.raw(&huge).unwrap().code,
+        ErrorCode::FrameTooLarge { max }
+    );
     check_unchanged(&mut cl);
     // An unknown task.
     assert_eq!(refused(cl.switch("nope")).code, ErrorCode::UnknownTask);
-    assert_eq!(refused(cl.infer(&["mnist-dw", "nope"], Input::I8(&vec![0; n]))).code, ErrorCode::UnknownTask);
+    assert_eq!(
+        refused(cl.infer(&["mnist-dw", "nope"], Input::I8(&vec![0; n]))).code,
+        ErrorCode::UnknownTask
+    );
     check_unchanged(&mut cl);
     // An oversized input (and a short one).
     let r = refused(cl.infer(&[], Input::I8(&vec![0; n + 1])));
-    assert_eq!(r.code, ErrorCode::InputSize { expected: n as u32, got: n as u32 + 1 });
-    assert_eq!(refused(cl.infer(&[], Input::F32(&[0; 12]))).code, ErrorCode::InputSize { expected: n as u32, got: 3 });
+    assert_eq!(
+        r.code,
+        ErrorCode::InputSize {
+            expected: n as u32,
+            got: n as u32 + 1
+        }
+    );
+    assert_eq!(
+        refused(cl.infer(&[], Input::F32(&[0; 12]))).code,
+        ErrorCode::InputSize {
+            expected: n as u32,
+            got: 3
+        }
+    );
     check_unchanged(&mut cl);
     // A truncated upload: half the bytes, then commit.
     let logits = std::fs::read(exp.join("fashion-binary-logits.gnp")).unwrap();
     let total = logits.len() as u32;
     let half = logits.len() / 2;
-    assert_eq!(cl.upload_chunk("fashion-binary-logits", total, 0, &logits[..half]).unwrap(), half as u32);
+    assert_eq!(
+        cl.upload_chunk("fashion-binary-logits", total, 0, &logits[..half])
+            .unwrap(),
+        half as u32
+    );
     let r = refused(cl.commit("fashion-binary-logits"));
-    assert_eq!(r.code, ErrorCode::UploadIncomplete { held: half as u32, total_len: total });
+    assert_eq!(
+        r.code,
+        ErrorCode::UploadIncomplete {
+            held: half as u32,
+            total_len: total
+        }
+    );
     // A chunk at the wrong offset, and one past the end.
-    assert_eq!(refused(cl.upload_chunk("fashion-binary-logits", total, 7, &logits[7..20])).code, ErrorCode::OffsetMismatch { held: half as u32 });
-    assert_eq!(refused(cl.upload_chunk("fashion-binary-logits", total, half as u32, &logits[..])).code, ErrorCode::TooLarge { max: total });
+    assert_eq!(
+        refused(cl.upload_chunk("fashion-binary-logits", total, 7, &logits[7..20])).code,
+        ErrorCode::OffsetMismatch { held: half as u32 }
+    );
+    assert_eq!(
+        refused(cl.upload_chunk("fashion-binary-logits", total, half as u32, &logits[..])).code,
+        ErrorCode::TooLarge { max: total }
+    );
     check_unchanged(&mut cl);
     // Resume on a new connection from what the device holds, then commit.
     drop(cl);
     let mut cl = dev.client();
-    assert_eq!(cl.upload_chunk("fashion-binary-logits", total, 0, &[]).unwrap(), half as u32);
-    let t = cl.upload("fashion-binary-logits", &logits, 1000, |_, _| {}).unwrap();
+    assert_eq!(
+        cl.upload_chunk("fashion-binary-logits", total, 0, &[])
+            .unwrap(),
+        half as u32
+    );
+    let t = cl
+        .upload("fashion-binary-logits", &logits, 1000, |_, _| {})
+        .unwrap();
     assert_eq!((t.name.as_str(), t.bytes), ("fashion-binary-logits", total));
     let mut before = before;
     before.0 = cl.tasks().unwrap().0;
     assert_eq!(before.0.len(), 4);
     let check_unchanged = |cl: &mut Client| {
-        assert_eq!(cl.tasks().unwrap(), before, "the task set and the active task are unchanged");
+        assert_eq!(
+            cl.tasks().unwrap(),
+            before,
+            "the task set and the active task are unchanged"
+        );
     };
     // A corrupted chunk: one byte flipped in transit.
     let sb = std::fs::read(exp.join("mnist-sb.gnp")).unwrap();
     let mut bad = sb.clone();
     bad[sb.len() / 2] ^= 0x40;
     let r = refused(cl.upload("mnist-sb", &bad, 1 << 20, |_, _| {}));
-    assert_eq!(r.code, ErrorCode::Format(FormatKind::ChecksumMismatch), "{}", r.detail);
+    assert_eq!(
+        r.code,
+        ErrorCode::Format(FormatKind::ChecksumMismatch),
+        "{}",
+        r.detail
+    );
     check_unchanged(&mut cl);
-    assert_eq!(std::fs::read(dev_dir.join("mnist-sb.gnp")).unwrap(), sb, "the stored patch is untouched");
+    assert_eq!(
+        std::fs::read(dev_dir.join("mnist-sb.gnp")).unwrap(),
+        sb,
+        "the stored patch is untouched"
+    );
     // An upload for another backbone (a valid blob, resealed).
     let mut foreign = sb.clone();
     let p = graftnet::Patch::parse(&sb).unwrap();
-    graftnet::format::patch::HeaderRepr { backbone: fp ^ 1, ..*p.header() }.emit(&mut foreign);
+    graftnet::format::patch::HeaderRepr {
+        backbone: fp ^ 1,
+        ..*p.header()
+    }
+    .emit(&mut foreign);
     graftnet::format::patch::seal(&mut foreign);
     let r = refused(cl.upload("mnist-sb", &foreign, 1 << 20, |_, _| {}));
-    assert_eq!(r.code, ErrorCode::WrongBackbone { expected: fp, found: fp ^ 1 });
+    assert_eq!(
+        r.code,
+        ErrorCode::WrongBackbone {
+            expected: fp,
+            found: fp ^ 1
+        }
+    );
     // Not a patch at all, and a patch uploaded under another name.
-    assert_eq!(refused(cl.upload("junk", &[7u8; 100], 64, |_, _| {})).code, ErrorCode::Format(FormatKind::BadMagic));
-    assert_eq!(refused(cl.upload("other", &sb, 1 << 20, |_, _| {})).code, ErrorCode::InvalidName);
-    assert_eq!(refused(cl.upload("../x", &sb, 1 << 20, |_, _| {})).code, ErrorCode::InvalidName);
+    assert_eq!(
+        refused(cl.upload("junk", &[7u8; 100], 64, |_, _| {})).code,
+        ErrorCode::Format(FormatKind::BadMagic)
+    );
+    assert_eq!(
+        refused(cl.upload("other", &sb, 1 << 20, |_, _| {})).code,
+        ErrorCode::InvalidName
+    );
+    assert_eq!(
+        refused(cl.upload("../x", &sb, 1 << 20, |_, _| {})).code,
+        ErrorCode::InvalidName
+    );
     check_unchanged(&mut cl);
-    let stray: Vec<_> = std::fs::read_dir(&dev_dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert!(!stray.iter().any(|f| f.contains("tmp") || f.starts_with("junk") || f.starts_with("other")), "{stray:?}");
+    let stray: Vec<_> = std::fs::read_dir(&dev_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        !stray
+            .iter()
+            .any(|f| f.contains("tmp") || f.starts_with("junk") || f.starts_with("other")),
+        "{stray:?}"
+    );
     // The service is still up for the CLI, and refusals end it with exit 1.
-    let (code, _, err) = graftnet(&c(&["switch", "nope"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, err) = graftnet(
+        &c(&["switch", "nope"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("unknown task 'nope'"), "{err}");
     // Delete: the task, its file.
@@ -273,7 +453,11 @@ fn device_protocol_end_to_end() {
         let want = ok(&["run", s(&exp), "--task", t, "--input", s(x), "--json"]);
         let got = ok(&["run", s(&dev_dir), "--task", t, "--input", s(x), "--json"]);
         let (w, g) = (json_lines(&want), json_lines(&got));
-        assert_eq!((&g[0]["scores"], &g[0]["top1"]), (&w[0]["scores"], &w[0]["top1"]), "{t}");
+        assert_eq!(
+            (&g[0]["scores"], &g[0]["top1"]),
+            (&w[0]["scores"], &w[0]["top1"]),
+            "{t}"
+        );
     }
     let _ = std::fs::remove_dir_all(work);
 }
