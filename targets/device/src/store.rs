@@ -112,8 +112,14 @@ impl PatchStore {
         write_atomic(&file, &bytes).map_err(storage)?;
         let old_file = old.map(|i| self.tasks[i].file.clone()).filter(|f| *f != file);
         self.update_manifest(|tasks| {
-            tasks.retain(|t| t["name"] != name.as_str());
-            tasks.push(serde_json::json!({"name": name, "patch": format!("{name}.gnp"), "uploaded": true}));
+            // A replaced task keeps the rest of its entry (what the export wrote).
+            let mut entry = match tasks.iter().position(|t| t["name"] == name.as_str()) {
+                Some(i) => tasks.remove(i),
+                None => serde_json::json!({"name": name}),
+            };
+            entry["patch"] = serde_json::json!(format!("{name}.gnp"));
+            entry["uploaded"] = serde_json::json!(true);
+            tasks.push(entry);
         })
         .map_err(|e| Failure::with(ErrorCode::Storage, format_args!("manifest.json: {e}")))?;
         if let Some(f) = old_file {
