@@ -26,8 +26,10 @@
 //! (`graftnet export --sign`, `graftnet sign`); see [`export`].
 //!
 //! Memory: one arena and one parameter table, sized by the backbone, for the
-//! process lifetime; the blobs are read once. Requests switch tasks with
-//! `Engine::apply` (kilobytes of patch, no reload).
+//! process lifetime; the backbone is memory-mapped, the patches are read
+//! once (and replaced by uploads). Each request sets the engine up for its
+//! task (`Engine::new`, `Engine::apply`: kilobytes of patch, no reload;
+//! [`server`] says why per request).
 //!
 //! Bounds, so that no client (or number of clients) can exhaust the device
 //! ([`Limits`]): at most `--max-connections` socket connections are served
@@ -42,7 +44,11 @@
 //! socket can make the device use is bounded by
 //! `max_connections · (2 · max_request_bytes + 4·C·H·W)` plus the fixed
 //! buffers. Requests are parsed before the engine lock is taken
-//! ([`server::respond`]).
+//! ([`server::respond`]). With `--protocol postcard` a connection holds a
+//! receive buffer of [`binary::max_frame`] (`4·C·H·W` + 4 KiB, at least
+//! 64 KiB) and a transmit buffer of [`binary::tx_len`], and the device at
+//! most one upload in progress of at most `--max-patch-bytes`, so the
+//! bound is `max_connections · (max_frame + tx_len) + max_patch_bytes`.
 //!
 //! The board packages (`targets/rpi4`, `targets/rpi5`, `targets/jetson-orin`)
 //! are this library compiled for their CPU; [`Board`] says which.
