@@ -61,6 +61,8 @@ enum DeviceCmd {
     },
     /// Remove a resident task.
     Delete { task: String },
+    /// Check the device against the host runtime: COUNT inferences alternating tasks, each bit-identical.
+    ///
     /// Runs COUNT inferences on the device, alternating tasks over test
     /// sets, and checks every result against the host runtime on the same
     /// export (`graftnet run`'s code): bit-identical int8 scores and top-1.
@@ -76,9 +78,10 @@ enum DeviceCmd {
         #[arg(long, default_value_t = 200)]
         count: usize,
     },
-    /// Round-trip overhead of an inference (protocol and copies, not the
-    /// inference itself): the median of (round trip − device time) over
-    /// COUNT requests with a random int8 input, as a share of the device time.
+    /// Round-trip overhead of an inference besides the inference itself (protocol, copies, socket).
+    ///
+    /// The median of (round trip − device time) over COUNT requests with a
+    /// random int8 input, as a share of the device time.
     Bench {
         /// requests to time
         #[arg(long, default_value_t = 100)]

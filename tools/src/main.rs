@@ -71,7 +71,7 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Talk to a board over the device protocol: info, tasks, switch, infer, upload, delete, bench.
+    /// Talk to a board over the device protocol: info, tasks, switch, infer, upload, delete, check, bench.
     Device(device_client::DeviceArgs),
     /// Class scores of one input.
     Run {
