@@ -14,7 +14,11 @@
 # 4. builds rpi4, rpi5 and jetson-orin and runs graftnet-device under
 #    qemu-aarch64 with --verify-key on every request (stdin) and over its
 #    Unix socket (two concurrent clients), checking every response against
-#    the host;
+#    the host; then each with --protocol postcard on a socket over a
+#    directory holding only the backbone: `graftnet device` uploads two
+#    signed patches, runs GRAFTNET_POSTCARD_REQUESTS inferences alternating
+#    three tasks (each checked against the host runtime, bit for bit), and
+#    sees a corrupted upload, an unknown task and garbage refused;
 # 5. builds cortex-m4 and cortex-m7 (and the STM32H743 layout) and runs both
 #    firmwares under qemu-system-arm: exit 0 only if every result is
 #    bit-identical to the host's; the cortex-m4 firmware also with feature
@@ -24,7 +28,8 @@
 # 6. prints a table; exits non-zero on any failure or mismatch.
 #
 # Environment: GRAFTNET_REQUESTS (valid device requests per board, default
-# 10000), GRAFTNET_MCU_SAMPLES (samples per task in the firmware, default 8),
+# 10000), GRAFTNET_POSTCARD_REQUESTS (binary-protocol inferences per board,
+# default 300), GRAFTNET_MCU_SAMPLES (samples per task in the firmware, default 8),
 # GRAFTNET_NO_INSTALL=1 (never call apt-get). Everything is written under
 # targets/target/ (logs in targets/target/logs/).
 set -euo pipefail
@@ -37,6 +42,7 @@ EXPORT="$WORK/export/mnv2"
 DT="$WORK/device-test"
 N_REQ="${GRAFTNET_REQUESTS:-10000}"
 N_MCU="${GRAFTNET_MCU_SAMPLES:-8}"
+N_PC="${GRAFTNET_POSTCARD_REQUESTS:-300}"
 T0=$(date +%s)
 
 # Debian's toolchain: rustc-web/cargo-web install /usr/bin/rustc and
@@ -140,11 +146,15 @@ for cpu in cortex-a72 cortex-a76; do
     echo "$cpu: ${TESTS[$cpu]} tests passed"
 done
 
-step "graftnet-device library tests (host)"
+step "graftnet-device and graftnet-protocol library tests (host)"
 if run device-tests.log "$CARGO" test --manifest-path "$HERE/device/Cargo.toml"; then :; else fail "graftnet-device tests"; fi
 p=$(grep -o '[0-9]* passed' "$LOGS/device-tests.log" | awk '{s+=$1} END {print s+0}')
 f=$(grep -o '[0-9]* failed' "$LOGS/device-tests.log" | awk '{s+=$1} END {print s+0}')
 TESTS[device]="$p/$((p + f))"
+if run protocol-tests.log "$CARGO" test --manifest-path "$HERE/protocol/Cargo.toml"; then :; else fail "graftnet-protocol tests"; fi
+p=$(grep -o '[0-9]* passed' "$LOGS/protocol-tests.log" | awk '{s+=$1} END {print s+0}')
+f=$(grep -o '[0-9]* failed' "$LOGS/protocol-tests.log" | awk '{s+=$1} END {print s+0}')
+TESTS[protocol]="$p/$((p + f))"
 
 # ----------------------------------------------------------- 4. Linux boards
 BOARDS=(rpi4 rpi5 jetson-orin)
@@ -175,7 +185,41 @@ device_test() {
     wait $a; local rc_a=$?
     wait $c; local rc_b=$?
     kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
-    echo "$rc_run $rc_check $rc_a $rc_b" >"$o.rc"
+    postcard_test "$b"
+    local rc_pc=$?
+    echo "$rc_run $rc_check $rc_a $rc_b $rc_pc" >"$o.rc"
+}
+# postcard_test BOARD: the binary protocol on a socket, a device that starts
+# with the backbone alone; every step logged to $o.postcard.log.
+postcard_test() {
+    local b=$1 cpu=${QCPU[$1]}
+    local bin="$HERE/$b/target/aarch64-unknown-linux-gnu/release/graftnet-device" o="$DT/$b"
+    local dir="$DT/$b.postcard-dir" sock="$SOCKDIR/$b.postcard.sock" log="$DT/$b.postcard.log"
+    rm -rf "$dir"; mkdir -p "$dir"; cp "$EXPORT/backbone.gnb" "$dir/"
+    qemu-aarch64 -cpu "$cpu" "$bin" --dir "$dir" --verify-key "$PUBKEY" --protocol postcard --socket "$sock" \
+        </dev/null 2>"$o.postcard.stderr" &
+    local spid=$!
+    for _ in $(seq 300); do [ -S "$sock" ] && break; sleep 0.2; done
+    local G=("$GRAFTNET" device --connect "unix:$sock") rc=0
+    {
+        "${G[@]}" info &&
+        "${G[@]}" upload "$EXPORT/mnist-sb.gnp" &&
+        "${G[@]}" upload "$EXPORT/fashion-binary-logits.gnp" --chunk 1024 &&
+        "${G[@]}" tasks &&
+        "${G[@]}" check --dir "$EXPORT" --count "$N_PC" --data mnist-sb="$D/mnist_test_x.npy" \
+            --data base="$D/fashion_test_x.npy" --data fashion-binary-logits="$D/fashion-binary_test_x.npy" >"$o.postcard.json"
+    } >"$log" 2>&1 || rc=1
+    # Refusals: a corrupted patch, an unknown task; the device answers and stays up.
+    local bad="$DT/$b.corrupt.gnp"
+    cp "$EXPORT/mnist-dw.gnp" "$bad"
+    printf '\x55' | dd of="$bad" bs=1 seek=200 conv=notrunc 2>/dev/null
+    if "${G[@]}" upload "$bad" --name mnist-dw >>"$log" 2>&1; then rc=1; echo "corrupted upload accepted" >>"$log"; fi
+    if "${G[@]}" switch nope >>"$log" 2>&1; then rc=1; echo "unknown task accepted" >>"$log"; fi
+    grep -Eq "ChecksumMismatch|BadSignature" "$log" && grep -q "unknown task 'nope'" "$log" || rc=1
+    "${G[@]}" tasks >>"$log" 2>&1 || rc=1
+    [ "$(ls "$dir")" = "$(printf 'backbone.gnb\nfashion-binary-logits.gnp\nmnist-sb.gnp')" ] || { rc=1; ls "$dir" >>"$log"; }
+    kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
+    return $rc
 }
 step "graftnet-device under qemu-aarch64: $N_REQ requests per board, in the background"
 DPIDS=()
@@ -252,18 +296,20 @@ declare -A DEV_OK DEV_TESTS
 jnum() { local v; v=$(grep -o "\"$2\":[0-9]*" "$1" 2>/dev/null | head -1 | cut -d: -f2); echo "${v:-0}"; }
 for b in "${BOARDS[@]}"; do
     o="$DT/$b"
-    read -r rc_run rc_check rc_a rc_b <"$o.rc" || { rc_run=1; rc_check=1; rc_a=1; rc_b=1; }
+    read -r rc_run rc_check rc_a rc_b rc_pc <"$o.rc" || { rc_run=1; rc_check=1; rc_a=1; rc_b=1; rc_pc=1; }
     cat "$o.check.json" "$o.socket-a.json" "$o.socket-b.json" 2>/dev/null | sed "s/^/$b: /"
     ident=$(jnum "$o.check.json" identical); valid=$(jnum "$o.check.json" valid)
     ea=$(jnum "$o.check.json" errors_answered); ee=$(jnum "$o.check.json" errors_expected)
     sa=$(( $(jnum "$o.socket-a.json" identical) + $(jnum "$o.socket-a.json" errors_answered) + $(jnum "$o.socket-b.json" identical) + $(jnum "$o.socket-b.json" errors_answered) ))
-    DEV_TESTS[$b]="${ident:-0}/${valid:-0} req, ${ea:-0}/${ee:-0} bad, socket $sa/300"
-    if [ "$rc_run" = 0 ] && [ "$rc_check" = 0 ] && [ "$rc_a" = 0 ] && [ "$rc_b" = 0 ] && [ "${valid:-0}" = "$N_REQ" ]; then
+    pc=$(jnum "$o.postcard.json" identical)
+    DEV_TESTS[$b]="${ident:-0}/${valid:-0} req, ${ea:-0}/${ee:-0} bad, socket $sa/300, postcard $pc/$N_PC"
+    if [ "$rc_run" = 0 ] && [ "$rc_check" = 0 ] && [ "$rc_a" = 0 ] && [ "$rc_b" = 0 ] && [ "${rc_pc:-1}" = 0 ] \
+        && [ "${valid:-0}" = "$N_REQ" ] && [ "$pc" = "$N_PC" ]; then
         DEV_OK[$b]=yes
     else
         DEV_OK[$b]=no
-        fail "graftnet-device on $b (exit $rc_run, check $rc_check, socket $rc_a/$rc_b); see $o.*"
-        tail -5 "$o.stderr" >&2 || true
+        fail "graftnet-device on $b (exit $rc_run, check $rc_check, socket $rc_a/$rc_b, postcard ${rc_pc:-1}); see $o.*"
+        tail -5 "$o.stderr" "$o.postcard.log" >&2 || true
     fi
 done
 
@@ -321,12 +367,13 @@ s7="$WORK/cortex-m7-stm32h743.elf"
 
 echo
 echo "## Boards"
-printf '| %-44s | %-42s | %-17s | %-68s |\n' "target" "tests passed" "identical to host" "binary size"
-printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "$(printf -- '-%.0s' {1..44})" "$(printf -- '-%.0s' {1..19})" "$(printf -- '-%.0s' {1..70})"
-row() { printf '| %-44s | %-42s | %-17s | %-68s |\n' "$@"; }
+printf '| %-44s | %-62s | %-17s | %-68s |\n' "target" "tests passed" "identical to host" "binary size"
+printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..46})" "$(printf -- '-%.0s' {1..64})" "$(printf -- '-%.0s' {1..19})" "$(printf -- '-%.0s' {1..70})"
+row() { printf '| %-44s | %-62s | %-17s | %-68s |\n' "$@"; }
 row "runtime tests, qemu-aarch64 cortex-a72" "${TESTS[cortex-a72]}" "-" "-"
 row "runtime tests, qemu-aarch64 cortex-a76" "${TESTS[cortex-a76]}" "-" "-"
 row "graftnet-device library tests (host)" "${TESTS[device]}" "-" "-"
+row "graftnet-protocol tests (host)" "${TESTS[protocol]}" "-" "-"
 for b in "${BOARDS[@]}"; do
     row "$b graftnet-device (qemu -cpu ${QCPU[$b]})" "${DEV_TESTS[$b]}" "${DEV_OK[$b]}" "$(devsize "$b")"
 done

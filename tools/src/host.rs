@@ -316,3 +316,15 @@ pub fn argmax(v: &[f32]) -> usize {
     }
     best
 }
+
+/// One task's result as `graftnet run --json` prints it (and `graftnet
+/// device infer --json`, so the two compare line for line): `task`,
+/// `scores` (dequantized), `top1`, and `label` (`null` without labels).
+pub fn scores_json(
+    task: &str,
+    scores: &[f32],
+    top1: usize,
+    labels: &[String],
+) -> serde_json::Value {
+    serde_json::json!({"task": task, "scores": scores, "top1": top1, "label": labels.get(top1)})
+}

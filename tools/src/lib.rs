@@ -5,6 +5,7 @@ pub mod arch;
 pub mod args;
 pub mod bias_correction;
 pub mod data;
+pub mod device;
 pub mod export;
 pub mod float_eval;
 pub mod head_patch;

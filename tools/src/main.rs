@@ -32,7 +32,9 @@ enum Cmd {
     Keygen(cli::keygen::Args),
     /// Sign backbones (.gnb) and patches (.gnp) in place (or to --out): appends an Ed25519 signature trailer, replacing an old one.
     Sign(cli::sign::Args),
-    /// Class scores of one input.
+    /// Talk to a board over the device protocol: info, tasks, switch, infer, upload, delete, check, bench.
+    Device(cli::device::DeviceArgs),
+    /// Class scores of one input; several --task in one pass (the ops they share run once).
     Run(cli::run::Args),
     /// Int8 top-1 accuracy of a task (and the float model's, with --reference).
     Eval(cli::eval::Args),
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => a.run(),
         Cmd::Keygen(a) => a.run(),
         Cmd::Sign(a) => a.run(),
+        Cmd::Device(a) => cli::device::run(a),
         Cmd::Run(a) => a.run(),
         Cmd::Eval(a) => a.run(),
         Cmd::Bench(a) => a.run(),

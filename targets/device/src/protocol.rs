@@ -48,7 +48,10 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(id: &Value, message: impl Into<String>) -> Self {
-        Refusal { id: id.clone(), message: message.into() }
+        Refusal {
+            id: id.clone(),
+            message: message.into(),
+        }
     }
 }
 
@@ -70,17 +73,24 @@ pub fn parse_request(line: &str, n_input: usize) -> Result<Request, Refusal> {
         .and_then(|f| de.end().map(|()| f))
         .map_err(|e| Refusal::new(&Value::Null, format!("bad JSON: {e}")))?;
     let Some(f) = fields else {
-        return Err(Refusal::new(&Value::Null, "a request is a JSON object: {\"id\":..,\"task\":..,\"input\":[..]}"));
+        return Err(Refusal::new(
+            &Value::Null,
+            "a request is a JSON object: {\"id\":..,\"task\":..,\"input\":[..]}",
+        ));
     };
     let id = match f.id {
         None => Value::Null,
         Some(raw) if raw.get().len() > MAX_ID_BYTES => {
-            return Err(Refusal::new(&Value::Null, format!("\"id\" is longer than {MAX_ID_BYTES} bytes of JSON")))
+            return Err(Refusal::new(
+                &Value::Null,
+                format!("\"id\" is longer than {MAX_ID_BYTES} bytes of JSON"),
+            ))
         }
         Some(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
     };
     let task = match f.task {
-        Some(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| Refusal::new(&id, "\"task\" must be a string"))?,
+        Some(raw) => serde_json::from_str::<String>(raw.get())
+            .map_err(|_| Refusal::new(&id, "\"task\" must be a string"))?,
         None => return Err(Refusal::new(&id, "missing \"task\"")),
     };
     let input = match (f.input, f.input_i8) {
@@ -122,8 +132,20 @@ impl<'de> Visitor<'de> for RequestVisitor {
             match key.as_ref() {
                 "id" => f.id = Some(map.next_value()?),
                 "task" => f.task = Some(map.next_value()?),
-                "input" => f.input = Some(map.next_value_seed(Numbers::<f32> { n: self.n, name: "input", _t: Default::default() })?),
-                "input_i8" => f.input_i8 = Some(map.next_value_seed(Numbers::<i8> { n: self.n, name: "input_i8", _t: Default::default() })?),
+                "input" => {
+                    f.input = Some(map.next_value_seed(Numbers::<f32> {
+                        n: self.n,
+                        name: "input",
+                        _t: Default::default(),
+                    })?)
+                }
+                "input_i8" => {
+                    f.input_i8 = Some(map.next_value_seed(Numbers::<i8> {
+                        n: self.n,
+                        name: "input_i8",
+                        _t: Default::default(),
+                    })?)
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -237,12 +259,22 @@ impl<'de, T: Element> Visitor<'de> for Numbers<T> {
                     Ok(v) => out.push(v),
                     Err(m) => first_bad = Some(m),
                 },
-                None if self.name == "input" => first_bad = Some(format!("input[{i}] is not a number")),
-                None => first_bad = Some(format!("{}[{i}] is not an integer in -128..=127", self.name)),
+                None if self.name == "input" => {
+                    first_bad = Some(format!("input[{i}] is not a number"))
+                }
+                None => {
+                    first_bad = Some(format!(
+                        "{}[{i}] is not an integer in -128..=127",
+                        self.name
+                    ))
+                }
             }
         }
         if count != self.n {
-            return Ok(Err(format!("\"{}\" has {count} values; the model takes {}", self.name, self.n)));
+            return Ok(Err(format!(
+                "\"{}\" has {count} values; the model takes {}",
+                self.name, self.n
+            )));
         }
         Ok(match first_bad {
             Some(m) => Err(m),
@@ -329,7 +361,11 @@ pub fn response(id: &Value, task: &str, top1: usize, scores: &[f32], us: u128) -
 
 /// The response line of a refused request.
 pub fn error_response(r: &Refusal) -> String {
-    format!("{{\"id\":{},\"error\":{}}}", r.id, Value::String(r.message.clone()))
+    format!(
+        "{{\"id\":{},\"error\":{}}}",
+        r.id,
+        Value::String(r.message.clone())
+    )
 }
 
 #[cfg(test)]
@@ -339,8 +375,19 @@ mod tests {
     #[test]
     fn parses_both_input_kinds() {
         let r = parse_request(r#"{"id": 7, "task": "t", "input": [0.5, -1, 2]}"#, 3).unwrap();
-        assert_eq!(r, Request { id: 7.into(), task: "t".into(), input: Input::F32(vec![0.5, -1.0, 2.0]) });
-        let r = parse_request(r#"{"id": "a", "task": "base", "input_i8": [-128, 0, 127]}"#, 3).unwrap();
+        assert_eq!(
+            r,
+            Request {
+                id: 7.into(),
+                task: "t".into(),
+                input: Input::F32(vec![0.5, -1.0, 2.0])
+            }
+        );
+        let r = parse_request(
+            r#"{"id": "a", "task": "base", "input_i8": [-128, 0, 127]}"#,
+            3,
+        )
+        .unwrap();
         assert_eq!(r.input, Input::I8(vec![-128, 0, 127]));
         assert_eq!(r.id, Value::from("a"));
     }
@@ -349,13 +396,28 @@ mod tests {
     fn refuses_with_the_id() {
         let bad = [
             (r#"{"id": 1, "task": "t", "input": [1, 2]}"#, Value::from(1)),
-            (r#"{"id": 2, "task": "t", "input_i8": [1, 2, 300]}"#, Value::from(2)),
-            (r#"{"id": 3, "task": "t", "input_i8": [1, 2, 0.5]}"#, Value::from(3)),
+            (
+                r#"{"id": 2, "task": "t", "input_i8": [1, 2, 300]}"#,
+                Value::from(2),
+            ),
+            (
+                r#"{"id": 3, "task": "t", "input_i8": [1, 2, 0.5]}"#,
+                Value::from(3),
+            ),
             (r#"{"id": 4, "input": [1, 2, 3]}"#, Value::from(4)),
-            (r#"{"id": 5, "task": 9, "input": [1, 2, 3]}"#, Value::from(5)),
+            (
+                r#"{"id": 5, "task": 9, "input": [1, 2, 3]}"#,
+                Value::from(5),
+            ),
             (r#"{"id": 6, "task": "t"}"#, Value::from(6)),
-            (r#"{"id": 7, "task": "t", "input": [1, 2, 3], "input_i8": [1, 2, 3]}"#, Value::from(7)),
-            (r#"{"id": 8, "task": "t", "input": [1, "x", 3]}"#, Value::from(8)),
+            (
+                r#"{"id": 7, "task": "t", "input": [1, 2, 3], "input_i8": [1, 2, 3]}"#,
+                Value::from(7),
+            ),
+            (
+                r#"{"id": 8, "task": "t", "input": [1, "x", 3]}"#,
+                Value::from(8),
+            ),
             (r#"{"task": "t", "input": [1]}"#, Value::Null),
             (r#"[1, 2, 3]"#, Value::Null),
             (r#"{"id": 9, "task": "t", "input": [1, 2"#, Value::Null),
@@ -374,18 +436,47 @@ mod tests {
     /// beyond `MAX_ID_BYTES` is refused.
     #[test]
     fn parsing_is_streamed_and_bounded() {
-        let e = parse_request(r#"{"input": [1, [2, {"a": 3}], 3], "task": "t", "id": 5}"#, 3).unwrap_err();
-        assert_eq!((e.id, e.message.as_str()), (Value::from(5), "input[1] is not a number"));
-        let many = format!(r#"{{"id": 6, "task": "t", "input": [{}0]}}"#, "0,".repeat(100_000));
+        let e = parse_request(
+            r#"{"input": [1, [2, {"a": 3}], 3], "task": "t", "id": 5}"#,
+            3,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.id, e.message.as_str()),
+            (Value::from(5), "input[1] is not a number")
+        );
+        let many = format!(
+            r#"{{"id": 6, "task": "t", "input": [{}0]}}"#,
+            "0,".repeat(100_000)
+        );
         let e = parse_request(&many, 3).unwrap_err();
-        assert_eq!((e.id, e.message.as_str()), (Value::from(6), "\"input\" has 100001 values; the model takes 3"));
-        let r = parse_request(r#"{"id": {"a": [1, "x"]}, "extra": [[]], "task": "t", "input_i8": [1, -2, 3]}"#, 3).unwrap();
+        assert_eq!(
+            (e.id, e.message.as_str()),
+            (
+                Value::from(6),
+                "\"input\" has 100001 values; the model takes 3"
+            )
+        );
+        let r = parse_request(
+            r#"{"id": {"a": [1, "x"]}, "extra": [[]], "task": "t", "input_i8": [1, -2, 3]}"#,
+            3,
+        )
+        .unwrap();
         assert_eq!(r.id, serde_json::json!({"a": [1, "x"]}));
         assert_eq!(r.input, Input::I8(vec![1, -2, 3]));
-        let long_id = format!(r#"{{"id": "{}", "task": "t", "input": [1, 2, 3]}}"#, "x".repeat(MAX_ID_BYTES));
-        assert!(parse_request(&long_id, 3).unwrap_err().message.contains("longer than 4096"));
+        let long_id = format!(
+            r#"{{"id": "{}", "task": "t", "input": [1, 2, 3]}}"#,
+            "x".repeat(MAX_ID_BYTES)
+        );
+        assert!(parse_request(&long_id, 3)
+            .unwrap_err()
+            .message
+            .contains("longer than 4096"));
         let e = parse_request(r#"{"id": 7, "task": "t", "input": {"a": 1}}"#, 3).unwrap_err();
-        assert_eq!((e.id, e.message.as_str()), (Value::from(7), "\"input\" must be an array of numbers"));
+        assert_eq!(
+            (e.id, e.message.as_str()),
+            (Value::from(7), "\"input\" must be an array of numbers")
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use graftnet_tools::host::ExportDir;
 
 pub mod bench;
 pub mod demo;
+pub mod device;
 pub mod eval;
 pub mod export;
 pub mod inspect;

@@ -66,8 +66,7 @@ impl Args {
                 .iter()
                 .zip(&results)
                 .map(|(task, (scores, top))| {
-                    let labels = d.labels(task);
-                    json!({"task": task, "scores": scores, "top1": top, "label": labels.get(*top)})
+                    graftnet_tools::host::scores_json(task, scores, *top, &d.labels(task))
                 })
                 .collect();
             match objects.as_slice() {
