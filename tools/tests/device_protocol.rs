@@ -8,39 +8,17 @@
 //! unchanged afterwards.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+use common::{graftnet, ok, s};
 use graftnet_protocol::{ErrorCode, FormatKind, Input};
 use graftnet_tools::device::{Client, Refused};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Runs `graftnet ARGS`: (exit code, stdout, stderr).
-fn graftnet(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_graftnet"))
-        .args(args)
-        .output()
-        .expect("run graftnet");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn ok(args: &[&str]) -> String {
-    let (code, out, err) = graftnet(args);
-    assert_eq!(code, 0, "graftnet {args:?}:\n{err}\n{out}");
-    out
 }
 
 /// The refusal inside `r`'s error.
