@@ -40,6 +40,11 @@ use graftnet_protocol::{
 /// classifier over 1280 features is 1.3 MB).
 pub const DEFAULT_MAX_PATCH: u32 = 16 << 20;
 
+/// The most arena + parameter-table bytes an uploaded patch may make the
+/// device allocate (a patch that brings its own head may need more than
+/// the backbone).
+pub const MAX_ENGINE_BYTES: usize = 256 << 20;
+
 /// The engine's memory, the tasks it can switch to, and scratch buffers.
 pub struct Server<'b> {
     bb: Backbone<'b>,
@@ -57,6 +62,8 @@ pub struct Server<'b> {
     scores: Vec<f32>,
     /// int8 scores of the tasks of one binary `Infer`, `max_classes` each
     results: Vec<i8>,
+    /// the tensors `Engine::run_tasks` keeps at the tasks' branch point
+    branch: Vec<i8>,
     upload: Option<(UploadState, Vec<u8>)>,
 }
 
@@ -77,11 +84,15 @@ impl<'b> Server<'b> {
     ) -> Self {
         let n_input = bb.input().len();
         let max_classes = bb.max_classes() as usize;
+        // Room for every resident task (a patch may bring its own head).
+        let views: Vec<graftnet::Patch<'_>> = store.tasks().iter().filter_map(|t| t.patch().ok()).collect();
+        let sizes = bb.engine_sizes(&views);
         Server {
             bb,
             key,
-            arena: vec![0; bb.arena_len()],
-            params: vec![Requant::default(); bb.params_len()],
+            arena: vec![0; sizes.arena],
+            params: vec![Requant::default(); sizes.params],
+            branch: vec![0; sizes.arena],
             store,
             active: BASE_TASK.to_string(),
             device,
@@ -237,32 +248,35 @@ impl<'b> Server<'b> {
         self.floats.extend(input.f32_values());
         let maxc = self.bb.max_classes() as usize;
         let mut out = heapless::Vec::new();
-        for (k, &i) in idx.iter().enumerate() {
-            let t0 = Instant::now();
-            let name = i.map_or(BASE_TASK, |i| self.store.tasks()[i].name.as_str());
-            let run = match input {
-                WireInput::I8(q) => Run::I8(q),
-                WireInput::F32(_) => Run::F32(&self.floats),
+        // One pass (`Engine::run_tasks`): the ops the tasks share run once;
+        // each task's scores equal a separate switch and run.
+        let mut patches: heapless::Vec<Option<graftnet::Patch<'_>>, MAX_INFER_TASKS> = heapless::Vec::new();
+        for &i in &idx {
+            let p = match i {
+                Some(i) => Some(self.store.tasks()[i].patch()?),
+                None => None,
             };
-            let mut e = engine_for(
-                &self.bb,
-                &mut self.arena,
-                &mut self.params,
-                &self.store,
-                name,
-            )?;
-            let s = match run {
-                Run::I8(q) => e.run(q),
-                Run::F32(x) => e
-                    .quantize_input(x, &mut self.quantized)
-                    .and_then(|()| e.run(&self.quantized)),
-            }
-            .map_err(|e| Failure::run(&e))?;
-            let n = s.len().min(maxc);
-            self.results[k * maxc..k * maxc + n].copy_from_slice(&s.quantized()[..n]);
-            let (scale, zp) = s.quant();
-            let _ = out.push((i, n, scale, zp, s.argmax(), t0.elapsed().as_micros() as u32));
+            let _ = patches.push(p);
         }
+        let t0 = Instant::now();
+        let mut e = Engine::new(&self.bb, &mut self.arena, &mut self.params).map_err(|e| Failure::run(&e))?;
+        let results = &mut self.results;
+        let mut each = |k: usize, s: graftnet::Scores<'_>| {
+            let n = s.len().min(maxc);
+            results[k * maxc..k * maxc + n].copy_from_slice(&s.quantized()[..n]);
+            let (scale, zp) = s.quant();
+            let us = t0.elapsed().as_micros() as u32;
+            let _ = out.push((idx[k], n, scale, zp, s.argmax(), us));
+        };
+        let r = match input {
+            WireInput::I8(q) => e.run_tasks(q, &patches, &mut self.branch, &mut each),
+            WireInput::F32(_) => e.run_tasks_f32(&self.floats, &patches, &mut self.branch, &mut each),
+        };
+        r.map_err(|e| match e {
+            graftnet::Error::Run(r) => Failure::run(&r),
+            graftnet::Error::Format(f) => Failure::format(&f),
+            other => Failure::with(ErrorCode::Inference, format_args!("{other}")),
+        })?;
         if let Some(&(i, ..)) = out.last() {
             self.active = i
                 .map_or(BASE_TASK, |i| self.store.tasks()[i].name.as_str())
@@ -459,6 +473,22 @@ impl Device for Server<'_> {
         let Some((_, bytes)) = self.upload.take() else {
             return Err(Failure::new(ErrorCode::NoUpload));
         };
+        // Room for the new task (a patch may bring its own head): the
+        // buffers only grow, to what the parsed patch claims, at most
+        // `MAX_ENGINE_BYTES` (a larger claim is refused by `apply`).
+        let need = graftnet::Patch::parse(&bytes)
+            .ok()
+            .map(|p| self.bb.engine_sizes(&[p]))
+            .filter(|n| n.arena + n.params * core::mem::size_of::<Requant>() <= MAX_ENGINE_BYTES);
+        if let Some(need) = need {
+            if need.arena > self.arena.len() {
+                self.arena.resize(need.arena, 0);
+                self.branch.resize(need.arena, 0);
+            }
+            if need.params > self.params.len() {
+                self.params.resize(need.params, Requant::default());
+            }
+        }
         let meta = validate(
             &bytes,
             name,
