@@ -217,10 +217,11 @@ pub fn run(a: DeviceArgs) -> Result<()> {
                 usize::MAX
             });
             let t0 = Instant::now();
-            let t = c.upload(&name, &bytes, chunk, |held, total| {
+            let res = c.upload(&name, &bytes, chunk, |held, total| {
                 eprint!("\rgraftnet: uploading '{name}': {held}/{total} bytes");
-            })?;
+            });
             eprintln!();
+            let t = res?;
             println!(
                 "task '{}' committed: {} classes, version {}, {} bytes in {:.2} s",
                 t.name,
