@@ -10,6 +10,11 @@
 //! with dequantized scores and `us` the time spent on the request's task
 //! switch, input quantization and inference (microseconds, wall clock).
 //!
+//! Several tasks on one input, in one pass (the ops they share run once;
+//! `Engine::run_tasks`): `"tasks": ["base", "mnist-sb"]` instead of
+//! `"task"`; the response is `{"id":..,"results":[{"task","top1","scores"},
+//! ...],"us":..}`, each object what the task alone would give.
+//!
 //! A request that cannot be served gets `{"id":...,"error":"..."}` (id `null`
 //! when the line is not a JSON object) and the device carries on.
 
@@ -31,8 +36,11 @@ pub enum Input {
 pub struct Request {
     /// echoed back verbatim
     pub id: Value,
-    /// task name
+    /// task name (the first of `tasks` when a list was given)
     pub task: String,
+    /// `"tasks": [..]`: several tasks on one input, in one pass (the ops
+    /// they share run once); empty for a `"task"` request
+    pub tasks: Vec<String>,
     /// input tensor
     pub input: Input,
 }
@@ -88,10 +96,30 @@ pub fn parse_request(line: &str, n_input: usize) -> Result<Request, Refusal> {
         }
         Some(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
     };
-    let task = match f.task {
-        Some(raw) => serde_json::from_str::<String>(raw.get())
-            .map_err(|_| Refusal::new(&id, "\"task\" must be a string"))?,
-        None => return Err(Refusal::new(&id, "missing \"task\"")),
+    let (task, tasks) = match (f.task, f.tasks) {
+        (Some(raw), None) => (
+            serde_json::from_str::<String>(raw.get())
+                .map_err(|_| Refusal::new(&id, "\"task\" must be a string"))?,
+            vec![],
+        ),
+        (None, Some(raw)) => {
+            let list = serde_json::from_str::<Vec<String>>(raw.get())
+                .map_err(|_| Refusal::new(&id, "\"tasks\" must be a list of task names"))?;
+            if list.is_empty() || list.len() > graftnet_protocol::MAX_INFER_TASKS {
+                return Err(Refusal::new(
+                    &id,
+                    format!(
+                        "\"tasks\" must name 1 to {} tasks",
+                        graftnet_protocol::MAX_INFER_TASKS
+                    ),
+                ));
+            }
+            (list[0].clone(), list)
+        }
+        (Some(_), Some(_)) => {
+            return Err(Refusal::new(&id, "give \"task\" or \"tasks\", not both"))
+        }
+        (None, None) => return Err(Refusal::new(&id, "missing \"task\"")),
     };
     let input = match (f.input, f.input_i8) {
         (Some(x), None) => Input::F32(x.map_err(|m| Refusal::new(&id, m))?),
@@ -103,7 +131,12 @@ pub fn parse_request(line: &str, n_input: usize) -> Result<Request, Refusal> {
             ))
         }
     };
-    Ok(Request { id, task, input })
+    Ok(Request {
+        id,
+        task,
+        tasks,
+        input,
+    })
 }
 
 /// The fields of a request object as read; a field's problem is kept as
@@ -112,6 +145,7 @@ pub fn parse_request(line: &str, n_input: usize) -> Result<Request, Refusal> {
 struct Fields {
     id: Option<Box<RawValue>>,
     task: Option<Box<RawValue>>,
+    tasks: Option<Box<RawValue>>,
     input: Option<Result<Vec<f32>, String>>,
     input_i8: Option<Result<Vec<i8>, String>>,
 }
@@ -132,6 +166,7 @@ impl<'de> Visitor<'de> for RequestVisitor {
             match key.as_ref() {
                 "id" => f.id = Some(map.next_value()?),
                 "task" => f.task = Some(map.next_value()?),
+                "tasks" => f.tasks = Some(map.next_value()?),
                 "input" => {
                     f.input = Some(map.next_value_seed(Numbers::<f32> {
                         n: self.n,
@@ -359,6 +394,26 @@ pub fn response(id: &Value, task: &str, top1: usize, scores: &[f32], us: u128) -
     )
 }
 
+/// The response line of a `"tasks"` request: one object per task, as
+/// [`response`] would give it alone (without `id`), under `results`; `us`
+/// is the whole pass.
+pub fn multi_response(id: &Value, results: &[(String, usize, Vec<f32>)], us: u128) -> String {
+    let objs: Vec<String> = results
+        .iter()
+        .map(|(task, top1, scores)| {
+            format!(
+                "{{\"task\":{},\"top1\":{top1},\"scores\":{}}}",
+                Value::String(task.clone()),
+                serde_json::to_string(scores).unwrap_or_else(|_| "[]".to_string())
+            )
+        })
+        .collect();
+    format!(
+        "{{\"id\":{id},\"results\":[{}],\"us\":{us}}}",
+        objs.join(",")
+    )
+}
+
 /// The response line of a refused request.
 pub fn error_response(r: &Refusal) -> String {
     format!(
@@ -380,6 +435,7 @@ mod tests {
             Request {
                 id: 7.into(),
                 task: "t".into(),
+                tasks: vec![],
                 input: Input::F32(vec![0.5, -1.0, 2.0])
             }
         );

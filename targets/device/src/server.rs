@@ -28,7 +28,9 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::protocol::{error_response, parse_request, response, Input, Refusal, Request};
+use crate::protocol::{
+    error_response, multi_response, parse_request, response, Input, Refusal, Request,
+};
 use crate::store::{validate, PatchMeta, PatchStore};
 use graftnet::{Backbone, Engine, Requant, VerifyKey};
 use graftnet_protocol::{
@@ -172,6 +174,9 @@ impl<'b> Server<'b> {
                 message,
             })
         };
+        if !req.tasks.is_empty() {
+            return self.handle_tasks(req);
+        }
         if req.task != BASE_TASK && self.store.get(&req.task).is_none() {
             return refusal(format!(
                 "unknown task '{}'; this device has: {}",
@@ -214,13 +219,47 @@ impl<'b> Server<'b> {
         }
     }
 
-    /// Runs `tasks` (the active task if empty) on `input`, each in turn,
-    /// keeping each task's int8 scores in `self.results`.
-    ///
-    /// The one place multi-task inference happens: each task is set up and
-    /// run on its own (`run_one`). `Engine::run_tasks` (shared layers run
-    /// once, bit-identical results) replaces this loop when the runtime has
-    /// it.
+    /// A JSON `"tasks"` request: every task on the input in one pass
+    /// ([`Server::run_tasks`]), one result object per task.
+    fn handle_tasks(&mut self, req: &Request) -> String {
+        let t0 = Instant::now();
+        let bytes: Vec<u8>;
+        let input = match &req.input {
+            Input::I8(q) => WireInput::I8(q),
+            Input::F32(x) => {
+                bytes = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+                WireInput::F32(&bytes)
+            }
+        };
+        let names: Vec<&str> = req.tasks.iter().map(String::as_str).collect();
+        match self.run_tasks(&names, input) {
+            Ok(meta) => {
+                let maxc = self.bb.max_classes() as usize;
+                let results: Vec<(String, usize, Vec<f32>)> = meta
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &(_, n, scale, zp, top1, _))| {
+                        let q = &self.results[k * maxc..k * maxc + n];
+                        let scores = q
+                            .iter()
+                            .map(|&v| graftnet::quant::dequantize(v, scale, zp))
+                            .collect();
+                        (req.tasks[k].clone(), top1, scores)
+                    })
+                    .collect();
+                multi_response(&req.id, &results, t0.elapsed().as_micros())
+            }
+            Err(f) => error_response(&Refusal {
+                id: req.id.clone(),
+                message: format!("tasks {}: {}", req.tasks.join(", "), f.detail),
+            }),
+        }
+    }
+
+    /// Runs `tasks` (the active task if empty) on `input` in one pass
+    /// (`Engine::run_tasks`: the ops they share run once, each task's
+    /// scores bit-identical to running it alone), keeping each task's int8
+    /// scores in `self.results`. The last task becomes the active one.
     fn run_tasks(
         &mut self,
         tasks: &[&str],

@@ -664,3 +664,48 @@ fn binary_protocol_over_a_socket() {
         },
     );
 }
+
+/// `"tasks": [..]`: several tasks in one pass, one result object per task,
+/// each equal to the same task asked alone; bad lists are refused with the
+/// request's id and the connection carries on.
+#[test]
+fn json_tasks_run_in_one_pass_and_match_single_requests() {
+    let b = tiny_backbone(1, 4, 4, 3);
+    with_device(&b, limits(4, 5000), |path, _| {
+        let mut c = client(path);
+        let x: Vec<f32> = (0..16).map(|i| (i % 5) as f32 * 0.3 - 0.6).collect();
+        let alone = ask(
+            &mut c,
+            &serde_json::json!({"id": 1, "task": "base", "input": x}).to_string(),
+        );
+        let both = ask(
+            &mut c,
+            &serde_json::json!({"id": 2, "tasks": ["base", "base"], "input": x}).to_string(),
+        );
+        assert_eq!(both["id"], 2);
+        let results = both["results"].as_array().unwrap_or_else(|| panic!("{both}"));
+        assert_eq!(results.len(), 2);
+        for r in results {
+            assert_eq!(r["task"], "base");
+            assert_eq!(r["scores"], alone["scores"]);
+            assert_eq!(r["top1"], alone["top1"]);
+        }
+        for (line, what) in [
+            (serde_json::json!({"id": 3, "tasks": [], "input": x}), "tasks"),
+            (serde_json::json!({"id": 4, "tasks": ["base"], "task": "base", "input": x}), "not both"),
+            (serde_json::json!({"id": 5, "tasks": ["base", "nope"], "input": x}), "nope"),
+            (serde_json::json!({"id": 6, "tasks": "base", "input": x}), "list"),
+        ] {
+            let r = ask(&mut c, &line.to_string());
+            assert_eq!(r["id"], line["id"], "{r}");
+            let e = r["error"].as_str().unwrap_or_else(|| panic!("{r}"));
+            assert!(e.contains(what), "{e}");
+        }
+        // still serving
+        let again = ask(
+            &mut c,
+            &serde_json::json!({"id": 7, "task": "base", "input": x}).to_string(),
+        );
+        assert_eq!(again["scores"], alone["scores"]);
+    });
+}
