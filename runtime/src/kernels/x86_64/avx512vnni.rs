@@ -1,7 +1,7 @@
 //! AVX-512 VNNI kernels (x86_64: Ice Lake, Sapphire Rapids, Zen 4 ...).
 //!
 //! GEMM (`avx512vnni_pointwise_u8i8i32_6x16`, and the im2col conv and fully
-//! connected layer through [`super::gemm::conv`]): `vpdpbusd` multiplies
+//! connected layer through [`crate::kernels::gemm::conv`]): `vpdpbusd` multiplies
 //! unsigned by signed bytes, so activations are shifted to `x + 128` (a
 //! `vpxord` with `0x80`) and each channel's bias absorbs `−128·Σw`, the
 //! channel's weight sum, computed per call from the weights themselves
@@ -33,12 +33,12 @@ use core::arch::x86_64::*;
 
 use core::mem::MaybeUninit;
 
-use super::cpu::Avx512Vnni;
-use super::gemm::{self, Gemm};
-use super::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
 use crate::engine::Requant;
+use crate::kernels::cpu::Avx512Vnni;
+use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
 
-pub(super) fn table(t: Avx512Vnni) -> Kernels {
+pub(in crate::kernels) fn table(t: Avx512Vnni) -> Kernels {
     let _ = t;
     Kernels {
         name: "avx512vnni",
@@ -112,7 +112,7 @@ fn avx512vnni_add_i8_16(
     q: OutQ,
     out: &mut [i8],
 ) {
-    super::add_blocks16(a, b, [za, ma, zb, mb, shift], q, out, |a, b, p, q, out| {
+    crate::kernels::add_blocks16(a, b, [za, ma, zb, mb, shift], q, out, |a, b, p, q, out| {
         // SAFETY: reachable only through a table built from an `Avx512Vnni`
         // token; `a`, `b` and `out` hold the same multiple of 16 elements,
         // and `add_blocks16` passes only shifts 1..=62.

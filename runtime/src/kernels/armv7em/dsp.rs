@@ -5,7 +5,7 @@
 //! compiled only for DSP cores (`cfg(graftnet_dsp)`, see `cpu::Dsp`).
 //!
 //! - GEMM (pointwise; the im2col conv and the fully connected layer through
-//!   [`super::gemm::conv_blocks`], with an 8 KiB im2col block and 2 KiB of
+//!   [`crate::kernels::gemm::conv_blocks`], with an 8 KiB im2col block and 2 KiB of
 //!   padded weights on the stack): tiles of 2 pixels × 2 output channels
 //!   (1 × 4 for a single pixel, the fully connected layer) in the
 //!   dot-product layout, 4 reduction bytes per step, weights read in place.
@@ -35,12 +35,12 @@
 use core::arch::asm;
 use core::ptr;
 
-use super::cpu::Dsp;
-use super::gemm::{self, Gemm};
-use super::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
 use crate::engine::Requant;
+use crate::kernels::cpu::Dsp;
+use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
 
-pub(super) fn table(_t: Dsp) -> Kernels {
+pub(in crate::kernels) fn table(_t: Dsp) -> Kernels {
     Kernels {
         name: "dsp",
         pointwise: dsp_pointwise_i8i32_2x2,

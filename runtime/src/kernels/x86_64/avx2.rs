@@ -1,6 +1,6 @@
 //! AVX2 kernels (x86_64): `vpmaddwd` on sign-extended int8.
 //!
-//! - GEMM (`avx2_pointwise_i8i32_3x8`, and through [`super::gemm::conv`] the
+//! - GEMM (`avx2_pointwise_i8i32_3x8`, and through [`crate::kernels::gemm::conv`] the
 //!   im2col conv and the fully connected layer): tiles of 3 pixels × 8
 //!   output channels. A pixel's 8 activations are broadcast to both 128-bit
 //!   halves, two weight rows (channels `j`, `j+4`) share one register, so
@@ -23,19 +23,19 @@
 use core::arch::x86_64::*;
 use core::ptr;
 
-use super::cpu::Avx2;
-use super::gemm::{self, Gemm};
-use super::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
 use crate::engine::Requant;
+use crate::kernels::cpu::Avx2;
+use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
 
-pub(super) fn table(_t: Avx2) -> Kernels {
+pub(in crate::kernels) fn table(_t: Avx2) -> Kernels {
     Kernels {
         name: "avx2",
         pointwise: avx2_pointwise_i8i32_3x8,
         conv: avx2_conv_i8i32_3x8,
         dwconv: avx2_dwconv_i8i32_16,
         fc: avx2_fc_i8i32_1x8,
-        add: super::scalar::add,
+        add: crate::kernels::scalar::add,
         names: KernelNames {
             pointwise: "avx2_pointwise_i8i32_3x8",
             conv: "avx2_conv_i8i32_3x8",
