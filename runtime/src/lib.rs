@@ -31,6 +31,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod checksum;
 pub mod engine;
 pub mod error;
 pub mod format;

@@ -21,8 +21,9 @@
 //! rather than panic, and fixed-size records through `&[u8; N]` arrays with
 //! constant indices. The allowed exceptions are narrow: the writers
 //! (`emit`, `seal`, `wr_*`), which fill buffers their caller sized by the
-//! layout rule and say so under `# Panics`; the CRC tables, indexed by a
-//! byte masked to `0..256`; and the tests.
+//! layout rule and say so under `# Panics`; and the tests. (The CRC
+//! tables, indexed by a byte masked to `0..256`, live in [`crate::checksum`]
+//! under the same lints.)
 //!
 //! Arithmetic on header values cannot overflow either: lengths and offsets
 //! are `u32`, section offsets follow from them by [`backbone::Layout::new`],
@@ -46,7 +47,10 @@ pub mod entry;
 pub mod patch;
 pub mod signature;
 
+pub use crate::checksum::crc32_table_update;
 pub use entry::{EntryClass, EntryKind};
+
+use crate::checksum;
 
 /// Backbone magic.
 pub const BACKBONE_MAGIC: [u8; 4] = *b"GNBB";
@@ -136,43 +140,11 @@ pub enum Act {
     Clamp = 1,
 }
 
-/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), streaming form.
+/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), streaming form:
+/// the CPU's CRC kernel ([`crate::kernels::crc32::fold`]) where one applies,
+/// the tables of [`crate::checksum`] (the definition) for the rest.
 #[derive(Clone, Copy, Debug)]
 pub struct Crc32(u32);
-
-/// Slicing-by-8 tables: `CRC_TABLES[0]` is the classic byte table,
-/// `CRC_TABLES[k][i]` advances `CRC_TABLES[k-1][i]` by one more zero byte.
-// Evaluated at compile time: an index out of bounds fails the build.
-#[allow(clippy::indexing_slicing)]
-const CRC_TABLES: [[u32; 256]; 8] = {
-    let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[0][i] = c;
-        i += 1;
-    }
-    let mut k = 1;
-    while k < 8 {
-        let mut i = 0;
-        while i < 256 {
-            let prev = t[k - 1][i];
-            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
-            i += 1;
-        }
-        k += 1;
-    }
-    t
-};
 
 impl Crc32 {
     /// Empty state.
@@ -184,42 +156,12 @@ impl Crc32 {
         // A CRC kernel (carry-less multiply, CRC instructions) takes what it
         // can; the tables define the result and do the rest.
         let (c, done) = crate::kernels::crc32::fold(self.0, data);
-        self.0 = crc32_table_update(c, data.get(done..).unwrap_or(&[]));
+        self.0 = checksum::crc32_table_update(c, data.get(done..).unwrap_or(&[]));
     }
     /// Final value.
     pub fn finish(self) -> u32 {
         !self.0
     }
-}
-
-/// The CRC-32 register (before the final inversion) after `data`, by the
-/// slicing-by-8 tables: the definition every CRC kernel reproduces.
-pub fn crc32_table_update(reg: u32, data: &[u8]) -> u32 {
-    // Table `k` at the low byte of `x`: the index is below 256 by the mask.
-    #[inline(always)]
-    #[allow(clippy::indexing_slicing)]
-    fn tab(k: usize, x: u32) -> u32 {
-        CRC_TABLES[k & 7][(x & 0xff) as usize]
-    }
-    let mut c = reg;
-    let mut chunks = data.chunks_exact(8);
-    for b in &mut chunks {
-        let w = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-        let one = w as u32 ^ c;
-        let two = (w >> 32) as u32;
-        c = tab(7, one)
-            ^ tab(6, one >> 8)
-            ^ tab(5, one >> 16)
-            ^ tab(4, one >> 24)
-            ^ tab(3, two)
-            ^ tab(2, two >> 8)
-            ^ tab(1, two >> 16)
-            ^ tab(0, two >> 24);
-    }
-    for &b in chunks.remainder() {
-        c = tab(0, c ^ b as u32) ^ (c >> 8);
-    }
-    c
 }
 
 impl Default for Crc32 {
@@ -324,7 +266,8 @@ mod tests {
         let data: [u8; 77] = core::array::from_fn(|i| (i * 37 + 11) as u8);
         let mut bytewise = 0xffff_ffffu32;
         for &b in &data {
-            bytewise = CRC_TABLES[0][((bytewise ^ b as u32) & 0xff) as usize] ^ (bytewise >> 8);
+            bytewise =
+                checksum::CRC_TABLES[0][((bytewise ^ b as u32) & 0xff) as usize] ^ (bytewise >> 8);
         }
         for split in [0, 1, 7, 8, 9, 40, 77] {
             let mut c = Crc32::new();
@@ -332,6 +275,11 @@ mod tests {
             c.update(&data[split..]);
             assert_eq!(c.finish(), !bytewise);
         }
+        // Over the CRC kernel's whole blocks and a tail: the same register.
+        let data: [u8; 1200] = core::array::from_fn(|i| ((i * 131 + 7) ^ (i >> 3)) as u8);
+        let mut c = Crc32::new();
+        c.update(&data);
+        assert_eq!(c.finish(), !crc32_table_update(0xffff_ffff, &data));
     }
 
     #[test]
