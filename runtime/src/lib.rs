@@ -37,6 +37,7 @@ pub mod error;
 pub mod format;
 pub mod kernels;
 pub mod quant;
+pub mod splitmix;
 
 pub use engine::{Engine, Requant, Scores};
 pub use error::{Error, FormatError, RunError};

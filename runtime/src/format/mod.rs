@@ -1,10 +1,18 @@
 //! The two wire formats: backbone (`.gnb`) and patch (`.gnp`).
 //!
-//! Both are parsed through checked views in the smoltcp style: a view type
-//! over `T: AsRef<[u8]>` with field offsets as `const` ranges in a `mod field`,
-//! `new_unchecked` / `new_checked` / `check_len`, and a parse step that
-//! validates every offset, length and index once. After a successful parse no
-//! accessor panics: every slice taken later was bounds-checked at parse time.
+//! Both are read through checked views: [`Backbone`](backbone::Backbone) and
+//! [`Patch`](patch::Patch) borrow the blob (`&'a [u8]`: flash, an mmap or a
+//! caller's buffer, which `Patch::read` can fill from an `embedded_io`
+//! stream) and are made only by `parse` (or `parse_verified`), which
+//! validates every offset, length and index once. That is the only
+//! constructor: there is no unchecked one, and no smoltcp-style view generic
+//! over `T: AsRef<[u8]>` with `new_unchecked` / `check_len` (a borrowed
+//! slice has served every caller). Header field offsets are `const` ranges
+//! in each blob's `mod field`, each header a validated `HeaderRepr` with
+//! `emit`, and entry payloads have small checked views of their own
+//! (`entry::Rows::new_checked`, `entry::Luts::new_checked`). After a
+//! successful parse no accessor panics: every slice taken later was
+//! bounds-checked at parse time.
 //! The writers (`emit`) live next to the readers so the format has exactly one
 //! definition. Normative spec: `runtime/FORMAT.md`.
 //!
@@ -191,8 +199,8 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
     h
 }
 
-// Little-endian field access. Readers get offsets that `check_len` (or the
-// parse step) has already proven to be in bounds; should a check ever miss
+// Little-endian field access. Readers get offsets that the parse step has
+// already proven to be in bounds; should a check ever miss
 // one, the field reads as zero (which later checks refuse) instead of
 // panicking. Writers fill buffers their caller sized by the layout rule.
 #[inline]
