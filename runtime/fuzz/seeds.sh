@@ -4,6 +4,7 @@
 #   - tiny: a synthetic MobileNetV3-Small (`graftnet-fixture`, 16x16x1,
 #     width 0.1, 4 classes) with S/B, DW and logits tasks, exported with
 #     task version 2: small, so the fuzzer runs it thousands of times a second;
+#     and a task with its own head (FC-ReLU-FC, 32 hidden units);
 #   - mnv3: the shipped PyTorch MobileNetV3-Small-0.5 (tests/models/mnv3)
 #     with its two S/B tasks: a real trained model (lookup tables, SE muls).
 # Then the streaming target's seeds: each patch behind a 6-byte control
@@ -26,7 +27,7 @@ trap 'rm -rf "$work"' EXIT
     --calib 8 --seed 7 --out "$work/tiny" >/dev/null
 "$bin" export --base "$work/tiny/base.onnx" \
     --task sb="$work/tiny/sb.onnx" --task dw="$work/tiny/dw.onnx" \
-    --task logits="$work/tiny/logits.onnx" \
+    --task logits="$work/tiny/logits.onnx" --task head="$work/tiny/head.onnx" \
     --calib "$work/tiny/calib.npy" --task-version 2 --out "$work/tiny-export" >/dev/null
 
 "$bin" export --base "$models/mnv3/base.folded.onnx" \
@@ -43,7 +44,7 @@ mkdir -p "$seeds/backbone" "$seeds/patch" "$seeds/patch_stream"
 cp "$work/tiny-export/backbone.gnb" "$seeds/backbone/tiny.gnb"
 # the patch targets' second backbone, not a backbone seed (see src/lib.rs)
 cp "$work/mnv3-export/backbone.gnb" "$seeds/mnv3.gnb"
-for t in sb dw logits; do
+for t in sb dw logits head; do
     cp "$work/tiny-export/$t.gnp" "$seeds/patch/tiny-$t.gnp"
 done
 for t in mnist-sb fashion-updown-sb; do

@@ -147,6 +147,22 @@ pub enum FormatError {
     BadSignature,
     /// 32 bytes that are no usable Ed25519 public key.
     BadKey,
+    /// The task needs more arena than the engine was given (a patch that
+    /// brings its own head, or runs at another input size).
+    ArenaTooSmall {
+        /// bytes needed
+        need: u32,
+        /// bytes the engine has
+        have: u32,
+    },
+    /// The task needs a longer parameter table than the engine was given
+    /// (a patch that brings its own head).
+    ParamsTooSmall {
+        /// entries needed
+        need: u32,
+        /// entries the engine has
+        have: u32,
+    },
 }
 
 impl fmt::Display for FormatError {
@@ -214,6 +230,14 @@ impl fmt::Display for FormatError {
                 write!(f, "patch needs a {need}-byte buffer, got {have}")
             }
             FormatError::Io => write!(f, "reading the patch failed or ended early"),
+            FormatError::ArenaTooSmall { need, have } => write!(
+                f,
+                "the task needs an arena of {need} bytes, the engine has {have}"
+            ),
+            FormatError::ParamsTooSmall { need, have } => write!(
+                f,
+                "the task needs a parameter table of {need} entries, the engine has {have}"
+            ),
             FormatError::Unsigned => write!(
                 f,
                 "the blob is not signed, and signatures are required (a verification key is set)"
@@ -270,6 +294,14 @@ pub enum RunError {
         /// index of the first such value (NCHW order)
         index: u32,
     },
+    /// The branch buffer given to `Engine::run_tasks` cannot hold the
+    /// tensors kept at the branch point (`SharedPrefix::branch_len`).
+    BranchTooSmall {
+        /// bytes needed
+        need: u32,
+        /// bytes given
+        have: u32,
+    },
 }
 
 impl fmt::Display for RunError {
@@ -295,6 +327,10 @@ impl fmt::Display for RunError {
             RunError::NonFiniteInput { index } => {
                 write!(f, "input value {index} (NCHW order) is NaN or infinite")
             }
+            RunError::BranchTooSmall { need, have } => write!(
+                f,
+                "branch buffer too small: the tasks' shared prefix keeps {need} bytes, got {have}"
+            ),
         }
     }
 }

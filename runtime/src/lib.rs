@@ -39,7 +39,7 @@ pub mod kernels;
 pub mod quant;
 pub mod splitmix;
 
-pub use engine::{Engine, Requant, Scores};
+pub use engine::{Engine, Requant, Scores, SharedPrefix};
 pub use error::{Error, FormatError, RunError};
 pub use format::backbone::Backbone;
 pub use format::patch::Patch;

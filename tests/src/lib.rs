@@ -42,8 +42,10 @@ pub fn standalone_backbone(
 /// Int8 scores of every sample under `patch` (None: the base task).
 pub fn scores(backbone: &[u8], patch: Option<&[u8]>, ds: &Dataset, n: usize) -> Vec<Vec<i8>> {
     let bb = Backbone::parse(backbone).unwrap();
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let parsed: Vec<Patch<'_>> = patch.iter().map(|p| Patch::parse(p).unwrap()).collect();
+    let sizes = bb.engine_sizes(&parsed);
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![Requant::default(); sizes.params];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     if let Some(p) = patch {
         e.apply(Patch::parse(p).unwrap()).unwrap();

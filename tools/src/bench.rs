@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// kernel table name (`scalar`, `avx2`, `avx512vnni`, `neon`, `dotprod`)
     /// or `all`; default `Kernels::best()`
     pub kernels: Option<String>,
+    /// time these tasks together (`Engine::run_tasks`) as `multi_ms`; the
+    /// single-task figure is then the first of them (unless `task` says)
+    pub tasks: Vec<String>,
 }
 
 /// Sorted-sample statistics in milliseconds.
@@ -80,18 +83,19 @@ fn time_ms(f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
 
 /// Multiply-accumulates of one inference (conv and depthwise ops).
 fn macs(bb: &Backbone<'_>, classes: u16) -> u64 {
-    let mut total = 0u64;
-    for i in 0..bb.n_ops() {
-        let op = bb.op(i);
-        let o = bb.tensor(op.out as usize);
-        let px = o.h as u64 * o.w as u64;
-        match op.kind {
-            OpKind::Conv => total += px * bb.cout(i, &op, classes) as u64 * bb.row_len(&op) as u64,
-            OpKind::DwConv => total += px * o.c as u64 * op.kh as u64 * op.kw as u64,
-            _ => {}
-        }
+    (0..bb.n_ops()).map(|i| macs_of_op(bb, i, classes)).sum()
+}
+
+/// Multiply-accumulates of op `i` (0 for ops that are not convolutions).
+fn macs_of_op(bb: &Backbone<'_>, i: usize, classes: u16) -> u64 {
+    let op = bb.op(i);
+    let o = bb.tensor(op.out as usize);
+    let px = o.h as u64 * o.w as u64;
+    match op.kind {
+        OpKind::Conv => px * bb.cout(i, &op, classes) as u64 * bb.row_len(&op) as u64,
+        OpKind::DwConv => px * o.c as u64 * op.kh as u64 * op.kw as u64,
+        _ => 0,
     }
-    total
 }
 
 /// Deterministic pseudo-random floats in [-1, 1).
@@ -165,6 +169,89 @@ fn time_inference(
     })
 }
 
+/// `Engine::run_tasks` on several tasks at once.
+struct MultiResult {
+    tasks: Vec<String>,
+    median_ms: f64,
+    p90_ms: f64,
+    shared: graftnet::SharedPrefix,
+    /// multiply-accumulates of the shared ops (once) and of every task's rest
+    macs: u64,
+}
+
+/// Times `Engine::run_tasks` over `tasks` (int8 input quantized with the
+/// base's input quantization); checks each task's scores equal a separate
+/// `apply` + `run`.
+fn time_multi(
+    ex: &ExportDir,
+    tasks: &[String],
+    k: Kernels,
+    threads: usize,
+    input: &[f32],
+    iters: usize,
+) -> Result<MultiResult> {
+    ex.with_tasks(tasks, |e, list| {
+        e.set_kernels(k);
+        e.set_threads(threads);
+        let mut x = vec![0i8; e.backbone().input().len()];
+        e.quantize_input(input, &mut x)
+            .map_err(|err| anyhow!("{err}"))?;
+        let mut branch = vec![0i8; e.backbone().arena_len()];
+        let mut together = Vec::new();
+        let shared = e
+            .run_tasks(&x, list, &mut branch, |_, sc| {
+                together.push(sc.quantized().to_vec())
+            })
+            .map_err(|err| anyhow!("{err}"))?;
+        for ((t, p), got) in tasks.iter().zip(list).zip(&together) {
+            match p {
+                Some(p) => e.apply(*p).map_err(|err| anyhow!("{t}: {err}"))?,
+                None => e.reset(),
+            }
+            let alone = e
+                .run(&x)
+                .map_err(|err| anyhow!("{err}"))?
+                .quantized()
+                .to_vec();
+            if &alone != got {
+                bail!("task '{t}': run_tasks gives scores that differ from a separate run");
+            }
+        }
+        e.reset();
+        let mut run = || -> Result<()> {
+            e.run_tasks(std::hint::black_box(&x), list, &mut branch, |_, sc| {
+                std::hint::black_box(sc.argmax());
+            })
+            .map_err(|err| anyhow!("{err}"))?;
+            Ok(())
+        };
+        for _ in 0..(iters / 10).clamp(2, 20) {
+            run()?;
+        }
+        let mut t = Vec::with_capacity(iters);
+        for _ in 0..iters.max(1) {
+            t.push(time_ms(&mut run)?);
+        }
+        let (median_ms, p90_ms, _) = stats(t);
+        let bb = e.backbone();
+        let op_macs = |i: usize, classes: u16| macs_of_op(bb, i, classes);
+        let mut total: u64 = (0..shared.ops).map(|i| op_macs(i, bb.base_classes())).sum();
+        for p in list {
+            let classes = p.map_or(bb.base_classes(), |p| p.classes());
+            total += (shared.ops..bb.n_ops())
+                .map(|i| op_macs(i, classes))
+                .sum::<u64>();
+        }
+        Ok(MultiResult {
+            tasks: tasks.to_vec(),
+            median_ms,
+            p90_ms,
+            shared,
+            macs: total,
+        })
+    })
+}
+
 /// Task-switch timings (median µs over the rounds).
 struct SwitchTimes {
     /// `Engine::apply` of a patch verified earlier (`Patch::parse` once, the
@@ -233,8 +320,9 @@ fn time_switch(ex: &ExportDir, rounds: usize) -> Result<Option<SwitchTimes>> {
         return Ok(None);
     }
     let bb = ex.parse_backbone()?;
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let sizes = ex.engine_sizes()?;
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![Requant::default(); sizes.params];
     let (mut arena2, mut params2) = (arena.clone(), params.clone());
     let mut e = match &ex.verify_key {
         None => Engine::new(&bb, &mut arena, &mut params).map_err(graftnet::Error::from),
@@ -381,12 +469,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for w in ex.warnings() {
         eprintln!("graftnet: warning: {w}");
     }
-    let task = args.task.clone().unwrap_or_else(|| BASE_TASK.to_string());
-    if task != BASE_TASK && !ex.patches.contains_key(&task) {
-        bail!(
-            "unknown task '{task}'; this export has: {}",
-            ex.task_names().join(", ")
-        );
+    let task = args
+        .task
+        .clone()
+        .or_else(|| args.tasks.first().cloned())
+        .unwrap_or_else(|| BASE_TASK.to_string());
+    for t in std::iter::once(&task).chain(&args.tasks) {
+        if t != BASE_TASK && !ex.patches.contains_key(t) {
+            bail!(
+                "unknown task '{t}'; this export has: {}",
+                ex.task_names().join(", ")
+            );
+        }
     }
     let tables: Vec<Kernels> = match args.kernels.as_deref() {
         None => vec![Kernels::best()],
@@ -431,6 +525,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         results.push(r);
     }
     let main = results.last().unwrap();
+    let multi = if args.tasks.is_empty() {
+        None
+    } else {
+        let k = *tables.last().unwrap();
+        Some(time_multi(
+            &ex,
+            &args.tasks,
+            k,
+            threads_used,
+            &input,
+            iters,
+        )?)
+    };
 
     let switch = time_switch(&ex, 200)?;
     let verify = match &ex.verify_key {
@@ -506,6 +613,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "tract_error": tract.as_ref().err().map(|e| format!("{e:#}")),
             "input_shape": [input_shape.0, input_shape.1, input_shape.2],
         });
+        let mut v = v;
+        if let (Some(m), Some(obj)) = (&multi, v.as_object_mut()) {
+            let extra = json!({
+                "tasks": m.tasks,
+                "multi_ms": m.median_ms,
+                "multi_p90_ms": m.p90_ms,
+                "multi_over_single": m.median_ms / main.median_ms,
+                "multi_shared_ops": m.shared.ops,
+                "multi_ops": m.shared.of,
+                "multi_branch_bytes": m.shared.branch_len,
+                "multi_macs": m.macs,
+            });
+            if let Some(e) = extra.as_object() {
+                obj.extend(e.clone());
+            }
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -533,6 +656,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             r.names.conv,
             r.names.dwconv,
             r.names.fc
+        );
+    }
+    if let Some(m) = &multi {
+        println!(
+            "multi    {:.3} ms median ({:.3} p90) for {} tasks in one pass = {:.2}x one inference; \
+             {} of {} ops shared, branch {} B, {:.1} M MACs ({})",
+            m.median_ms,
+            m.p90_ms,
+            m.tasks.len(),
+            m.median_ms / main.median_ms,
+            m.shared.ops,
+            m.shared.of,
+            m.shared.branch_len,
+            m.macs as f64 / 1e6,
+            m.tasks.join(", ")
         );
     }
     match &switch {

@@ -62,18 +62,20 @@ struct Site {
 
 /// Moves the biases of `q`'s conv layers (quantized from `graph`) by their
 /// measured mean int8 error on the first `opts.samples` samples of
-/// `calib`. `tick(k)` reports conv layers done.
+/// `calib`, except the ops marked in `frozen` (their biases are another
+/// model's: `share_prefix`). `tick(k)` reports conv layers done.
 pub fn correct_biases(
     graph: &Graph,
     q: &mut QModel,
     calib: &Dataset,
     opts: BiasCorrection,
+    frozen: &[bool],
     tick: &dyn Fn(usize),
 ) -> Result<()> {
     let n = calib.len().min(opts.samples);
     let mut sites: Vec<Site> = Vec::new();
     for (i, op) in q.ops.iter().enumerate() {
-        if !matches!(op.kind, OpKind::Conv | OpKind::DwConv) {
+        if !matches!(op.kind, OpKind::Conv | OpKind::DwConv) || frozen.get(i) == Some(&true) {
             continue;
         }
         let name = &q.tensors[op.out].name;

@@ -33,7 +33,7 @@ pub struct PatchEntry {
 }
 
 impl PatchEntry {
-    fn new(kind: EntryKind, class: EntryClass, op: u16, payload: Vec<u8>) -> Self {
+    pub(crate) fn new(kind: EntryKind, class: EntryClass, op: u16, payload: Vec<u8>) -> Self {
         PatchEntry {
             kind,
             class,
@@ -160,7 +160,7 @@ fn i8s(v: &[i8]) -> Vec<u8> {
     v.iter().map(|&x| x as u8).collect()
 }
 
-fn tensor_quant_payload(q: &QModel) -> Vec<u8> {
+pub(crate) fn tensor_quant_payload(q: &QModel) -> Vec<u8> {
     let mut p = Vec::with_capacity(8 * q.tensors.len());
     for t in &q.tensors {
         p.extend_from_slice(&t.scale.to_le_bytes());
@@ -170,7 +170,7 @@ fn tensor_quant_payload(q: &QModel) -> Vec<u8> {
     p
 }
 
-fn labels_payload(labels: &[String]) -> Vec<u8> {
+pub(crate) fn labels_payload(labels: &[String]) -> Vec<u8> {
     labels.join("\n").into_bytes()
 }
 
@@ -452,8 +452,42 @@ pub fn diff(
             )));
         }
     }
+    let mut out = op_entries(base, task, base.ops.len(), policy, task_name)?;
+    out.push(PatchEntry::new(
+        EntryKind::TensorQuant,
+        EntryClass::Activations,
+        NONE,
+        tensor_quant_payload(task),
+    ));
+    if !task.labels.is_empty() {
+        out.push(PatchEntry::new(
+            EntryKind::Labels,
+            EntryClass::Meta,
+            NONE,
+            labels_payload(&task.labels),
+        ));
+    }
+    out.sort_by_key(|e| (e.op, e.kind as u8));
+    Ok(out)
+}
+
+/// The entries of ops `0..n_ops` that turn `base` into `task` (both with
+/// the same ops there): codes, rows, weights, tables. Errors say where the
+/// task differs beyond what a patch may express.
+pub(crate) fn op_entries(
+    base: &QModel,
+    task: &QModel,
+    n_ops: usize,
+    policy: OtherPolicy,
+    task_name: &str,
+) -> Result<Vec<PatchEntry>> {
+    let fail = |what: String| -> anyhow::Error {
+        anyhow::anyhow!(
+            "task '{task_name}' differs from the base beyond what a patch may express: {what}"
+        )
+    };
     let mut out = Vec::new();
-    for (i, (b, t)) in base.ops.iter().zip(&task.ops).enumerate() {
+    for (i, (b, t)) in base.ops.iter().zip(&task.ops).enumerate().take(n_ops) {
         let where_ = |what: &str| {
             fail(format!(
                 "op {i} (node '{}', {}): {what}",
@@ -619,21 +653,6 @@ pub fn diff(
             i8s(&t.weights),
         ));
     }
-    out.push(PatchEntry::new(
-        EntryKind::TensorQuant,
-        EntryClass::Activations,
-        NONE,
-        tensor_quant_payload(task),
-    ));
-    if !task.labels.is_empty() {
-        out.push(PatchEntry::new(
-            EntryKind::Labels,
-            EntryClass::Meta,
-            NONE,
-            labels_payload(&task.labels),
-        ));
-    }
-    out.sort_by_key(|e| (e.op, e.kind as u8));
     Ok(out)
 }
 

@@ -152,21 +152,73 @@ impl ExportDir {
         task: &str,
         f: impl FnOnce(&mut Engine<'_, '_>) -> Result<R>,
     ) -> Result<R> {
-        let bb = self.parse_backbone()?;
         let patch = self.patch(task)?;
-        let mut arena = vec![0i8; bb.arena_len()];
-        let mut params = vec![Requant::default(); bb.params_len()];
+        self.with_tasks(&[], |engine, _| {
+            if let Some(p) = patch {
+                engine
+                    .apply(p)
+                    .map_err(|e| anyhow::anyhow!("applying task '{task}': {e}"))?;
+            }
+            f(engine)
+        })
+    }
+
+    /// Runs `f` with an engine (the base task active) and the patches of
+    /// `tasks` (`None` for the base task), checked.
+    pub fn with_tasks<'s, R>(
+        &'s self,
+        tasks: &[String],
+        f: impl FnOnce(&mut Engine<'s, '_>, &[Option<Patch<'s>>]) -> Result<R>,
+    ) -> Result<R> {
+        let bb = self.parse_backbone()?;
+        let list: Vec<Option<Patch<'s>>> =
+            tasks.iter().map(|t| self.patch(t)).collect::<Result<_>>()?;
+        let sizes = self.engine_sizes()?;
+        let mut arena = vec![0i8; sizes.arena];
+        let mut params = vec![Requant::default(); sizes.params];
         let mut engine = match &self.verify_key {
             None => Engine::new(&bb, &mut arena, &mut params).map_err(graftnet::Error::from),
             Some(k) => Engine::new_verified(&bb, &mut arena, &mut params, k),
         }
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Some(p) = patch {
-            engine
-                .apply(p)
-                .map_err(|e| anyhow::anyhow!("applying task '{task}': {e}"))?;
-        }
-        f(&mut engine)
+        f(&mut engine, &list)
+    }
+
+    /// Arena and parameter table for an engine that runs every task of the
+    /// export (more than the backbone's when a patch brings its own head).
+    pub fn engine_sizes(&self) -> Result<graftnet::format::head::EngineSizes> {
+        let bb = self.parse_backbone()?;
+        let all: Vec<Patch<'_>> = self
+            .patches
+            .values()
+            .filter_map(|b| Patch::parse(b).ok())
+            .collect();
+        Ok(bb.engine_sizes(&all))
+    }
+
+    /// Runs every task of `tasks` on one float NCHW input in one pass
+    /// (`Engine::run_tasks_f32`: the ops they share once); returns each
+    /// task's dequantized scores and top-1, and what they shared.
+    /// `threads` as `Engine::set_threads`.
+    pub fn run_tasks(
+        &self,
+        tasks: &[String],
+        x_chw: &[f32],
+        threads: usize,
+    ) -> Result<(Vec<TaskScores>, graftnet::SharedPrefix)> {
+        self.with_tasks(tasks, |e, list| {
+            e.set_threads(threads);
+            let mut branch = vec![0i8; e.backbone().arena_len()];
+            let mut out = Vec::with_capacity(list.len());
+            let sp = e
+                .run_tasks_f32(x_chw, list, &mut branch, |_, sc| {
+                    let mut v = vec![0f32; sc.len()];
+                    sc.dequantize_into(&mut v);
+                    out.push((v, sc.argmax()));
+                })
+                .map_err(|err| anyhow::anyhow!("running tasks {}: {err}", tasks.join(", ")))?;
+            Ok((out, sp))
+        })
     }
 
     /// Labels of a task, if the export carries them.
@@ -250,6 +302,9 @@ pub fn listed_patches(
         .collect();
     Ok((listed, ignored))
 }
+
+/// One task's dequantized scores and top-1 class.
+pub type TaskScores = (Vec<f32>, usize);
 
 /// Top-1 index of a float vector (first on ties).
 pub fn argmax(v: &[f32]) -> usize {

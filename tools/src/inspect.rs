@@ -68,6 +68,84 @@ fn op_desc(bb: &Backbone<'_>, op: &OpInfo) -> String {
     }
 }
 
+/// A patch's own head network, described.
+struct HeadInfo {
+    cut_op: u16,
+    cut_tensor: u16,
+    /// the backbone op at the cut (when the backbone is at hand)
+    replaced: Option<String>,
+    ops: Vec<String>,
+    arena: usize,
+    params: usize,
+    bytes: usize,
+    /// engine sizes with this patch (when the backbone is at hand)
+    engine: Option<(usize, usize)>,
+}
+
+impl HeadInfo {
+    fn json(&self) -> serde_json::Value {
+        json!({"cut_op": self.cut_op, "cut_tensor": self.cut_tensor, "replaces_from": self.replaced,
+               "ops": self.ops, "arena_bytes": self.arena, "params": self.params, "bytes": self.bytes,
+               "engine_arena_bytes": self.engine.map(|e| e.0), "engine_params": self.engine.map(|e| e.1)})
+    }
+    fn lines(&self) -> String {
+        let mut s = format!(
+            "  brings its own head: the backbone runs ops 0..{} and stops before {}; the head reads tensor {}\n    head network ({} bytes, arena {} B, {} parameter entries): {}",
+            self.cut_op,
+            self.replaced.as_deref().unwrap_or("its cut"),
+            self.cut_tensor,
+            self.bytes,
+            self.arena,
+            self.params,
+            self.ops.join(" -> ")
+        );
+        if let Some((a, p)) = self.engine {
+            s += &format!(
+                "\n    an engine running it needs an arena of {a} bytes and {p} parameter entries"
+            );
+        }
+        s
+    }
+}
+
+fn head_info(p: &Patch<'_>, backbone: Option<&[u8]>) -> Option<HeadInfo> {
+    let e = p.entries().find(|e| e.kind == EntryKind::Head)?;
+    let h = graftnet::format::head::Head::parse(e.payload).ok()?;
+    let net = &h.net;
+    let ops = (0..net.n_ops())
+        .map(|i| {
+            let op = net.op(i);
+            let o = net.tensor(op.out as usize);
+            format!(
+                "{} {} -> {}x{}x{}",
+                op.kind.name(),
+                op_desc(net, &op),
+                o.c,
+                o.h,
+                o.w
+            )
+            .replace("  ", " ")
+        })
+        .collect();
+    let bb = backbone.and_then(|b| Backbone::parse(b).ok());
+    Some(HeadInfo {
+        cut_op: h.cut_op,
+        cut_tensor: h.cut_tensor,
+        replaced: bb.as_ref().map(|bb| {
+            let op = bb.op(h.cut_op as usize);
+            format!("op {} ({})", h.cut_op, op.kind.name())
+        }),
+        ops,
+        arena: net.arena_len(),
+        params: net.params_len(),
+        bytes: net.bytes().len(),
+        engine: bb.map(|bb| {
+            let s = bb.engine_sizes(&[*p]);
+            (s.arena, s.params)
+        }),
+    })
+}
+
 /// What `inspect` found about a blob's signature.
 #[derive(Clone, Debug, Default)]
 struct SigInfo {
@@ -271,6 +349,7 @@ fn inspect_patch(
         })
         .collect();
     let header_bytes = p.header().entries_off as usize;
+    let head = head_info(&p, backbone);
     let check = backbone.map(|b| -> Result<(), String> {
         let bb = Backbone::parse(b).map_err(|e| format!("backbone: {e}"))?;
         if bb.fingerprint() != p.backbone_fingerprint() {
@@ -297,7 +376,7 @@ fn inspect_patch(
             "{}",
             json!({"kind": "patch", "task": p.name(), "task_version": p.task_version(), "bytes": bytes.len(), "classes": p.classes(),
                    "backbone": format!("{:016x}", p.backbone_fingerprint()), "header_bytes": header_bytes,
-                   "by_kind": byj, "entries": ents, "signature": sig.json(),
+                   "by_kind": byj, "entries": ents, "signature": sig.json(), "head": head.as_ref().map(|h| h.json()),
                    "valid_for_backbone": check.as_ref().map(|c| c.is_ok()), "error": check.and_then(|c| c.err())})
         );
         return Ok(());
@@ -320,6 +399,9 @@ fn inspect_patch(
         None => println!("  (no backbone.gnb beside it to check against)"),
     }
     println!("{}", sig.line());
+    if let Some(h) = &head {
+        println!("{}", h.lines());
+    }
     println!("  header + name: {header_bytes} bytes");
     for (c, n, b) in &by {
         if *n > 0 {

@@ -11,9 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::bias_correction::{correct_biases, BiasCorrection};
 use crate::data::{self, Dataset, Preprocess};
 use crate::export::{self, OtherPolicy, PatchEntry};
+use crate::head_patch;
 use crate::import::{import_onnx_file, ImportOptions};
 use crate::ir::Graph;
 use crate::quantize::{self, QModel};
+use crate::share_prefix::{self, SharedBase};
 use crate::verify;
 
 /// Name of the base task.
@@ -57,6 +59,10 @@ pub struct ExportOptions {
     /// "Signatures"); without a key the files are byte-identical to an
     /// unsigned export.
     pub sign: Option<graftnet::SigningKey>,
+    /// Every task keeps the base's int8 form for the ops it leaves
+    /// unchanged (`--share-prefix`, see [`crate::share_prefix`]), so
+    /// devices run those ops once for several tasks.
+    pub share_prefix: bool,
 }
 
 /// One exported task.
@@ -70,6 +76,11 @@ pub struct TaskReport {
     pub patch_bytes: usize,
     pub bytes_by_class: Vec<(EntryClass, usize)>,
     pub entries: Vec<PatchEntry>,
+    /// leading ops whose int8 form equals the base's (`Engine::run_tasks`
+    /// runs them once for both; see `--share-prefix`)
+    pub shared_ops: usize,
+    /// the task brings its own head (`head_patch`)
+    pub head: Option<head_patch::HeadReport>,
 }
 
 /// The export's results.
@@ -81,6 +92,8 @@ pub struct ExportReport {
     pub arena_bytes: usize,
     pub arena_lower_bound: usize,
     pub params_len: usize,
+    /// ops in the backbone
+    pub n_ops: usize,
     pub fingerprint: u64,
     pub tasks: Vec<TaskReport>,
     pub input_shape: (usize, usize, usize),
@@ -110,6 +123,43 @@ pub fn quantize_model_with(
     progress: Option<&ProgressBar>,
     bias_correction: Option<BiasCorrection>,
 ) -> Result<QModel> {
+    quantize_shared(graph, calib, limit, labels, progress, bias_correction, None).map(|r| r.q)
+}
+
+/// A model quantized by [`quantize_shared`].
+pub struct Quantized {
+    /// its calibration ranges (the base's, for unchanged tensors, when
+    /// shared)
+    pub ranges: quantize::Ranges,
+    /// before bias correction (`None` without it: the same as `q`)
+    pub uncorrected: Option<QModel>,
+    /// as exported
+    pub q: QModel,
+}
+
+impl Quantized {
+    /// The base for tasks exported with `--share-prefix`.
+    pub fn as_shared_base<'b>(&'b self, graph: &'b Graph) -> SharedBase<'b> {
+        SharedBase {
+            graph,
+            ranges: &self.ranges,
+            q: self.uncorrected.as_ref().unwrap_or(&self.q),
+            corrected: &self.q,
+        }
+    }
+}
+
+/// [`quantize_model_with`]; with `shared`, the task keeps the base's
+/// int8 form wherever it does not differ (`share_prefix`).
+pub fn quantize_shared(
+    graph: &Graph,
+    calib: &Dataset,
+    limit: usize,
+    labels: Vec<String>,
+    progress: Option<&ProgressBar>,
+    bias_correction: Option<BiasCorrection>,
+    shared: Option<&SharedBase<'_>>,
+) -> Result<Quantized> {
     let n = if limit == 0 {
         calib.len()
     } else {
@@ -132,9 +182,18 @@ pub fn quantize_model_with(
         p.set_length(n as u64);
         p.set_position(0);
     }
-    let ranges = quantize::calibrate(graph, (0..n).map(|i| calib.sample(i)), &tick)?;
+    let mut ranges = quantize::calibrate(graph, (0..n).map(|i| calib.sample(i)), &tick)?;
+    if let Some(s) = shared {
+        share_prefix::share_ranges(s, graph, &mut ranges);
+    }
     let mut q = quantize::quantize(graph, &ranges, labels)?;
+    let frozen = match shared {
+        Some(s) => share_prefix::freeze_prefix(s, &mut q),
+        None => vec![false; q.ops.len()],
+    };
+    let mut uncorrected = None;
     if let Some(bc) = bias_correction {
+        uncorrected = Some(q.clone());
         let bc = BiasCorrection {
             samples: bc.samples.min(n),
         };
@@ -142,8 +201,9 @@ pub fn quantize_model_with(
             p.set_length(
                 q.ops
                     .iter()
-                    .filter(|o| {
-                        matches!(
+                    .zip(&frozen)
+                    .filter(|(o, &f)| {
+                        !f && matches!(
                             o.kind,
                             graftnet::format::OpKind::Conv | graftnet::format::OpKind::DwConv
                         )
@@ -153,9 +213,13 @@ pub fn quantize_model_with(
             p.set_position(0);
             p.set_message(format!("{} (bias correction)", p.message()));
         }
-        correct_biases(graph, &mut q, calib, bc, &tick).context("bias correction")?;
+        correct_biases(graph, &mut q, calib, bc, &frozen, &tick).context("bias correction")?;
     }
-    Ok(q)
+    Ok(Quantized {
+        ranges,
+        uncorrected,
+        q,
+    })
 }
 
 fn bar(enabled: bool, msg: String) -> Option<ProgressBar> {
@@ -221,14 +285,17 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     };
     let labels = |name: &str| opts.labels.get(name).cloned().unwrap_or_default();
     let pb = bar(opts.progress, BASE_TASK.to_string());
-    let base_q = quantize_model_with(
+    let base = quantize_shared(
         &base_graph,
         &get_calib(calib_for(BASE_TASK))?,
         opts.calib_limit,
         labels(BASE_TASK),
         pb.as_ref(),
         opts.bias_correction,
+        None,
     )?;
+    let shared = opts.share_prefix.then(|| base.as_shared_base(&base_graph));
+    let base_q = &base.q;
     if let Some(p) = pb {
         p.finish();
     }
@@ -236,15 +303,17 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     for (name, path) in &opts.tasks {
         let g = import(path, opts.input_shape)?;
         let pb = bar(opts.progress, name.clone());
-        let q = quantize_model_with(
+        let q = quantize_shared(
             &g,
             &get_calib(calib_for(name))?,
             opts.calib_limit,
             labels(name),
             pb.as_ref(),
             opts.bias_correction,
+            shared.as_ref(),
         )
-        .with_context(|| format!("quantizing task '{name}'"))?;
+        .with_context(|| format!("quantizing task '{name}'"))?
+        .q;
         if let Some(p) = pb {
             p.finish();
         }
@@ -263,7 +332,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         None => None,
     };
     let bb = match &existing {
-        None => export::emit_backbone(&base_q, max_classes)?,
+        None => export::emit_backbone(base_q, max_classes)?,
         Some(old) => {
             let path = opts.backbone.as_deref().unwrap_or(Path::new(""));
             let old_bb = graftnet::Backbone::parse(old)
@@ -276,7 +345,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
                     path.display()
                 );
             }
-            let bb = export::emit_backbone(&base_q, capacity)?;
+            let bb = export::emit_backbone(base_q, capacity)?;
             // A signed backbone is compared by its content.
             if bb.bytes.as_slice() != old_bb.bytes() {
                 bail!(
@@ -292,8 +361,23 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     // (A backbone that does not parse fails `check_export` below.)
     let fingerprint = graftnet::Backbone::parse(&bb.bytes).map_or(0, |b| b.fingerprint());
     let mut patches = Vec::new();
+    let mut heads = BTreeMap::new();
     for (name, _, q) in &tasks_q {
-        let entries = export::diff(&base_q, q, opts.other, name)?;
+        let entries = match export::diff(base_q, q, opts.other, name) {
+            Ok(e) => e,
+            // A task that differs after a cut brings its own head.
+            Err(diff_err) => {
+                match head_patch::head_entries(base_q, q, opts.other, name, bb.plan.arena_len) {
+                    Ok((e, rep)) => {
+                        heads.insert(name.clone(), rep);
+                        e
+                    }
+                    Err(head_err) => {
+                        bail!("{diff_err:#}\n(nor as a patch with its own head: {head_err:#})")
+                    }
+                }
+            }
+        };
         let blob = export::emit_patch(name, fingerprint, q.classes(), &entries, opts.task_version)?;
         patches.push((entries, blob));
     }
@@ -303,7 +387,8 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         .zip(&patches)
         .map(|((name, _, q), (_, blob))| (name.as_str(), q, blob.as_slice()))
         .collect();
-    verify::check_export(&base_q, &bb.bytes, &checked)?;
+    verify::check_export(base_q, &bb.bytes, &checked)?;
+    let shared = verify::shared_with_base(&bb.bytes, &checked)?;
     // Signed: content + trailer, checked against the key before writing.
     let signed = |blob: &[u8], what: &str| -> Result<Vec<u8>> {
         let Some(key) = &opts.sign else {
@@ -331,8 +416,12 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         patch_bytes: 0,
         bytes_by_class: vec![],
         entries: vec![],
+        shared_ops: shared.n_ops,
+        head: None,
     }];
-    for ((name, path, q), (entries, blob)) in tasks_q.iter().zip(patches) {
+    for (((name, path, q), (entries, blob)), &shared_ops) in
+        tasks_q.iter().zip(patches).zip(&shared.tasks)
+    {
         let p = opts.out.join(format!("{name}.gnp"));
         let blob = signed(&blob, name)?;
         std::fs::write(&p, &blob).with_context(|| format!("writing {}", p.display()))?;
@@ -344,6 +433,8 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
             patch_bytes: blob.len(),
             bytes_by_class: export::bytes_by_class(&entries),
             entries,
+            shared_ops,
+            head: heads.remove(name),
         });
     }
     let mut report = ExportReport {
@@ -353,6 +444,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         arena_bytes: bb.plan.arena_len,
         arena_lower_bound: bb.plan.lower_bound,
         params_len: bb.params_len,
+        n_ops: shared.n_ops,
         fingerprint,
         tasks: reports,
         input_shape: shape,

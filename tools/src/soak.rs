@@ -423,8 +423,9 @@ pub fn soak(d: &ExportDir, opts: &SoakOptions) -> Result<SoakReport> {
         }
     }
 
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let sizes = d.engine_sizes()?;
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![Requant::default(); sizes.params];
     let mut e = Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
     e.set_threads(opts.threads);
     let mut r = SoakReport::default();

@@ -47,8 +47,13 @@ pub fn check_export(
         check_scales(name, q)?;
     }
     let bb = Backbone::parse(backbone).map_err(|e| refused(BASE_TASK, base, e.into()))?;
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let parsed: Vec<Patch<'_>> = patches
+        .iter()
+        .filter_map(|(_, _, blob)| Patch::parse(blob).ok())
+        .collect();
+    let sizes = bb.engine_sizes(&parsed);
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![Requant::default(); sizes.params];
     let mut engine = Engine::new(&bb, &mut arena, &mut params)
         .map_err(|e| refused(BASE_TASK, base, e.into()))?;
     for (name, q, blob) in patches {
@@ -56,6 +61,44 @@ pub fn check_export(
         engine.apply(p).map_err(|e| refused(name, q, e.into()))?;
     }
     Ok(())
+}
+
+/// Ops of a backbone, and per patch the leading ops it shares with the
+/// base task ([`Engine::shared_prefix`]).
+pub struct SharedWithBase {
+    pub n_ops: usize,
+    pub tasks: Vec<usize>,
+}
+
+/// What each patch of an export (checked by [`check_export`]) shares with
+/// the base.
+pub fn shared_with_base(
+    backbone: &[u8],
+    patches: &[(&str, &QModel, &[u8])],
+) -> Result<SharedWithBase> {
+    let bb = Backbone::parse(backbone).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let parsed: Vec<Patch<'_>> = patches
+        .iter()
+        .filter_map(|(_, _, blob)| Patch::parse(blob).ok())
+        .collect();
+    let sizes = bb.engine_sizes(&parsed);
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![Requant::default(); sizes.params];
+    let engine = Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tasks = patches
+        .iter()
+        .map(|(name, q, blob)| {
+            let p = Patch::parse(blob).map_err(|e| refused(name, q, e.into()))?;
+            let sp = engine
+                .shared_prefix(&[None, Some(p)])
+                .map_err(|e| refused(name, q, e))?;
+            Ok(sp.ops)
+        })
+        .collect::<Result<_>>()?;
+    Ok(SharedWithBase {
+        n_ops: bb.n_ops(),
+        tasks,
+    })
 }
 
 /// The runtime's error `e` on task `task` (quantized as `q`), with the

@@ -41,10 +41,11 @@ pub static BACKBONES: [&[u8]; 2] = [
 ];
 
 /// The seed patches, for both backbones (`seeds.sh`).
-pub static PATCHES: [&[u8]; 5] = [
+pub static PATCHES: [&[u8]; 6] = [
     include_bytes!("../seeds/patch/tiny-sb.gnp"),
     include_bytes!("../seeds/patch/tiny-dw.gnp"),
     include_bytes!("../seeds/patch/tiny-logits.gnp"),
+    include_bytes!("../seeds/patch/tiny-head.gnp"),
     include_bytes!("../seeds/patch/mnv3-mnist-sb.gnp"),
     include_bytes!("../seeds/patch/mnv3-fashion-updown-sb.gnp"),
 ];
@@ -161,8 +162,11 @@ pub fn patch_case(data: &[u8], reseal: bool) {
 /// Applies `p` on a fresh engine over `bb`, checked. `salt` picks whether
 /// a seed task is active first and whether `apply_newer` is used.
 fn check_patch<'a>(bb: &Backbone<'a>, p: Patch<'a>, salt: usize) {
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    // Room for a head the patch brings, within bounds (a larger claim is
+    // refused by `apply` with `ArenaTooSmall` / `ParamsTooSmall`).
+    let sizes = bb.engine_sizes(&[p]);
+    let mut arena = vec![0i8; sizes.arena.min(MAX_ARENA).max(bb.arena_len())];
+    let mut params = vec![Requant::default(); sizes.params.min(MAX_PARAMS).max(bb.params_len())];
     let mut e = Engine::new(bb, &mut arena, &mut params).expect("seed backbone engine");
     let input = input_for(bb);
     let base = State::checked(&mut e, &input);

@@ -55,6 +55,12 @@
 //! 4. The tensor-quantization payload, read through `tq_of`, which checks
 //!    the length and falls back to (1, 0).
 //!
+//! A task that brings its own head (`engine/head.rs`) runs its head network
+//! by an engine over sub-slices of the same two tables, taken with `get_mut`
+//! after `apply` checked that the head's arena and parameter regions lie
+//! inside them; the head network itself passed `Backbone::parse`, so the
+//! argument above holds for it as for any backbone.
+//!
 //! The kernels assert slice lengths against the geometry (their
 //! contract). Parse validated the same geometry for every op, and a patch
 //! only replaces values of validated shapes (`validate_task`), so those
@@ -72,12 +78,15 @@ use crate::format::patch::Patch;
 use crate::format::signature::VerifyKey;
 use crate::format::{rd_f32, Act, OpKind, NONE};
 use crate::kernels::{scalar, ConvGeom, Kernels, OutQ};
+mod derive;
+mod head;
+mod multi;
 #[cfg(feature = "std")]
 mod parallel;
 
-use crate::quant::{
-    quantize_multiplier, quantize_value, round_half_away, ChannelParams, ConvChannels,
-};
+pub use multi::SharedPrefix;
+
+use crate::quant::quantize_value;
 
 /// One entry of the parameter table: a fixed-point multiplier and an int32
 /// bias (for conv channels; other ops store zero points in `bias`). The
@@ -217,6 +226,8 @@ pub struct Engine<'a, 'm> {
     classes: u16,
     kernels: Kernels,
     threads: usize,
+    /// the active task's own head (`format::head`)
+    head: Option<head::ActiveHead<'a>>,
     /// Patches must carry this key's signature (`Engine::new_verified`).
     #[cfg(feature = "verify")]
     key: Option<VerifyKey>,
@@ -251,6 +262,7 @@ impl<'a, 'm> Engine<'a, 'm> {
             classes: bb.base_classes(),
             kernels: Kernels::best(),
             threads: 1,
+            head: None,
             #[cfg(feature = "verify")]
             key: None,
         };
@@ -349,6 +361,14 @@ impl<'a, 'm> Engine<'a, 'm> {
     /// is checked first (at once for a patch from `Patch::parse_verified`
     /// with the same key; else its whole content is verified here).
     pub fn apply(&mut self, patch: Patch<'a>) -> Result<(), FormatError> {
+        let (classes, head) = self.check(&patch)?;
+        self.switch(Some(patch), classes, head, 0)
+    }
+
+    /// Everything `apply` checks before deriving: the signature (on an
+    /// engine with a key), the backbone, the entries. Returns the task's
+    /// class count and the head it brings, placed.
+    fn check(&self, patch: &Patch<'a>) -> Result<(u16, Option<head::ActiveHead<'a>>), FormatError> {
         #[cfg(feature = "verify")]
         if let Some(key) = &self.key {
             patch.verify(key)?;
@@ -362,6 +382,9 @@ impl<'a, 'm> Engine<'a, 'm> {
         let summary = self
             .bb
             .validate_task(patch.entry_bytes(), patch.n_entries(), false)?;
+        if let Some(h) = self.check_head(patch)? {
+            return Ok((patch.classes(), Some(h)));
+        }
         if summary.classes != patch.classes() {
             return Err(FormatError::BadEntry {
                 entry: 0,
@@ -369,21 +392,46 @@ impl<'a, 'm> Engine<'a, 'm> {
                 what: "the patch header's class count differs from its task's",
             });
         }
-        let prev = (self.patch, self.tq, self.classes);
-        self.patch = Some(patch);
-        self.tq = tensor_quant(patch.entries())
+        Ok((summary.classes, None))
+    }
+
+    /// Makes a checked patch active, deriving the parameter blocks of ops
+    /// `first..` (the blocks before `first` must already hold this task's
+    /// values). On error the previous task is active again, whole.
+    /// `None` is the base task.
+    fn switch(
+        &mut self,
+        patch: Option<Patch<'a>>,
+        classes: u16,
+        head: Option<head::ActiveHead<'a>>,
+        first: usize,
+    ) -> Result<(), FormatError> {
+        let prev = (self.patch, self.tq, self.classes, self.head);
+        self.patch = patch;
+        self.head = head;
+        self.tq = patch
+            .and_then(|p| tensor_quant(p.entries()))
             .or_else(|| tensor_quant(self.bb.base_entries()))
             .unwrap_or(&[]);
-        self.classes = summary.classes;
-        if let Err(RunError::BadQuantization { op }) = self.derive() {
-            let entry = self.entry_at_fault(&patch, op);
-            (self.patch, self.tq, self.classes) = prev;
+        self.classes = classes;
+        if let Err(RunError::BadQuantization { op }) = self.derive_from(first) {
+            let entry = patch.map_or(0, |p| self.entry_at_fault(&p, op));
+            (self.patch, self.tq, self.classes, self.head) = prev;
             // The previous task derived before, so it derives again.
             let _ = self.derive();
             return Err(FormatError::BadEntry {
                 entry,
                 op,
                 what: "quantization parameters out of range",
+            });
+        }
+        if let (Err(_), Some(h)) = (self.derive_head(), head) {
+            (self.patch, self.tq, self.classes, self.head) = prev;
+            let _ = self.derive();
+            return Err(FormatError::BadEntry {
+                entry: 0,
+                op: h.head.cut_op,
+                what: "the head network's quantization parameters are out of range",
             });
         }
         Ok(())
@@ -418,6 +466,7 @@ impl<'a, 'm> Engine<'a, 'm> {
     /// Switches back to the base task.
     pub fn reset(&mut self) {
         self.patch = None;
+        self.head = None;
         self.tq = tensor_quant(self.bb.base_entries()).unwrap_or(&[]);
         self.classes = self.bb.base_classes();
         let _ = self.derive();
@@ -460,13 +509,7 @@ impl<'a, 'm> Engine<'a, 'm> {
         }
         check_finite(x_chw)?;
         let (s, zp) = self.input_quant();
-        let (c, hw) = (t.c as usize, t.h as usize * t.w as usize);
-        for ch in 0..c {
-            for p in 0..hw {
-                out[p * c + ch] = quantize_value(x_chw[ch * hw + p] as f64, s as f64, zp) as i8;
-            }
-        }
-        Ok(())
+        quantize_nchw(x_chw, s, zp, t.c as usize, t.h as usize * t.w as usize, out)
     }
 
     /// Runs one inference on a float NCHW input (quantized in place). NaN or
@@ -484,12 +527,7 @@ impl<'a, 'm> Engine<'a, 'm> {
         check_finite(x_chw)?;
         let (s, zp) = self.input_quant();
         let (c, hw) = (t.c as usize, t.h as usize * t.w as usize);
-        let dst = &mut self.arena[off..off + n];
-        for ch in 0..c {
-            for p in 0..hw {
-                dst[p * c + ch] = quantize_value(x_chw[ch * hw + p] as f64, s as f64, zp) as i8;
-            }
-        }
+        quantize_nchw(x_chw, s, zp, c, hw, &mut self.arena[off..off + n])?;
         self.execute()
     }
 
@@ -533,156 +571,31 @@ impl<'a, 'm> Engine<'a, 'm> {
         out_q_of(self.tq, op)
     }
 
-    /// Derives the parameter table of the active task.
-    fn derive(&mut self) -> Result<(), RunError> {
-        let (mut base, mut patch) = self.cursors();
-        let mut off = 0usize;
-        for i in 0..self.bb.n_ops() {
-            let op = self.bb.op(i);
-            let ent = Self::merged(&mut base, &mut patch, i as u16);
-            let cout = self.bb.cout(i, &op, self.classes);
-            let slots_cap = param_slots(
-                &op,
-                if i == self.bb.head_op() {
-                    self.bb.max_classes() as usize
-                } else {
-                    cout
-                },
-            );
-            let q = self.out_q(&op);
-            let (s_in, zp_in) = self.tensor_quant(op.in0 as usize);
-            let (s_out, _) = self.tensor_quant(op.out as usize);
-            let (s_b, zp_b) = if op.in1 != NONE {
-                self.tensor_quant(op.in1 as usize)
-            } else {
-                (1.0, 0)
-            };
-            let mq_same = self.tensor_quant(op.in0 as usize) == self.tensor_quant(op.out as usize);
-            let bad = RunError::BadQuantization { op: i as u16 };
-            let block = &mut self.params[off..off + slots_cap];
-            block[0] = Requant {
-                mult: q.lo,
-                shift: q.hi,
-                bias: q.zp,
-            };
-            let mq = |m: f64| quantize_multiplier(m).ok_or(bad);
-            match op.kind {
-                OpKind::Conv | OpKind::DwConv => {
-                    let cc = ConvChannels::new(s_in, s_out, zp_in);
-                    let codes = (ent.scale.unwrap_or(&[]), ent.bias.unwrap_or(&[]));
-                    let row = self.bb.row_len(&op);
-                    let out = &mut block[1..1 + cout];
-                    let ok = match ent.weights {
-                        None => derive_channels(&cc, codes, self.bb.op_weight_sums(&op), out),
-                        Some(w) => derive_channels_over(&cc, codes, op.kind, w, row, out),
-                    };
-                    if !ok {
-                        return Err(bad);
-                    }
-                    // Replaced rows: the kernel reads the row instead, so the
-                    // channel's bias folds in the row's sum.
-                    if let Some(r) = ent.rows.and_then(|r| Rows::new_checked(r, row)) {
-                        for i in 0..r.len() {
-                            let c = r.channel(i) as usize;
-                            let sum = r.row(i).iter().map(|&w| w as i8 as i32).sum();
-                            match (out.get_mut(c), derive_one(&cc, codes, c, sum)) {
-                                (Some(slot), Some(p)) => *slot = p,
-                                (None, _) => {}
-                                (_, None) => return Err(bad),
-                            }
-                        }
-                    }
-                }
-                OpKind::Add | OpKind::Concat => {
-                    let ma = s_in as f64 / s_out as f64;
-                    let mb = s_b as f64 / s_out as f64;
-                    if op.kind == OpKind::Add {
-                        let big = mq(if ma >= mb { ma } else { mb })?;
-                        let small = if ma >= mb { mb } else { ma };
-                        let other = round_half_away(small * crate::quant::pow2(big.shift));
-                        let (pa, pb) = if ma >= mb {
-                            (big.mult, other as i32)
-                        } else {
-                            (other as i32, big.mult)
-                        };
-                        block[1] = Requant {
-                            mult: pa,
-                            shift: big.shift,
-                            bias: zp_in,
-                        };
-                        block[2] = Requant {
-                            mult: pb,
-                            shift: big.shift,
-                            bias: zp_b,
-                        };
-                    } else {
-                        let a = mq(ma)?;
-                        let b = mq(mb)?;
-                        block[1] = Requant {
-                            mult: a.mult,
-                            shift: a.shift,
-                            bias: zp_in,
-                        };
-                        block[2] = Requant {
-                            mult: b.mult,
-                            shift: b.shift,
-                            bias: zp_b,
-                        };
-                    }
-                }
-                OpKind::Mul => {
-                    let m = mq(s_in as f64 * s_b as f64 / s_out as f64)?;
-                    block[1] = Requant {
-                        mult: m.mult,
-                        shift: m.shift,
-                        bias: zp_in,
-                    };
-                    block[2] = Requant {
-                        mult: 0,
-                        shift: 0,
-                        bias: zp_b,
-                    };
-                }
-                OpKind::GlobalAvgPool => {
-                    let a = self.bb.tensor(op.in0 as usize);
-                    let hw = a.h as f64 * a.w as f64;
-                    let m = mq(s_in as f64 / (s_out as f64 * hw))?;
-                    block[1] = Requant {
-                        mult: m.mult,
-                        shift: m.shift,
-                        bias: zp_in,
-                    };
-                }
-                OpKind::AvgPool => {
-                    for (n, slot) in block.iter_mut().enumerate().skip(1) {
-                        let m = mq(s_in as f64 / (s_out as f64 * n as f64))?;
-                        *slot = Requant {
-                            mult: m.mult,
-                            shift: m.shift,
-                            bias: zp_in,
-                        };
-                    }
-                }
-                OpKind::MaxPool => {
-                    if !mq_same {
-                        return Err(bad);
-                    }
-                }
-                OpKind::Lut => {}
-            }
-            off += slots_cap;
-        }
-        Ok(())
+    fn execute(&mut self) -> Result<Scores<'_>, RunError> {
+        self.execute_from(0);
+        Ok(self.scores())
     }
 
-    fn execute(&mut self) -> Result<Scores<'_>, RunError> {
+    /// Runs the active task's ops from backbone op `from` on: the
+    /// backbone's up to its cut, then its head network, if it has one.
+    fn execute_from(&mut self, from: usize) {
+        let kept = self.kept_ops();
+        self.execute_ops(from, kept);
+        if let Some(h) = self.head {
+            self.run_head(&h);
+        }
+    }
+
+    /// Runs ops `[from, to)` under the active task (their inputs are in
+    /// the arena).
+    fn execute_ops(&mut self, from: usize, to: usize) {
         #[cfg(feature = "std")]
         if self.threads > 1 {
-            parallel::execute(self, self.threads);
-            return Ok(self.scores());
+            parallel::execute(self, self.threads, from, to);
+            return;
         }
         let (mut base, mut patch) = self.cursors();
-        let mut off = 0usize;
+        let mut off = self.param_offset(from);
         let kernels = self.kernels;
         let view = TaskView {
             bb: &self.bb,
@@ -690,16 +603,36 @@ impl<'a, 'm> Engine<'a, 'm> {
             classes: self.classes,
             params: self.params,
         };
-        for i in 0..self.bb.n_ops() {
+        for i in from..to.min(self.bb.n_ops()) {
             let (run, slots) = view.prepare(i, &mut base, &mut patch, off);
             let (a, b, out) = split_io(self.arena, &run.ta, run.tb.as_ref(), &run.to, run.out_len);
             run_op(&kernels, &run, a, b, out);
             off += slots;
         }
-        Ok(self.scores())
+    }
+
+    /// Parameter slots of op `i` (the head reserves room for the
+    /// backbone's largest class count).
+    fn op_slots(&self, i: usize, op: &OpInfo) -> usize {
+        let cout = if i == self.bb.head_op() {
+            self.bb.max_classes() as usize
+        } else {
+            self.bb.cout(i, op, self.classes)
+        };
+        param_slots(op, cout)
+    }
+
+    /// Where op `first`'s block starts in the parameter table.
+    fn param_offset(&self, first: usize) -> usize {
+        (0..first.min(self.bb.n_ops()))
+            .map(|i| self.op_slots(i, &self.bb.op(i)))
+            .sum()
     }
 
     fn scores(&self) -> Scores<'_> {
+        if let Some(h) = &self.head {
+            return self.head_scores(h);
+        }
         let t = self.bb.output();
         let (scale, zp) = self.tensor_quant(self.bb.header().output as usize);
         let o = t.arena_off as usize;
@@ -720,6 +653,30 @@ fn check_finite(x: &[f32]) -> Result<(), RunError> {
         Some(i) => Err(RunError::NonFiniteInput { index: i as u32 }),
         None => Ok(()),
     }
+}
+
+/// Quantizes `c` planes of `hw` floats (NCHW) into `out` (NHWC) with
+/// `(s, zp)`; the lengths must be `c·hw`.
+fn quantize_nchw(
+    x_chw: &[f32],
+    s: f32,
+    zp: i32,
+    c: usize,
+    hw: usize,
+    out: &mut [i8],
+) -> Result<(), RunError> {
+    if x_chw.len() != c * hw || out.len() != c * hw {
+        return Err(RunError::InputSize {
+            expected: (c * hw) as u32,
+            got: x_chw.len() as u32,
+        });
+    }
+    for ch in 0..c {
+        for p in 0..hw {
+            out[p * c + ch] = quantize_value(x_chw[ch * hw + p] as f64, s as f64, zp) as i8;
+        }
+    }
+    Ok(())
 }
 
 fn tq_of(tq: &[u8], t: usize) -> (f32, i32) {
@@ -956,83 +913,6 @@ fn run_op(k: &Kernels, r: &OpRun<'_>, a: &[i8], b: &[i8], out: &mut [i8]) {
             scalar::concat(a, r.ta.c as usize, &block[1], b, cb, &block[2], q, out)
         }
     }
-}
-
-/// The scale and bias codes of a conv op (2 bytes per channel each).
-type Codes<'x> = (&'x [u8], &'x [u8]);
-
-fn code(b: &[u8], c: usize) -> u16 {
-    b.get(2 * c..2 * c + 2)
-        .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]))
-}
-
-fn requant(p: ChannelParams) -> Requant {
-    Requant {
-        mult: p.mult,
-        shift: p.shift,
-        bias: p.bias,
-    }
-}
-
-/// Channel `c` of a conv op whose kernel reads weights summing to `sum`.
-fn derive_one(cc: &ConvChannels, codes: Codes<'_>, c: usize, sum: i32) -> Option<Requant> {
-    cc.channel(code(codes.0, c), code(codes.1, c), sum)
-        .map(requant)
-}
-
-/// Every channel of a conv op that reads the backbone's weights (`sums`:
-/// the backbone's per-channel int32 sums): the hot loop of a task switch,
-/// run by the derivation kernel. Returns false if a channel's multiplier is
-/// out of range.
-fn derive_channels(cc: &ConvChannels, codes: Codes<'_>, sums: &[u8], out: &mut [Requant]) -> bool {
-    crate::kernels::derive::conv_channels(cc, codes.0, codes.1, sums, out)
-}
-
-/// Every channel of a conv op that reads a whole weight tensor `w` of
-/// `kind`'s layout from the patch (a new classifier, DW kernels): the
-/// weight sums of each block of channels first, then the kernel.
-fn derive_channels_over(
-    cc: &ConvChannels,
-    codes: Codes<'_>,
-    kind: OpKind,
-    w: &[u8],
-    row: usize,
-    out: &mut [Requant],
-) -> bool {
-    use crate::kernels::derive::{conv_channels, BLOCK};
-    let cout = out.len();
-    let mut ok = true;
-    for (blk, slots) in out.chunks_mut(BLOCK).enumerate() {
-        let (c0, n) = (blk * BLOCK, slots.len());
-        let mut sums = [0i32; BLOCK];
-        if kind == OpKind::DwConv {
-            // [kh][kw][c]: tap k of channel c at k·cout + c.
-            for k in 0..row {
-                if let Some(taps) = w.get(k * cout + c0..k * cout + c0 + n) {
-                    for (s, &x) in sums.iter_mut().zip(taps) {
-                        *s += x as i8 as i32;
-                    }
-                }
-            }
-        } else {
-            for (j, s) in sums[..n].iter_mut().enumerate() {
-                let c = c0 + j;
-                *s = w
-                    .get(c * row..(c + 1) * row)
-                    .map_or(0, |r| r.iter().map(|&x| x as i8 as i32).sum());
-            }
-        }
-        let mut bytes = [0u8; 4 * BLOCK];
-        for (b, s) in bytes.chunks_exact_mut(4).zip(&sums) {
-            b.copy_from_slice(&s.to_le_bytes());
-        }
-        let (sc, bc) = (
-            codes.0.get(2 * c0..2 * (c0 + n)).unwrap_or(&[]),
-            codes.1.get(2 * c0..2 * (c0 + n)).unwrap_or(&[]),
-        );
-        ok &= conv_channels(cc, sc, bc, &bytes[..4 * n], slots);
-    }
-    ok
 }
 
 /// Borrows the inputs and the output of an op from the arena at once. The

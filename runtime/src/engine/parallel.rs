@@ -168,8 +168,8 @@ fn slab(t: usize, n: usize, oh: usize) -> (usize, usize) {
     ((t * per).min(oh), ((t + 1) * per).min(oh))
 }
 
-/// Runs one inference on `n` threads.
-pub(super) fn execute(e: &mut Engine<'_, '_>, n: usize) {
+/// Runs ops `[from, to)` of an inference on `n` threads.
+pub(super) fn execute(e: &mut Engine<'_, '_>, n: usize, from: usize, to: usize) {
     let arena = ArenaPtr {
         ptr: e.arena.as_mut_ptr(),
         len: e.arena.len(),
@@ -182,20 +182,21 @@ pub(super) fn execute(e: &mut Engine<'_, '_>, n: usize) {
     };
     let kernels = e.kernels;
     let (base0, patch0) = e.cursors();
+    let off0 = e.param_offset(from);
     let barrier = SpinBarrier::new(n);
     let worker = |t: usize| {
         let (mut base, mut patch) = (base0.clone(), patch0.clone());
-        let mut off = 0usize;
-        let n_ops = view.bb.n_ops();
+        let mut off = off0;
+        let n_ops = to.min(view.bb.n_ops());
         // Every thread walks the ops and takes the same decisions, one op
         // ahead, so it knows whether the next op needs the others.
-        let mut next = (n_ops > 0).then(|| {
-            let (first, slots) = view.prepare(0, &mut base, &mut patch, off);
+        let mut next = (from < n_ops).then(|| {
+            let (first, slots) = view.prepare(from, &mut base, &mut patch, off);
             off += slots;
             let sp = split_of(&first, n);
             (first, sp)
         });
-        for i in 0..n_ops {
+        for i in from..n_ops {
             let Some((run, split)) = next.take() else {
                 break;
             };

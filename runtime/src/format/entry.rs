@@ -45,6 +45,9 @@ pub enum EntryKind {
     Classes = 7,
     /// Class labels, UTF-8, separated by `\n`.
     Labels = 8,
+    /// A head network replacing the backbone's ops from a cut on
+    /// (whole-model; [`super::head`]).
+    Head = 10,
 }
 
 impl EntryKind {
@@ -59,6 +62,7 @@ impl EntryKind {
             6 => EntryKind::Lut,
             7 => EntryKind::Classes,
             8 => EntryKind::Labels,
+            10 => EntryKind::Head,
             _ => return None,
         })
     }
@@ -73,6 +77,7 @@ impl EntryKind {
             EntryKind::Lut => "lut",
             EntryKind::Classes => "classes",
             EntryKind::Labels => "labels",
+            EntryKind::Head => "head-network",
         }
     }
 }

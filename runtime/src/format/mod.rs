@@ -52,6 +52,7 @@
 
 pub mod backbone;
 pub mod entry;
+pub mod head;
 pub mod patch;
 pub mod signature;
 

@@ -86,7 +86,8 @@ pub enum Mode {
     /// An S/B task (the seed): new gamma and beta for every batch norm,
     /// statistics re-estimated on the batch, as after real S/B fine-tuning.
     /// Weights are not touched.
-    TaskStats(u64),
+    /// Only blocks from the second number on.
+    TaskStats(u64, usize),
 }
 
 /// Per-channel mean and variance of a batch of maps.
@@ -163,7 +164,7 @@ pub fn run_float(p: &mut NetParams, inputs: &[Vec<f32>], mode: Mode) -> Vec<Vec<
                 scale(&mut c.weight, f);
                 ys.iter_mut().for_each(|y| scale(&mut y.data, f));
             }
-            (Mode::TaskStats(seed), Some(bn)) => task_batch_norm(bn, &channel_stats(&ys), seed),
+            (Mode::TaskStats(seed, _), Some(bn)) => task_batch_norm(bn, &channel_stats(&ys), seed),
             _ => {}
         }
         for y in &mut ys {
@@ -232,7 +233,12 @@ pub fn run_float(p: &mut NetParams, inputs: &[Vec<f32>], mode: Mode) -> Vec<Vec<
             }
         })
         .collect();
-    for block in &mut p.blocks {
+    let outer = mode;
+    for (bi, block) in p.blocks.iter_mut().enumerate() {
+        let mode = match outer {
+            Mode::TaskStats(_, first) if bi < first => Mode::Eval,
+            m => m,
+        };
         let skip: Option<Vec<Vec<f32>>> = block
             .residual
             .then(|| xs.iter().map(|x| x.data.clone()).collect());

@@ -13,9 +13,12 @@ pub struct Args {
     dir: PathBuf,
     #[command(flatten)]
     verify: VerifyArgs,
-    /// task to time inference on (default: base)
+    /// task to time inference on (default: base, or the first of --tasks)
     #[arg(long)]
     task: Option<String>,
+    /// time these tasks together in one pass (shared ops once): multi_ms
+    #[arg(long, value_delimiter = ',', value_name = "A,B,...")]
+    tasks: Vec<String>,
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// timed inferences (after warm-up)
@@ -34,6 +37,7 @@ impl Args {
             dir,
             verify,
             task,
+            tasks,
             threads,
             iters,
             kernels,
@@ -48,6 +52,7 @@ impl Args {
                 iters,
                 json,
                 kernels,
+                tasks,
             })
         })
     }

@@ -221,8 +221,9 @@ fn switch_time_us(d: &ExportDir) -> Result<f64> {
     }
     let blobs: Vec<&[u8]> = names.iter().map(|n| d.patches[n].as_slice()).collect();
     let bb = d.parse_backbone()?;
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![graftnet::Requant::default(); bb.params_len()];
+    let sizes = d.engine_sizes()?;
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![graftnet::Requant::default(); sizes.params];
     let mut e =
         graftnet::Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
     let iters = 200;

@@ -59,6 +59,12 @@ pub struct Args {
     /// sign the backbone and every patch with this secret key (from `graftnet keygen`)
     #[arg(long, value_name = "KEY")]
     sign: Option<PathBuf>,
+    /// tasks keep the base's int8 form (activation ranges, gains, tables,
+    /// biases) for every op they leave unchanged, so `run --task A --task B`
+    /// and devices run those ops once for all tasks; patches shrink to what
+    /// changed. Costs accuracy where a task's data differ from the base's.
+    #[arg(long)]
+    share_prefix: bool,
     #[command(flatten)]
     prep: PrepArgs,
     #[arg(long)]
@@ -102,6 +108,7 @@ impl Args {
             }),
             backbone: a.backbone,
             task_version: a.task_version,
+            share_prefix: a.share_prefix,
             sign: a
                 .sign
                 .as_deref()
@@ -123,7 +130,8 @@ impl Args {
                 .map(|t| {
                     let by: serde_json::Map<String, serde_json::Value> =
                         t.bytes_by_class.iter().map(|(c, b)| (c.name().to_string(), json!(b))).collect();
-                    json!({"name": t.name, "classes": t.classes, "patch_bytes": t.patch_bytes, "bytes_by_class": by,
+                    json!({"name": t.name, "classes": t.classes, "patch_bytes": t.patch_bytes, "bytes_by_class": by, "ops_shared_with_base": t.shared_ops,
+                           "head": t.head.as_ref().map(|h| json!({"cut_op": h.cut_op, "cut_node": h.cut_node, "ops": h.ops, "arena_bytes": h.arena_len, "params": h.params_len})),
                            "patch": t.patch.as_ref().map(|p| p.to_string_lossy().to_string())})
                 })
                 .collect();
@@ -154,12 +162,22 @@ impl Args {
                     .map(|(c, b)| format!("{} {b}", c.name()))
                     .collect();
                 println!(
-                    "  task {:<24} {:>3} classes  patch {:>8} bytes  ({})",
+                    "  task {:<24} {:>3} classes  patch {:>8} bytes  ({}); shares {} of {} ops with the base",
                     t.name,
                     t.classes,
                     t.patch_bytes,
-                    parts.join(", ")
+                    parts.join(", "),
+                    t.shared_ops,
+                    r.n_ops
                 );
+                if let Some(h) = &t.head {
+                    println!(
+                        "       brings its own head: the backbone stops before op {} (node '{}'); head network: {}",
+                        h.cut_op,
+                        h.cut_node,
+                        h.ops.join(", ")
+                    );
+                }
             }
         }
         Ok(())

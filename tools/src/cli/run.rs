@@ -1,4 +1,5 @@
-//! `graftnet run`: the class scores of one input.
+//! `graftnet run`: the class scores of one input, for one task or several
+//! in one pass (`Engine::run_tasks`: the ops they share run once).
 
 use std::path::PathBuf;
 
@@ -14,8 +15,12 @@ use super::{input_shape_of, manifest_prep, PrepArgs, VerifyArgs};
 #[derive(ClapArgs)]
 pub struct Args {
     dir: PathBuf,
-    #[arg(long)]
-    task: String,
+    /// task name (`base` for the base task); repeat for several tasks
+    #[arg(long, required = true)]
+    task: Vec<String>,
+    /// threads per inference
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     #[command(flatten)]
     verify: VerifyArgs,
     /// .npy of one sample (1,C,H,W) or an image file
@@ -23,6 +28,8 @@ pub struct Args {
     input: PathBuf,
     #[command(flatten)]
     prep: PrepArgs,
+    /// one JSON object (`task`, `scores`, `top1`, `label`); for several
+    /// tasks, one per task in a list under `results`
     #[arg(long)]
     json: bool,
 }
@@ -31,7 +38,8 @@ impl Args {
     pub fn run(self) -> Result<()> {
         let Args {
             dir,
-            task,
+            task: tasks,
+            threads,
             verify,
             input,
             prep,
@@ -52,23 +60,39 @@ impl Args {
                 shape
             );
         }
-        let labels = d.labels(&task);
-        let (scores, top) = d.with_engine(&task, |e| {
-            let sc = e.run_f32(&x).map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut v = vec![0f32; sc.len()];
-            sc.dequantize_into(&mut v);
-            Ok((v, sc.argmax()))
-        })?;
+        let (results, shared) = d.run_tasks(&tasks, &x, threads)?;
         if json_out {
+            let objects: Vec<serde_json::Value> = tasks
+                .iter()
+                .zip(&results)
+                .map(|(task, (scores, top))| {
+                    let labels = d.labels(task);
+                    json!({"task": task, "scores": scores, "top1": top, "label": labels.get(*top)})
+                })
+                .collect();
+            match objects.as_slice() {
+                [one] => println!("{one}"),
+                _ => println!(
+                    "{}",
+                    json!({"results": objects, "shared_ops": shared.ops, "ops": shared.of})
+                ),
+            }
+            return Ok(());
+        }
+        if tasks.len() > 1 {
             println!(
-                "{}",
-                json!({"task": task, "scores": scores, "top1": top, "label": labels.get(top)})
+                "{} tasks in one pass: {} of {} ops shared",
+                tasks.len(),
+                shared.ops,
+                shared.of
             );
-        } else {
+        }
+        for (task, (scores, top)) in tasks.iter().zip(&results) {
+            let labels = d.labels(task);
             println!(
                 "task {task}: top-1 class {top}{}",
                 labels
-                    .get(top)
+                    .get(*top)
                     .map(|l| format!(" ({l})"))
                     .unwrap_or_default()
             );

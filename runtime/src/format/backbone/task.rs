@@ -45,7 +45,10 @@ impl<'a> Backbone<'a> {
             }
             prev = Some(key);
             match kind {
-                EntryKind::TensorQuant | EntryKind::Labels => {
+                EntryKind::TensorQuant | EntryKind::Labels | EntryKind::Head => {
+                    if base && kind == EntryKind::Head {
+                        return Err(bad("a base task cannot replace the head"));
+                    }
                     if raw.op != NONE {
                         return Err(bad("whole-model entry must target op 0xffff"));
                     }
@@ -202,7 +205,7 @@ impl<'a> Backbone<'a> {
                         lut = true;
                     }
                     EntryKind::Classes => {}
-                    EntryKind::TensorQuant | EntryKind::Labels => {
+                    EntryKind::TensorQuant | EntryKind::Labels | EntryKind::Head => {
                         return Err(bad("misplaced entry"))
                     }
                 }
