@@ -39,9 +39,10 @@ pub mod kernels;
 pub mod quant;
 pub mod splitmix;
 
-pub use engine::{Engine, Requant, Scores, SharedPrefix};
+pub use engine::{Engine, Scores, SharedPrefix};
 pub use error::{Error, FormatError, RunError};
 pub use format::backbone::Backbone;
 pub use format::patch::Patch;
 #[cfg(feature = "verify")]
 pub use format::signature::{SigningKey, VerifyKey};
+pub use quant::ChannelRequant;

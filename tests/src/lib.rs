@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch};
 use graftnet_tools::data::{self, Dataset, Preprocess};
 use graftnet_tools::pipeline;
 
@@ -45,7 +45,7 @@ pub fn scores(backbone: &[u8], patch: Option<&[u8]>, ds: &Dataset, n: usize) -> 
     let parsed: Vec<Patch<'_>> = patch.iter().map(|p| Patch::parse(p).unwrap()).collect();
     let sizes = bb.engine_sizes(&parsed);
     let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![Requant::default(); sizes.params];
+    let mut params = vec![ChannelRequant::default(); sizes.params];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     if let Some(p) = patch {
         e.apply(Patch::parse(p).unwrap()).unwrap();

@@ -66,7 +66,7 @@ pub mod selftest;
 #[cfg(test)]
 mod tests;
 
-use crate::engine::Requant;
+use crate::quant::ChannelRequant;
 
 /// Geometry of a convolution (NHWC, batch 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,8 +140,15 @@ pub struct OutQ {
 }
 
 /// Dense / grouped convolution; weights `[cout][kh][kw][cin/groups]`.
-pub type ConvFn =
-    fn(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]);
+pub type ConvFn = fn(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[ChannelRequant],
+    q: OutQ,
+    out: &mut [i8],
+);
 /// Depthwise convolution; weights `[kh][kw][c]`.
 pub type DwConvFn = ConvFn;
 /// Elementwise add of two tensors ([`scalar::add`]'s parameters:
@@ -353,7 +360,7 @@ impl Kernels {
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code)
 )]
-pub(crate) fn check_conv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], out: &[i8]) {
+pub(crate) fn check_conv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[ChannelRequant], out: &[i8]) {
     assert!(
         g.groups >= 1 && g.cin.is_multiple_of(g.groups) && g.cout.is_multiple_of(g.groups),
         "conv: groups must divide the channels"
@@ -373,7 +380,13 @@ pub(crate) fn check_conv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], o
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code)
 )]
-pub(crate) fn check_dwconv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], out: &[i8]) {
+pub(crate) fn check_dwconv(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    rq: &[ChannelRequant],
+    out: &[i8],
+) {
     let c = g.cout;
     assert!(input.len() >= g.ih * g.iw * c, "dwconv: input too short");
     assert!(w.len() >= g.kh * g.kw * c, "dwconv: weights too short");

@@ -23,7 +23,7 @@
 use core::fmt;
 
 use super::{scalar, ConvFn, ConvGeom, Kernels, OutQ};
-use crate::engine::Requant;
+use crate::quant::ChannelRequant;
 use crate::splitmix::SplitMix64 as Rng;
 
 /// Input bytes a case may use.
@@ -42,7 +42,7 @@ const CANARY: i8 = 0x5a;
 pub struct Scratch {
     input: [i8; INPUT_MAX],
     w: [u8; WEIGHTS_MAX],
-    rq: [Requant; CHANNELS_MAX],
+    rq: [ChannelRequant; CHANNELS_MAX],
     want: [i8; OUT_MAX + GUARD],
     got: [i8; OUT_MAX + GUARD],
 }
@@ -53,7 +53,7 @@ impl Scratch {
         Scratch {
             input: [0; INPUT_MAX],
             w: [0; WEIGHTS_MAX],
-            rq: [Requant {
+            rq: [ChannelRequant {
                 mult: 0,
                 shift: 0,
                 bias: 0,
@@ -145,7 +145,7 @@ pub struct Mismatch {
     /// byte of the output buffer (at or past the output: the guard tail)
     pub index: usize,
     /// the requantization of that byte's channel (`None` in the guard tail)
-    pub rq: Option<Requant>,
+    pub rq: Option<ChannelRequant>,
     /// what the kernel wrote
     pub got: i8,
     /// what the reference wrote
@@ -184,7 +184,7 @@ pub(crate) trait Cases {
     /// Fills `out` with weights.
     fn weights(&mut self, out: &mut [u8]);
     /// Fills `out` with requantization parameters.
-    fn requant(&mut self, out: &mut [Requant], wild: bool);
+    fn requant(&mut self, out: &mut [ChannelRequant], wild: bool);
     /// An output zero point and clamp.
     fn out_q(&mut self) -> OutQ;
 }
@@ -226,7 +226,7 @@ impl Cases for Rng {
     }
     /// Parameters the engine can derive: `|mult|` in `[2^30, 2^31)` or 0,
     /// shift 1..=62 (mostly 31..=45), `|bias| <= 2^30`.
-    fn requant(&mut self, out: &mut [Requant], wild: bool) {
+    fn requant(&mut self, out: &mut [ChannelRequant], wild: bool) {
         for r in out {
             let mag = self.range(1 << 30, (1i64 << 31) - 1);
             let mult = match self.next_u64() % 16 {
@@ -244,7 +244,7 @@ impl Cases for Rng {
                 1 => 0,
                 _ => self.range(-100_000, 100_000),
             } as i32;
-            *r = Requant { mult, shift, bias };
+            *r = ChannelRequant { mult, shift, bias };
         }
     }
     fn out_q(&mut self) -> OutQ {

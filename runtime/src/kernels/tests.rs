@@ -13,7 +13,7 @@ use std::vec::Vec;
 
 use super::selftest::{self, geom};
 use super::{ConvFn, ConvGeom, Kernels, OutQ};
-use crate::engine::Requant;
+use crate::quant::ChannelRequant;
 use crate::splitmix::SplitMix64 as Rng;
 
 /// The host tests' buffers (heap-allocated; the self-test's
@@ -50,8 +50,8 @@ impl HostCases for Rng {
 
 /// Parameters the engine can derive ([`selftest::Cases::requant`], the
 /// self-test's generator).
-fn random_rq(r: &mut Rng, n: usize, wild: bool) -> Vec<Requant> {
-    let mut v = vec![Requant::default(); n];
+fn random_rq(r: &mut Rng, n: usize, wild: bool) -> Vec<ChannelRequant> {
+    let mut v = vec![ChannelRequant::default(); n];
     selftest::Cases::requant(r, &mut v, wild);
     v
 }
@@ -75,7 +75,7 @@ fn check(
     input: &[i8],
     w: &[u8],
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
 ) {
     let n = g.oh * g.ow * g.cout;
@@ -649,7 +649,7 @@ fn broken_last_byte(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -666,7 +666,7 @@ fn broken_guard(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -680,13 +680,13 @@ fn broken_small_shift(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
-    let rq: Vec<Requant> = rq
+    let rq: Vec<ChannelRequant> = rq
         .iter()
-        .map(|r| Requant {
+        .map(|r| ChannelRequant {
             shift: if r.shift < 31 { r.shift + 1 } else { r.shift },
             ..*r
         })
@@ -700,7 +700,7 @@ fn broken_min_weight(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -717,7 +717,7 @@ fn broken_padding(
     w: &[u8],
     g: &ConvGeom,
     _zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -730,13 +730,13 @@ fn broken_big_bias(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
-    let rq: Vec<Requant> = rq
+    let rq: Vec<ChannelRequant> = rq
         .iter()
-        .map(|r| Requant {
+        .map(|r| ChannelRequant {
             bias: r.bias.clamp(-(1 << 29), 1 << 29),
             ..*r
         })
@@ -750,7 +750,7 @@ fn broken_clamp(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {

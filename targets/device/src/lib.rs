@@ -53,7 +53,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use graftnet::{Engine, Requant, VerifyKey};
+use graftnet::{Engine, ChannelRequant, VerifyKey};
 
 use crate::export::ExportBytes;
 use crate::protocol::{error_response, Refusal};
@@ -231,7 +231,7 @@ fn run(board: Board, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("graftnet-device: warning: {w}");
     }
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let engine = match &key {
         None => Engine::new(&bb, &mut arena, &mut params)?,
         Some(k) => Engine::new_verified(&bb, &mut arena, &mut params, k)?,
@@ -571,7 +571,7 @@ mod tests {
     fn with_device(backbone: &[u8], limits: Limits, f: impl FnOnce(&Path, &Mutex<Server<'_, '_>>)) {
         let bb = Backbone::parse(backbone).unwrap();
         let mut arena = vec![0i8; bb.arena_len()];
-        let mut params = vec![Requant::default(); bb.params_len()];
+        let mut params = vec![ChannelRequant::default(); bb.params_len()];
         let engine = Engine::new(&bb, &mut arena, &mut params).unwrap();
         let srv = Mutex::new(Server::new(engine, vec![]));
         let dir = std::env::temp_dir().join(format!("graftnet-device-sock-{}-{:?}", std::process::id(), std::thread::current().id()));
@@ -798,7 +798,7 @@ mod tests {
         says("modified.gnp", "bad signature");
         // The server refuses the tasks left out; the good one runs.
         let mut arena = vec![0i8; back.arena_len()];
-        let mut params = vec![Requant::default(); back.params_len()];
+        let mut params = vec![ChannelRequant::default(); back.params_len()];
         let engine = Engine::new_verified(&back, &mut arena, &mut params, &vk).unwrap();
         let srv = Mutex::new(Server::new(engine, ok));
         let x16: Vec<f32> = vec![0.5; 16];

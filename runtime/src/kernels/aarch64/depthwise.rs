@@ -8,8 +8,8 @@
 use core::arch::aarch64::*;
 use core::ptr;
 
-use crate::engine::Requant;
 use crate::kernels::{ConvGeom, OutQ};
+use crate::quant::ChannelRequant;
 
 use super::dot::{Mac, Sdot};
 use super::requant::{load_n, pack8, requant4, short_requant, store16, store_n, OutV, OutV16, Rq4};
@@ -34,7 +34,7 @@ pub(super) unsafe fn dw_neon(
     w: *const u8,
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
 ) {
@@ -55,7 +55,7 @@ pub(super) unsafe fn dw_body(
     w: *const u8,
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
     taps: usize,
@@ -65,7 +65,7 @@ pub(super) unsafe fn dw_body(
     let o = OutV::new(q);
     let zpv = vdupq_n_s8(zp_in);
     let zero_rq = Rq4::new(
-        &[Requant {
+        &[ChannelRequant {
             mult: 0,
             shift: 31,
             bias: 0,
@@ -86,7 +86,7 @@ pub(super) unsafe fn dw_body(
             let ch = c0 + 16 * b;
             shorts[b] = short_requant(&rq[ch..(ch + 16).min(c)]);
             for v in 0..4 {
-                let mut four = [Requant {
+                let mut four = [ChannelRequant {
                     mult: 0,
                     shift: 31,
                     bias: 0,
@@ -212,7 +212,7 @@ pub(super) unsafe fn dw3_dotprod(
     w: *const u8,
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
 ) {
@@ -231,7 +231,7 @@ pub(super) unsafe fn dw3_neon(
     w: *const u8,
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
 ) {
@@ -249,7 +249,7 @@ pub(super) unsafe fn dw3_body<const DOT: bool>(
     w: *const u8,
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
 ) {
@@ -259,7 +259,7 @@ pub(super) unsafe fn dw3_body<const DOT: bool>(
     let o = OutV16::new(q);
     let zpv = vdupq_n_s8(zp_in);
     let zero_rq = Rq4::new(
-        &[Requant {
+        &[ChannelRequant {
             mult: 0,
             shift: 31,
             bias: 0,
@@ -282,7 +282,7 @@ pub(super) unsafe fn dw3_body<const DOT: bool>(
         for b in 0..nb {
             let ch = c0 + 16 * b;
             let n = (c - ch).min(16);
-            let mut four = [[Requant {
+            let mut four = [[ChannelRequant {
                 mult: 0,
                 shift: 31,
                 bias: 0,

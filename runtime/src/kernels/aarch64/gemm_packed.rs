@@ -9,8 +9,8 @@ use core::arch::aarch64::*;
 use core::arch::asm;
 use core::ptr;
 
-use crate::engine::Requant;
 use crate::kernels::gemm::Gemm;
+use crate::quant::ChannelRequant;
 
 use super::requant::{load_n, short_requant, store16, OutV16, Rq4};
 
@@ -140,7 +140,7 @@ pub(super) unsafe fn packed_cols<const Q: usize>(
         }
     }
     let mut bias = [0i32; 16];
-    let mut ch = [Requant {
+    let mut ch = [ChannelRequant {
         mult: 0,
         shift: 31,
         bias: 0,

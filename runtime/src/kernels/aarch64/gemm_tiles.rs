@@ -8,8 +8,8 @@
 use core::arch::aarch64::*;
 use core::ptr;
 
-use crate::engine::Requant;
 use crate::kernels::gemm::Gemm;
+use crate::quant::ChannelRequant;
 
 use super::dot::{Mac, Sdot, Smull, SmullSmlal};
 use super::gemm_packed::{gemm_packed, PK_BYTES, PK_MIN_PIXELS, PK_N};
@@ -150,7 +150,7 @@ pub(super) unsafe fn gemm_body<F: Mac, M: Mac>(p: &Gemm<'_>, out: *mut i8, ldo: 
     while n0 < n {
         let nr = (n - n0).min(4);
         let mut rows = [w0; 4];
-        let mut chq = [Requant {
+        let mut chq = [ChannelRequant {
             mult: 0,
             shift: 31,
             bias: 0,

@@ -49,10 +49,10 @@ mod gemm_packed;
 mod gemm_tiles;
 mod requant;
 
-use crate::engine::Requant;
 use crate::kernels::cpu::{Dotprod, Neon};
 use crate::kernels::gemm::{self, Gemm};
 use crate::kernels::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
+use crate::quant::ChannelRequant;
 
 use add::neon_add_i8_16;
 use depthwise::{dw3_dotprod, dw3_neon, dw_neon, DW_MAX_TAPS};
@@ -101,7 +101,7 @@ fn neon_pointwise_i8i32_4x4(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -112,7 +112,7 @@ fn neon_conv_i8i32_4x4(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -123,7 +123,7 @@ fn neon_fc_i8i32_1x4(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -134,7 +134,7 @@ fn dotprod_pointwise_i8i32_4x4(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -145,7 +145,7 @@ fn dotprod_conv_i8i32_4x4(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -156,7 +156,7 @@ fn dotprod_fc_i8i32_1x4(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -182,7 +182,7 @@ fn neon_dwconv_i8i32_16(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -226,7 +226,7 @@ fn dotprod_dwconv_i8i32_16(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {

@@ -9,8 +9,8 @@
 use core::arch::aarch64::*;
 use core::ptr;
 
-use crate::engine::Requant;
 use crate::kernels::OutQ;
+use crate::quant::ChannelRequant;
 
 /// Requantization parameters of 4 channels.
 #[derive(Clone, Copy)]
@@ -28,7 +28,7 @@ impl Rq4 {
     ///
     /// NEON.
     #[inline(always)]
-    pub(super) unsafe fn new(ch: &[Requant; 4]) -> Self {
+    pub(super) unsafe fn new(ch: &[ChannelRequant; 4]) -> Self {
         let bias = [ch[0].bias, ch[1].bias, ch[2].bias, ch[3].bias];
         let mult = [ch[0].mult, ch[1].mult, ch[2].mult, ch[3].mult];
         let nsh = [
@@ -54,7 +54,7 @@ impl Rq4 {
 }
 
 /// Whether every shift allows the short requantization ([`scale4`]).
-pub(super) fn short_requant(ch: &[Requant]) -> bool {
+pub(super) fn short_requant(ch: &[ChannelRequant]) -> bool {
     ch.iter().all(|r| (32..=62).contains(&r.shift))
 }
 

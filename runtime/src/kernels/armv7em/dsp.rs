@@ -35,10 +35,10 @@
 use core::arch::asm;
 use core::ptr;
 
-use crate::engine::Requant;
 use crate::kernels::cpu::Dsp;
 use crate::kernels::gemm::{self, Gemm};
 use crate::kernels::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
+use crate::quant::ChannelRequant;
 
 pub(in crate::kernels) fn table(_t: Dsp) -> Kernels {
     Kernels {
@@ -71,7 +71,7 @@ fn dsp_pointwise_i8i32_2x2(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -82,7 +82,7 @@ fn dsp_conv_i8i32_2x2(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -95,7 +95,7 @@ fn dsp_fc_i8i32_1x4(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -113,7 +113,7 @@ fn dsp_dwconv_i8i32_4(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -261,7 +261,7 @@ unsafe fn load_n(p: *const i8, n: usize) -> u32 {
 /// A channel's requantization, prepared for [`requant`].
 #[derive(Clone, Copy)]
 struct ChRq {
-    r: Requant,
+    r: ChannelRequant,
     /// 0: `smmul`, add, shift; 1: `smmulr` (`shift == 32`); 2: scalar
     mode: u8,
     /// `2^(shift − 33)` (mode 0)
@@ -272,7 +272,7 @@ struct ChRq {
 
 impl ChRq {
     const ZERO: ChRq = ChRq {
-        r: Requant {
+        r: ChannelRequant {
             mult: 0,
             shift: 32,
             bias: 0,
@@ -283,7 +283,7 @@ impl ChRq {
     };
 
     #[inline(always)]
-    fn new(r: Requant) -> Self {
+    fn new(r: ChannelRequant) -> Self {
         match r.shift {
             33..=62 => ChRq {
                 r,
@@ -310,7 +310,7 @@ impl ChRq {
 /// The rare cases of [`requant`], out of line to keep the kernels small.
 #[cold]
 #[inline(never)]
-fn requant_scalar(acc: i32, r: &Requant, q: OutQ) -> i8 {
+fn requant_scalar(acc: i32, r: &ChannelRequant, q: OutQ) -> i8 {
     scalar::requant(acc, r, q)
 }
 
@@ -482,7 +482,7 @@ unsafe fn dw_body(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
     taps: usize,
