@@ -1,6 +1,6 @@
 //! Sets `cfg(graftnet_dsp)` when the target executes the Armv7E-M DSP
 //! instructions (`smlad`, `sxtb16`, ...), which enables the `dsp` kernel
-//! table (`src/kernels/dsp.rs`).
+//! table (`src/kernels/armv7em/dsp.rs`).
 //!
 //! The source of truth is `cfg(target_feature = "dsp")`. A stable compiler
 //! does not report arm target features at all (they are unstable), so when

@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use graftnet::kernels::{ConvFn, ConvGeom, Kernels, OutQ};
-use graftnet::Requant;
+use graftnet::ChannelRequant;
 
 fn tables() -> Vec<Kernels> {
     #[allow(unused_mut)]
@@ -185,8 +185,8 @@ fn main() {
         };
         let input: Vec<i8> = (0..g.ih * g.iw * cin).map(|_| rnd() as i8).collect();
         let w: Vec<u8> = (0..wlen).map(|_| (rnd() % 255) as u8 ^ 0x80).collect();
-        let rq: Vec<Requant> = (0..g.cout)
-            .map(|_| Requant {
+        let rq: Vec<ChannelRequant> = (0..g.cout)
+            .map(|_| ChannelRequant {
                 mult: (1 << 30) + (rnd() % (1 << 30)) as i32,
                 shift: 38,
                 bias: (rnd() % 2000) as i32 - 1000,

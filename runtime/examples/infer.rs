@@ -21,7 +21,7 @@
 use std::time::Instant;
 
 use graftnet::kernels::{ConvGeom, Kernels, OutQ};
-use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,7 +44,7 @@ fn main() {
     let patch_bytes = patch_path.map(|p| std::fs::read(p).expect("reading the patch"));
     let bb = Backbone::parse(&bb_bytes).expect("backbone");
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).expect("engine");
     if let Some(p) = &patch_bytes {
         e.apply(Patch::parse(p).expect("patch")).expect("apply");
@@ -97,4 +97,4 @@ fn main() {
 }
 
 /// A kernel that writes nothing (`--skip`).
-fn nothing(_: &[i8], _: &[u8], _: &ConvGeom, _: i8, _: &[Requant], _: OutQ, _: &mut [i8]) {}
+fn nothing(_: &[i8], _: &[u8], _: &ConvGeom, _: i8, _: &[ChannelRequant], _: OutQ, _: &mut [i8]) {}

@@ -9,7 +9,7 @@
 //! Square kernel `K`, padding `K / 2`, random data, requantization shift 38.
 
 use graftnet::kernels::{ConvGeom, Kernels, OutQ};
-use graftnet::Requant;
+use graftnet::ChannelRequant;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,8 +59,8 @@ fn main() {
     };
     let input: Vec<i8> = (0..h * w * cin).map(|_| rnd() as i8).collect();
     let wt: Vec<u8> = (0..wlen).map(|_| (rnd() % 255) as u8 ^ 0x80).collect();
-    let rq: Vec<Requant> = (0..cout)
-        .map(|_| Requant {
+    let rq: Vec<ChannelRequant> = (0..cout)
+        .map(|_| ChannelRequant {
             mult: (1 << 30) + (rnd() % (1 << 30)) as i32,
             shift: 38,
             bias: (rnd() % 2000) as i32 - 1000,

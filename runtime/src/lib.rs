@@ -31,19 +31,22 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod checksum;
 pub mod engine;
 pub mod error;
 pub mod format;
 pub mod kernels;
 pub mod quant;
+pub mod splitmix;
 
 /// This crate's version (`Cargo.toml`), which devices report (the device
 /// protocol's `Info.runtime`).
 pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub use engine::{Engine, Requant, Scores, SharedPrefix};
+pub use engine::{Engine, Scores, SharedPrefix};
 pub use error::{Error, FormatError, RunError};
 pub use format::backbone::Backbone;
 pub use format::patch::Patch;
 #[cfg(feature = "verify")]
 pub use format::signature::{SigningKey, VerifyKey};
+pub use quant::ChannelRequant;

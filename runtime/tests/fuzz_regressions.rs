@@ -2,7 +2,7 @@
 //! that matters, on the fuzz crate's seed backbone (a real export).
 
 use graftnet::format::backbone::{self, field, TENSOR_LEN};
-use graftnet::{Backbone, Engine, FormatError, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine, FormatError};
 
 static TINY: &[u8] = include_bytes!("../fuzz/seeds/backbone/tiny.gnb");
 
@@ -28,7 +28,7 @@ fn tensor_record(b: &[u8], t: usize) -> usize {
 
 fn scores_after(bb: &Backbone<'_>, fill: i8) -> Vec<i8> {
     let mut arena = vec![fill; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(bb, &mut arena, &mut params).unwrap();
     let input: Vec<i8> = (0..bb.input().len()).map(|i| (i * 37) as i8).collect();
     e.run(&input).unwrap().quantized().to_vec()
@@ -112,7 +112,7 @@ fn a_patch_whose_header_class_count_disagrees_is_refused() {
     use graftnet::format::patch;
     let bb = Backbone::parse(TINY).unwrap();
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let good = graftnet::Patch::parse(TINY_LOGITS).unwrap();
     assert_eq!(good.classes(), 4);

@@ -6,7 +6,7 @@
 //! dotprod tables are checked on the boards.
 
 use graftnet::kernels::Kernels;
-use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch};
 
 static TINY: &[u8] = include_bytes!("../fuzz/seeds/backbone/tiny.gnb");
 static TINY_PATCHES: [&[u8]; 4] = [
@@ -46,7 +46,7 @@ fn check(bb_bytes: &[u8], patch_bytes: &[&[u8]]) -> usize {
         .collect();
     let sizes = bb.engine_sizes(&patches);
     let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![Requant::default(); sizes.params];
+    let mut params = vec![ChannelRequant::default(); sizes.params];
     let mut branch = vec![0i8; sizes.arena];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let mut checked = 0;

@@ -1,6 +1,6 @@
 //! Per-layer int8 error against the float graph, for one model and input:
 //! `cargo run --release -p graftnet-tests --example layer_error -- MODEL.onnx C,H,W [CALIB.npy]`
-use graftnet::{Backbone, Engine, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine};
 use graftnet_tools::{float_eval, pipeline};
 
 fn main() -> anyhow::Result<()> {
@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let bb_blob = graftnet_tools::export::emit_backbone_with(&q, q.classes(), false)?;
     let bb = Backbone::parse(&bb_blob.bytes).unwrap();
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let test = data(false, 4);
     let x = test.sample(

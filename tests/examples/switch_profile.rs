@@ -7,7 +7,7 @@
 //! (a switch from bytes). The derivation is apply minus validation.
 use std::time::Instant;
 
-use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch};
 
 fn median_us(rounds: usize, mut f: impl FnMut()) -> f64 {
     let mut t: Vec<f64> = (0..rounds)
@@ -29,7 +29,7 @@ fn main() {
     let pb = std::fs::read(dir.join(format!("{}.gnp", a[2]))).unwrap();
     let bb = Backbone::parse(&bbb).unwrap();
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let parse = median_us(rounds, || {
         std::hint::black_box(Patch::parse(&pb).unwrap());

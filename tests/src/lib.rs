@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch};
 use graftnet_tools::data::{self, Dataset, Preprocess};
 use graftnet_tools::pipeline;
 
@@ -45,7 +45,7 @@ pub fn scores(backbone: &[u8], patch: Option<&[u8]>, ds: &Dataset, n: usize) -> 
     let parsed: Vec<Patch<'_>> = patch.iter().map(|p| Patch::parse(p).unwrap()).collect();
     let sizes = bb.engine_sizes(&parsed);
     let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![Requant::default(); sizes.params];
+    let mut params = vec![ChannelRequant::default(); sizes.params];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     if let Some(p) = patch {
         e.apply(Patch::parse(p).unwrap()).unwrap();
@@ -66,21 +66,8 @@ pub fn top1(s: &[i8]) -> usize {
     b
 }
 
-/// A tiny deterministic PRNG for test orders.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+/// The deterministic generator of test orders: the runtime's splitmix64.
+pub use graftnet::splitmix::SplitMix64 as Rng;
 
 /// Where `tests/data/setup.sh` writes the full test splits.
 pub fn generated() -> PathBuf {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use graftnet::format::EntryKind;
-use graftnet::{Backbone, Engine, FormatError, Patch, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine, FormatError, Patch};
 use graftnet_fixtures::*;
 use graftnet_tests::*;
 use graftnet_tools::data::write_npy_f32;
@@ -109,7 +109,7 @@ fn patch_for_another_backbone_is_rejected() {
     };
     let bb = Backbone::parse(&bb2).unwrap();
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let err = e.apply(Patch::parse(&sb1).unwrap()).unwrap_err();
     assert!(matches!(err, FormatError::WrongBackbone { .. }), "{err:?}");
@@ -189,7 +189,7 @@ fn resealed_corruption_never_panics() {
                 return false;
             };
             let mut arena = vec![0i8; back.arena_len()];
-            let mut params = vec![Requant::default(); back.params_len()];
+            let mut params = vec![ChannelRequant::default(); back.params_len()];
             let Ok(mut e) = Engine::new(&back, &mut arena, &mut params) else {
                 return false;
             };
@@ -222,7 +222,7 @@ fn failed_apply_leaves_the_previous_task_active() {
     let back = Backbone::parse(&bb).unwrap();
     let input = input_for(&back);
     let mut arena = vec![0i8; back.arena_len()];
-    let mut params = vec![Requant::default(); back.params_len()];
+    let mut params = vec![ChannelRequant::default(); back.params_len()];
     let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
     e.apply(Patch::parse(&sb).unwrap()).unwrap();
     let before_params = e.params().to_vec();
@@ -353,7 +353,7 @@ fn patches_stream_through_embedded_io() {
     let mut reader: &[u8] = &sb;
     let p = Patch::read(&mut reader, &mut buf).unwrap();
     let mut arena = vec![0i8; back.arena_len()];
-    let mut params = vec![Requant::default(); back.params_len()];
+    let mut params = vec![ChannelRequant::default(); back.params_len()];
     let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
     e.apply(p).unwrap();
     assert_eq!(e.run_f32(&input).unwrap().quantized(), want.as_slice());
@@ -471,7 +471,7 @@ fn out_of_range_codes_are_refused_and_leave_the_task_active() {
     let back = Backbone::parse(&bb).unwrap();
     let input = input_for(&back);
     let mut arena = vec![0i8; back.arena_len()];
-    let mut params = vec![Requant::default(); back.params_len()];
+    let mut params = vec![ChannelRequant::default(); back.params_len()];
     let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
     e.apply(Patch::parse(&sb).unwrap()).unwrap();
     let before_params = e.params().to_vec();
@@ -621,7 +621,7 @@ fn non_finite_inputs_are_refused() {
     let (dir, bb, _, _) = small_export("input-nan");
     let back = Backbone::parse(&bb).unwrap();
     let mut arena = vec![0i8; back.arena_len()];
-    let mut params = vec![Requant::default(); back.params_len()];
+    let mut params = vec![ChannelRequant::default(); back.params_len()];
     let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
     let good = input_for(&back);
     let want = e.run_f32(&good).unwrap().quantized().to_vec();
@@ -728,7 +728,7 @@ fn older_task_versions_are_refused_and_leave_the_task_active() {
 
     let back = Backbone::parse(&bb).unwrap();
     let mut arena = vec![0i8; back.arena_len()];
-    let mut params = vec![Requant::default(); back.params_len()];
+    let mut params = vec![ChannelRequant::default(); back.params_len()];
     let mut e = Engine::new(&back, &mut arena, &mut params).unwrap();
     let x = input_for(&back);
     e.apply(Patch::parse(&dw).unwrap()).unwrap();

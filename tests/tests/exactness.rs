@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch};
 use graftnet_tests::*;
 use graftnet_tools::pipeline::{export, ExportOptions};
 
@@ -92,7 +92,7 @@ fn check_family(f: &Family) {
     // Any order, any number of times, on one engine.
     let bb = Backbone::parse(&backbone).unwrap();
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let patches: Vec<(&str, Vec<u8>)> = f
         .tasks
@@ -180,7 +180,7 @@ fn every_kernel_table_matches_scalar_end_to_end() {
         let bb = Backbone::parse(&backbone).unwrap();
         let run_with = |k: Kernels| -> Vec<Vec<i8>> {
             let mut arena = vec![0i8; bb.arena_len()];
-            let mut params = vec![Requant::default(); bb.params_len()];
+            let mut params = vec![ChannelRequant::default(); bb.params_len()];
             let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
             e.set_kernels(k);
             e.apply(Patch::parse(&patch).unwrap()).unwrap();
@@ -214,7 +214,7 @@ fn threads_give_identical_results() {
         let bb = Backbone::parse(&backbone).unwrap();
         let run_with = |threads: usize| -> Vec<Vec<i8>> {
             let mut arena = vec![0i8; bb.arena_len()];
-            let mut params = vec![Requant::default(); bb.params_len()];
+            let mut params = vec![ChannelRequant::default(); bb.params_len()];
             let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
             e.set_threads(threads);
             e.apply(Patch::parse(&patch).unwrap()).unwrap();
@@ -259,7 +259,7 @@ fn threads_split_every_op_kind_identically() {
     let inputs = random_inputs(4, 3, 96, 96, 4);
     let run_with = |threads: usize| -> Vec<Vec<i8>> {
         let mut arena = vec![0i8; bb.arena_len()];
-        let mut params = vec![Requant::default(); bb.params_len()];
+        let mut params = vec![ChannelRequant::default(); bb.params_len()];
         let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
         e.set_threads(threads);
         inputs
@@ -325,7 +325,7 @@ fn derived_parameters_follow_the_formula() {
         .collect();
     let bb = Backbone::parse(&backbone).unwrap();
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let code = |b: Option<&[u8]>, c: usize| {
         let b = b.expect("codes");
@@ -380,7 +380,7 @@ fn derived_parameters_follow_the_formula() {
                     let p = cc
                         .channel_exact(code(sc, ch), code(bc, ch), sum)
                         .expect("in range");
-                    let want = Requant {
+                    let want = ChannelRequant {
                         mult: p.mult,
                         shift: p.shift,
                         bias: p.bias,

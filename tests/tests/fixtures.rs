@@ -253,7 +253,7 @@ fn mobilenet_v2_1_0_224_patch_sizes_and_arena() {
     let mut outs = Vec::new();
     for threads in [1, 2, 3] {
         let mut arena = vec![0i8; bb.arena_len()];
-        let mut params = vec![graftnet::Requant::default(); bb.params_len()];
+        let mut params = vec![graftnet::ChannelRequant::default(); bb.params_len()];
         let mut e = graftnet::Engine::new(&bb, &mut arena, &mut params).unwrap();
         e.set_threads(threads);
         e.apply(graftnet::Patch::parse(&patch).unwrap()).unwrap();

@@ -5,7 +5,7 @@
 //! the head, a corrupted head and a head op the runtime cannot run are
 //! refused with typed errors (the active task stays).
 
-use graftnet::{Backbone, Engine, FormatError, Patch, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine, FormatError, Patch};
 use graftnet_fixtures::{
     derive_task, mobilenet_v2, random_inputs, to_onnx, ExportStyle, MobileNetV2Config, TaskKind,
 };
@@ -119,7 +119,7 @@ fn a_head_patch_equals_the_task_exported_alone() {
         "the head needs more parameter slots"
     );
     let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![Requant::default(); sizes.params];
+    let mut params = vec![ChannelRequant::default(); sizes.params];
     let mut branch = vec![0i8; sizes.arena];
     let sb_want = scores(&backbone, Some(&sb), &inputs, 12);
     let base_want = scores(&backbone, None, &inputs, 12);
@@ -171,7 +171,7 @@ fn a_head_patch_that_does_not_fit_or_is_corrupted_is_refused() {
     let x = random_inputs(1, 3, 32, 32, 4);
     // Parameter table of the backbone's size only.
     let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let before = e.run_f32(&x).unwrap().quantized().to_vec();
     assert_eq!(
@@ -189,7 +189,7 @@ fn a_head_patch_that_does_not_fit_or_is_corrupted_is_refused() {
     let n = bad.len();
     bad[n - 200] ^= 0x40;
     graftnet::format::patch::seal(&mut bad);
-    let mut params = vec![Requant::default(); sizes.params];
+    let mut params = vec![ChannelRequant::default(); sizes.params];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     let r = Patch::parse(&bad).and_then(|q| e.apply(q));
     assert!(

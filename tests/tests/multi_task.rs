@@ -5,7 +5,7 @@
 //! the active task unchanged.
 
 use graftnet::kernels::Kernels;
-use graftnet::{Backbone, Engine, Error, Patch, Requant, RunError};
+use graftnet::{Backbone, ChannelRequant, Engine, Error, Patch, RunError};
 use graftnet_tests::*;
 use graftnet_tools::pipeline::{export, ExportOptions};
 
@@ -66,7 +66,7 @@ fn check_exact(bb_bytes: &[u8], patches: &[Vec<u8>]) -> Vec<usize> {
     let inputs = npy(&models().join("data/fashion_test_x.npy"), None);
     let task = |k: Option<usize>| k.map(|i| parsed[i]);
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut branch = vec![0i8; bb.arena_len()];
     let mut prefixes = Vec::new();
     // Separate runs: float input, and int8 input quantized once with the
@@ -184,7 +184,7 @@ fn bad_task_lists_are_refused_and_leave_the_active_task() {
     graftnet::format::patch::seal(&mut foreign);
     let foreign = Patch::parse(&foreign).unwrap();
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     e.apply(logits).unwrap();
     let x = npy(&models().join("data/fashion_test_x.npy"), None);

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use graftnet::format::signature::{KeyId, Trailer, TRAILER_LEN};
-use graftnet::{Backbone, Engine, Error, FormatError, Patch, Requant, SigningKey, VerifyKey};
+use graftnet::{
+    Backbone, ChannelRequant, Engine, Error, FormatError, Patch, SigningKey, VerifyKey,
+};
 use graftnet_tests::*;
 use graftnet_tools::pipeline::{export, ExportOptions};
 
@@ -131,7 +133,7 @@ fn signed_blobs_verify_and_run_like_unsigned_ones() {
     assert_eq!(bb.bytes(), b.backbone.as_slice());
     let x = input(&bb);
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new_verified(&bb, &mut arena, &mut params, &k).unwrap();
     assert_eq!(e.verify_key().map(|k| k.id()), Some(k.id()));
     for (task, plain, signed) in &b.patches {
@@ -151,7 +153,7 @@ fn signed_blobs_verify_and_run_like_unsigned_ones() {
     let bb2 = Backbone::parse(&b.signed_backbone).unwrap();
     assert_eq!(bb2.fingerprint(), bb.fingerprint());
     let mut arena = vec![0i8; bb2.arena_len()];
-    let mut params = vec![Requant::default(); bb2.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb2.params_len()];
     let mut plain_engine = Engine::new(&bb2, &mut arena, &mut params).unwrap();
     for (_, plain, signed) in &b.patches {
         plain_engine.apply(Patch::parse(signed).unwrap()).unwrap();
@@ -217,7 +219,7 @@ fn a_modified_backbone_is_refused() {
         // The engine refuses a backbone parsed without the key, too.
         if let Ok(bb) = Backbone::parse(&blob) {
             let mut arena = vec![0i8; bb.arena_len()];
-            let mut params = vec![Requant::default(); bb.params_len()];
+            let mut params = vec![ChannelRequant::default(); bb.params_len()];
             let e = Engine::new_verified(&bb, &mut arena, &mut params, &k).err();
             assert!(
                 matches!(e, Some(Error::Format(f)) if f == err),
@@ -236,7 +238,7 @@ fn a_modified_patch_is_refused_and_the_task_stays() {
     let bb = Backbone::parse_verified(&b.signed_backbone, &k).unwrap();
     let x = input(&bb);
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let active = &b.patches[0];
     let active_patch = Patch::parse_verified(&active.2, &k).unwrap();
     let (want, table) = {
@@ -287,7 +289,7 @@ fn unsigned_and_foreign_blobs_are_refused_with_a_key() {
     );
     let plain_bb = Backbone::parse(&b.backbone).unwrap();
     let mut arena = vec![0i8; plain_bb.arena_len()];
-    let mut params = vec![Requant::default(); plain_bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); plain_bb.params_len()];
     assert_eq!(
         Engine::new_verified(&plain_bb, &mut arena, &mut params, &k).err(),
         Some(Error::Format(FormatError::Unsigned))

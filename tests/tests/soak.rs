@@ -2,7 +2,7 @@
 //! export (`graftnet soak`) finds no result that differs from the per-task
 //! reference, and every corrupted patch it tries is refused.
 
-use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch};
 use graftnet_tests::*;
 use graftnet_tools::host::ExportDir;
 use graftnet_tools::pipeline::{export, ExportOptions};
@@ -97,7 +97,7 @@ fn every_soak_corruption_is_refused() {
         }
     }
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     let mut e = Engine::new(&bb, &mut arena, &mut params).unwrap();
     e.apply(sb).unwrap();
     let before = e.params().to_vec();

@@ -39,7 +39,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use graftnet::format::OpKind;
 use graftnet::kernels::Kernels;
-use graftnet::{Backbone, Engine, Patch, Requant, VerifyKey};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch, VerifyKey};
 use serde_json::{json, Value};
 
 use graftnet_tools::host::ExportDir;
@@ -322,7 +322,7 @@ fn time_switch(ex: &ExportDir, rounds: usize) -> Result<Option<SwitchTimes>> {
     let bb = ex.parse_backbone()?;
     let sizes = ex.engine_sizes()?;
     let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![Requant::default(); sizes.params];
+    let mut params = vec![ChannelRequant::default(); sizes.params];
     let (mut arena2, mut params2) = (arena.clone(), params.clone());
     let mut e = match &ex.verify_key {
         None => Engine::new(&bb, &mut arena, &mut params).map_err(graftnet::Error::from),
@@ -427,7 +427,7 @@ fn time_full_load(onnx: &Path, input_shape: (usize, usize, usize)) -> Result<(f6
     let probe =
         Backbone::parse(&bytes).map_err(|e| anyhow!("per-task backbone does not parse: {e}"))?;
     let mut arena = vec![0i8; probe.arena_len()];
-    let mut params = vec![Requant::default(); probe.params_len()];
+    let mut params = vec![ChannelRequant::default(); probe.params_len()];
     let mut t = Vec::new();
     for _ in 0..20 {
         let t0 = Instant::now();
@@ -544,7 +544,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Some(k) => Some(time_verify(&ex, k, 20)?),
         None => None,
     };
-    let params_bytes = bb.params_len() * std::mem::size_of::<Requant>();
+    let params_bytes = bb.params_len() * std::mem::size_of::<ChannelRequant>();
     let patch_bytes = if task == BASE_TASK {
         switch.as_ref().map_or(0, |s| s.max_patch)
     } else {

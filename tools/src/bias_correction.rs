@@ -33,7 +33,7 @@
 use anyhow::{anyhow, Result};
 use graftnet::format::OpKind;
 use graftnet::quant::{decode_bias, encode_bias};
-use graftnet::{Backbone, Engine, Requant};
+use graftnet::{Backbone, ChannelRequant, Engine};
 
 use crate::data::Dataset;
 use crate::export::emit_backbone_with;
@@ -105,7 +105,7 @@ pub fn correct_biases(
         let bb = Backbone::parse(&blob.bytes)
             .map_err(|e| anyhow!("internal error: bias correction backbone: {e}"))?;
         let mut arena = vec![0i8; bb.arena_len()];
-        let mut params = vec![Requant::default(); bb.params_len()];
+        let mut params = vec![ChannelRequant::default(); bb.params_len()];
         let mut e = Engine::new(&bb, &mut arena, &mut params)
             .map_err(|e| anyhow!("internal error: bias correction engine: {e}"))?;
         let op = &q.ops[site.op];

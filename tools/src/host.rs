@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use graftnet::{Backbone, Engine, Patch, Requant, VerifyKey};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch, VerifyKey};
 
 use crate::pipeline::BASE_TASK;
 
@@ -175,7 +175,7 @@ impl ExportDir {
             tasks.iter().map(|t| self.patch(t)).collect::<Result<_>>()?;
         let sizes = self.engine_sizes()?;
         let mut arena = vec![0i8; sizes.arena];
-        let mut params = vec![Requant::default(); sizes.params];
+        let mut params = vec![ChannelRequant::default(); sizes.params];
         let mut engine = match &self.verify_key {
             None => Engine::new(&bb, &mut arena, &mut params).map_err(graftnet::Error::from),
             Some(k) => Engine::new_verified(&bb, &mut arena, &mut params, k),

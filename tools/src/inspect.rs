@@ -245,7 +245,7 @@ pub fn inspect_verified(
 fn inspect_backbone(file: &Path, bytes: &[u8], sig: &SigInfo, json_out: bool) -> Result<()> {
     let bb = Backbone::parse(bytes).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![graftnet::Requant::default(); bb.params_len()];
+    let mut params = vec![graftnet::ChannelRequant::default(); bb.params_len()];
     let engine =
         graftnet::Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
     let e: Vec<(f32, i32)> = (0..bb.n_tensors())
@@ -307,7 +307,7 @@ fn inspect_backbone(file: &Path, bytes: &[u8], sig: &SigInfo, json_out: bool) ->
         lb,
         100.0 * (h.arena_len as f64 / lb.max(1) as f64 - 1.0),
         h.params_len,
-        h.params_len as usize * core::mem::size_of::<graftnet::Requant>()
+        h.params_len as usize * core::mem::size_of::<graftnet::ChannelRequant>()
     );
     println!("{}", sig.line());
     println!(

@@ -4,13 +4,16 @@
 //! shuffles, initial weights and augmentations (`graftnet learn` is
 //! deterministic for a seed and a thread count).
 
-/// splitmix64: tiny, seedable, good enough for test weights.
+use graftnet::splitmix::SplitMix64;
+
+/// splitmix64 (the runtime's [`SplitMix64`]), seeded through a mix of the
+/// seed: tiny, good enough for test weights.
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(SplitMix64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        let mut r = Rng(seed ^ 0x6a09_e667_f3bc_c909);
+        let mut r = Rng(SplitMix64(seed ^ 0x6a09_e667_f3bc_c909));
         r.next_u64();
         r
     }
@@ -28,11 +31,7 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).

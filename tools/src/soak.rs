@@ -38,7 +38,7 @@ use anyhow::{bail, ensure, Result};
 use clap::Args;
 use graftnet::format::entry::entry_len;
 use graftnet::format::EntryKind;
-use graftnet::{Engine, Patch, Requant};
+use graftnet::{ChannelRequant, Engine, Patch};
 use serde_json::json;
 
 use crate::data::{self, Preprocess};
@@ -425,7 +425,7 @@ pub fn soak(d: &ExportDir, opts: &SoakOptions) -> Result<SoakReport> {
 
     let sizes = d.engine_sizes()?;
     let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![Requant::default(); sizes.params];
+    let mut params = vec![ChannelRequant::default(); sizes.params];
     let mut e = Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
     e.set_threads(opts.threads);
     let mut r = SoakReport::default();

@@ -12,7 +12,7 @@
 
 use anyhow::{anyhow, bail, Result};
 use graftnet::format::NONE;
-use graftnet::{Backbone, Engine, Error, FormatError, Patch, Requant, RunError};
+use graftnet::{Backbone, ChannelRequant, Engine, Error, FormatError, Patch, RunError};
 
 use crate::pipeline::BASE_TASK;
 use crate::quantize::QModel;
@@ -53,7 +53,7 @@ pub fn check_export(
         .collect();
     let sizes = bb.engine_sizes(&parsed);
     let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![Requant::default(); sizes.params];
+    let mut params = vec![ChannelRequant::default(); sizes.params];
     let mut engine = Engine::new(&bb, &mut arena, &mut params)
         .map_err(|e| refused(BASE_TASK, base, e.into()))?;
     for (name, q, blob) in patches {
@@ -83,7 +83,7 @@ pub fn shared_with_base(
         .collect();
     let sizes = bb.engine_sizes(&parsed);
     let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![Requant::default(); sizes.params];
+    let mut params = vec![ChannelRequant::default(); sizes.params];
     let engine = Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tasks = patches
         .iter()

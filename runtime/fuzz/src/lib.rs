@@ -30,7 +30,7 @@ use graftnet::format::backbone::{self, HEADER_LEN, OP_LEN, TENSOR_LEN};
 use graftnet::format::patch;
 use graftnet::format::OpKind;
 use graftnet::kernels::Kernels;
-use graftnet::{Backbone, Engine, FormatError, Patch, Requant};
+use graftnet::{Backbone, Engine, FormatError, Patch, ChannelRequant};
 
 /// The backbones of the seed patches (`seeds.sh`): the backbone targets'
 /// seed, and the shipped MobileNetV3 (not a backbone seed: at 214 KB it runs
@@ -120,7 +120,7 @@ pub fn backbone_case(data: &[u8], reseal: bool) {
     let mut retargeted = PATCHES[pick].to_vec();
     reseal_patch(&mut retargeted, bb.fingerprint());
     let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
+    let mut params = vec![ChannelRequant::default(); bb.params_len()];
     // A base task whose parameters cannot be derived is refused here
     // (`BadQuantization`), as `graftnet export` would refuse it.
     let Ok(mut e) = Engine::new(&bb, &mut arena, &mut params) else {
@@ -166,7 +166,7 @@ fn check_patch<'a>(bb: &Backbone<'a>, p: Patch<'a>, salt: usize) {
     // refused by `apply` with `ArenaTooSmall` / `ParamsTooSmall`).
     let sizes = bb.engine_sizes(&[p]);
     let mut arena = vec![0i8; sizes.arena.min(MAX_ARENA).max(bb.arena_len())];
-    let mut params = vec![Requant::default(); sizes.params.min(MAX_PARAMS).max(bb.params_len())];
+    let mut params = vec![ChannelRequant::default(); sizes.params.min(MAX_PARAMS).max(bb.params_len())];
     let mut e = Engine::new(bb, &mut arena, &mut params).expect("seed backbone engine");
     let input = input_for(bb);
     let base = State::checked(&mut e, &input);
@@ -310,7 +310,7 @@ struct State {
     name: String,
     classes: usize,
     patch: Option<(usize, usize)>,
-    params: Vec<Requant>,
+    params: Vec<ChannelRequant>,
     input_quant: (u32, i32),
     scores: Vec<i8>,
 }

@@ -3,10 +3,11 @@
 //! integer requantization parameters the kernels read (the work of a task
 //! switch).
 
-use super::{Engine, Requant};
+use super::Engine;
 use crate::error::RunError;
 use crate::format::entry::Rows;
 use crate::format::{OpKind, NONE};
+use crate::quant::ChannelRequant;
 use crate::quant::{quantize_multiplier, round_half_away, ChannelParams, ConvChannels};
 
 impl<'a, 'm> Engine<'a, 'm> {
@@ -36,11 +37,7 @@ impl<'a, 'm> Engine<'a, 'm> {
             let mq_same = self.tensor_quant(op.in0 as usize) == self.tensor_quant(op.out as usize);
             let bad = RunError::BadQuantization { op: i as u16 };
             let block = &mut self.params[off..off + slots_cap];
-            block[0] = Requant {
-                mult: q.lo,
-                shift: q.hi,
-                bias: q.zp,
-            };
+            block[0] = ChannelRequant::op_header(q.zp, q.lo, q.hi);
             let mq = |m: f64| quantize_multiplier(m).ok_or(bad);
             match op.kind {
                 OpKind::Conv | OpKind::DwConv => {
@@ -81,12 +78,12 @@ impl<'a, 'm> Engine<'a, 'm> {
                         } else {
                             (other as i32, big.mult)
                         };
-                        block[1] = Requant {
+                        block[1] = ChannelRequant {
                             mult: pa,
                             shift: big.shift,
                             bias: zp_in,
                         };
-                        block[2] = Requant {
+                        block[2] = ChannelRequant {
                             mult: pb,
                             shift: big.shift,
                             bias: zp_b,
@@ -94,12 +91,12 @@ impl<'a, 'm> Engine<'a, 'm> {
                     } else {
                         let a = mq(ma)?;
                         let b = mq(mb)?;
-                        block[1] = Requant {
+                        block[1] = ChannelRequant {
                             mult: a.mult,
                             shift: a.shift,
                             bias: zp_in,
                         };
-                        block[2] = Requant {
+                        block[2] = ChannelRequant {
                             mult: b.mult,
                             shift: b.shift,
                             bias: zp_b,
@@ -108,12 +105,12 @@ impl<'a, 'm> Engine<'a, 'm> {
                 }
                 OpKind::Mul => {
                     let m = mq(s_in as f64 * s_b as f64 / s_out as f64)?;
-                    block[1] = Requant {
+                    block[1] = ChannelRequant {
                         mult: m.mult,
                         shift: m.shift,
                         bias: zp_in,
                     };
-                    block[2] = Requant {
+                    block[2] = ChannelRequant {
                         mult: 0,
                         shift: 0,
                         bias: zp_b,
@@ -123,7 +120,7 @@ impl<'a, 'm> Engine<'a, 'm> {
                     let a = self.bb.tensor(op.in0 as usize);
                     let hw = a.h as f64 * a.w as f64;
                     let m = mq(s_in as f64 / (s_out as f64 * hw))?;
-                    block[1] = Requant {
+                    block[1] = ChannelRequant {
                         mult: m.mult,
                         shift: m.shift,
                         bias: zp_in,
@@ -132,7 +129,7 @@ impl<'a, 'm> Engine<'a, 'm> {
                 OpKind::AvgPool => {
                     for (n, slot) in block.iter_mut().enumerate().skip(1) {
                         let m = mq(s_in as f64 / (s_out as f64 * n as f64))?;
-                        *slot = Requant {
+                        *slot = ChannelRequant {
                             mult: m.mult,
                             shift: m.shift,
                             bias: zp_in,
@@ -160,8 +157,8 @@ fn code(b: &[u8], c: usize) -> u16 {
         .map_or(0, |x| u16::from_le_bytes([x[0], x[1]]))
 }
 
-fn requant(p: ChannelParams) -> Requant {
-    Requant {
+fn requant(p: ChannelParams) -> ChannelRequant {
+    ChannelRequant {
         mult: p.mult,
         shift: p.shift,
         bias: p.bias,
@@ -169,7 +166,7 @@ fn requant(p: ChannelParams) -> Requant {
 }
 
 /// Channel `c` of a conv op whose kernel reads weights summing to `sum`.
-fn derive_one(cc: &ConvChannels, codes: Codes<'_>, c: usize, sum: i32) -> Option<Requant> {
+fn derive_one(cc: &ConvChannels, codes: Codes<'_>, c: usize, sum: i32) -> Option<ChannelRequant> {
     cc.channel(code(codes.0, c), code(codes.1, c), sum)
         .map(requant)
 }
@@ -178,7 +175,12 @@ fn derive_one(cc: &ConvChannels, codes: Codes<'_>, c: usize, sum: i32) -> Option
 /// the backbone's per-channel int32 sums): the hot loop of a task switch,
 /// run by the derivation kernel. Returns false if a channel's multiplier is
 /// out of range.
-fn derive_channels(cc: &ConvChannels, codes: Codes<'_>, sums: &[u8], out: &mut [Requant]) -> bool {
+fn derive_channels(
+    cc: &ConvChannels,
+    codes: Codes<'_>,
+    sums: &[u8],
+    out: &mut [ChannelRequant],
+) -> bool {
     crate::kernels::derive::conv_channels(cc, codes.0, codes.1, sums, out)
 }
 
@@ -191,7 +193,7 @@ fn derive_channels_over(
     kind: OpKind,
     w: &[u8],
     row: usize,
-    out: &mut [Requant],
+    out: &mut [ChannelRequant],
 ) -> bool {
     use crate::kernels::derive::{conv_channels, BLOCK};
     let cout = out.len();

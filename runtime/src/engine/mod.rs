@@ -86,21 +86,7 @@ mod parallel;
 
 pub use multi::SharedPrefix;
 
-use crate::quant::quantize_value;
-
-/// One entry of the parameter table: a fixed-point multiplier and an int32
-/// bias (for conv channels; other ops store zero points in `bias`). The
-/// first entry of each op's block holds the op's output zero point in
-/// `bias` and its clamp bounds in `mult` (low) and `shift` (high).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Requant {
-    /// Q31 multiplier (signed)
-    pub mult: i32,
-    /// right shift
-    pub shift: i32,
-    /// bias added to the accumulator before scaling
-    pub bias: i32,
-}
+use crate::quant::{quantize_value, ChannelRequant};
 
 /// The per-op entries of one task section that the engine consults.
 #[derive(Clone, Copy, Default)]
@@ -220,7 +206,7 @@ impl<'e> Scores<'e> {
 pub struct Engine<'a, 'm> {
     bb: Backbone<'a>,
     arena: &'m mut [i8],
-    params: &'m mut [Requant],
+    params: &'m mut [ChannelRequant],
     patch: Option<Patch<'a>>,
     tq: &'a [u8],
     classes: u16,
@@ -238,7 +224,7 @@ impl<'a, 'm> Engine<'a, 'm> {
     pub fn new(
         bb: &Backbone<'a>,
         arena: &'m mut [i8],
-        params: &'m mut [Requant],
+        params: &'m mut [ChannelRequant],
     ) -> Result<Self, RunError> {
         if arena.len() < bb.arena_len() {
             return Err(RunError::ArenaTooSmall {
@@ -280,7 +266,7 @@ impl<'a, 'm> Engine<'a, 'm> {
     pub fn new_verified(
         bb: &Backbone<'a>,
         arena: &'m mut [i8],
-        params: &'m mut [Requant],
+        params: &'m mut [ChannelRequant],
         key: &VerifyKey,
     ) -> Result<Self, crate::Error> {
         bb.verify(key)?;
@@ -336,7 +322,7 @@ impl<'a, 'm> Engine<'a, 'm> {
         self.classes as usize
     }
     /// The active task's parameter table (for inspection and tests).
-    pub fn params(&self) -> &[Requant] {
+    pub fn params(&self) -> &[ChannelRequant] {
         &self.params[..self.bb.params_len()]
     }
 
@@ -725,7 +711,7 @@ struct TaskView<'x, 'a> {
     bb: &'x Backbone<'a>,
     tq: &'a [u8],
     classes: u16,
-    params: &'x [Requant],
+    params: &'x [ChannelRequant],
 }
 
 impl<'x, 'a: 'x> TaskView<'x, 'a> {
@@ -795,7 +781,7 @@ struct OpRun<'x> {
     op: OpInfo,
     ent: OpEntries<'x>,
     weights: &'x [u8],
-    block: &'x [Requant],
+    block: &'x [ChannelRequant],
     g: ConvGeom,
     q: OutQ,
     zp_in: i32,

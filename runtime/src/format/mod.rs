@@ -1,10 +1,18 @@
 //! The two wire formats: backbone (`.gnb`) and patch (`.gnp`).
 //!
-//! Both are parsed through checked views in the smoltcp style: a view type
-//! over `T: AsRef<[u8]>` with field offsets as `const` ranges in a `mod field`,
-//! `new_unchecked` / `new_checked` / `check_len`, and a parse step that
-//! validates every offset, length and index once. After a successful parse no
-//! accessor panics: every slice taken later was bounds-checked at parse time.
+//! Both are read through checked views: [`Backbone`](backbone::Backbone) and
+//! [`Patch`](patch::Patch) borrow the blob (`&'a [u8]`: flash, an mmap or a
+//! caller's buffer, which `Patch::read` can fill from an `embedded_io`
+//! stream) and are made only by `parse` (or `parse_verified`), which
+//! validates every offset, length and index once. That is the only
+//! constructor: there is no unchecked one, and no smoltcp-style view generic
+//! over `T: AsRef<[u8]>` with `new_unchecked` / `check_len` (a borrowed
+//! slice has served every caller). Header field offsets are `const` ranges
+//! in each blob's `mod field`, each header a validated `HeaderRepr` with
+//! `emit`, and entry payloads have small checked views of their own
+//! (`entry::Rows::new_checked`, `entry::Luts::new_checked`). After a
+//! successful parse no accessor panics: every slice taken later was
+//! bounds-checked at parse time.
 //! The writers (`emit`) live next to the readers so the format has exactly one
 //! definition. Normative spec: `runtime/FORMAT.md`.
 //!
@@ -21,8 +29,9 @@
 //! rather than panic, and fixed-size records through `&[u8; N]` arrays with
 //! constant indices. The allowed exceptions are narrow: the writers
 //! (`emit`, `seal`, `wr_*`), which fill buffers their caller sized by the
-//! layout rule and say so under `# Panics`; the CRC tables, indexed by a
-//! byte masked to `0..256`; and the tests.
+//! layout rule and say so under `# Panics`; and the tests. (The CRC
+//! tables, indexed by a byte masked to `0..256`, live in [`crate::checksum`]
+//! under the same lints.)
 //!
 //! Arithmetic on header values cannot overflow either: lengths and offsets
 //! are `u32`, section offsets follow from them by [`backbone::Layout::new`],
@@ -47,7 +56,10 @@ pub mod head;
 pub mod patch;
 pub mod signature;
 
+pub use crate::checksum::crc32_table_update;
 pub use entry::{EntryClass, EntryKind};
+
+use crate::checksum;
 
 /// Backbone magic.
 pub const BACKBONE_MAGIC: [u8; 4] = *b"GNBB";
@@ -137,43 +149,11 @@ pub enum Act {
     Clamp = 1,
 }
 
-/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), streaming form.
+/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), streaming form:
+/// the CPU's CRC kernel ([`crate::kernels::crc32::fold`]) where one applies,
+/// the tables of [`crate::checksum`] (the definition) for the rest.
 #[derive(Clone, Copy, Debug)]
 pub struct Crc32(u32);
-
-/// Slicing-by-8 tables: `CRC_TABLES[0]` is the classic byte table,
-/// `CRC_TABLES[k][i]` advances `CRC_TABLES[k-1][i]` by one more zero byte.
-// Evaluated at compile time: an index out of bounds fails the build.
-#[allow(clippy::indexing_slicing)]
-const CRC_TABLES: [[u32; 256]; 8] = {
-    let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[0][i] = c;
-        i += 1;
-    }
-    let mut k = 1;
-    while k < 8 {
-        let mut i = 0;
-        while i < 256 {
-            let prev = t[k - 1][i];
-            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xff) as usize];
-            i += 1;
-        }
-        k += 1;
-    }
-    t
-};
 
 impl Crc32 {
     /// Empty state.
@@ -185,42 +165,12 @@ impl Crc32 {
         // A CRC kernel (carry-less multiply, CRC instructions) takes what it
         // can; the tables define the result and do the rest.
         let (c, done) = crate::kernels::crc32::fold(self.0, data);
-        self.0 = crc32_table_update(c, data.get(done..).unwrap_or(&[]));
+        self.0 = checksum::crc32_table_update(c, data.get(done..).unwrap_or(&[]));
     }
     /// Final value.
     pub fn finish(self) -> u32 {
         !self.0
     }
-}
-
-/// The CRC-32 register (before the final inversion) after `data`, by the
-/// slicing-by-8 tables: the definition every CRC kernel reproduces.
-pub fn crc32_table_update(reg: u32, data: &[u8]) -> u32 {
-    // Table `k` at the low byte of `x`: the index is below 256 by the mask.
-    #[inline(always)]
-    #[allow(clippy::indexing_slicing)]
-    fn tab(k: usize, x: u32) -> u32 {
-        CRC_TABLES[k & 7][(x & 0xff) as usize]
-    }
-    let mut c = reg;
-    let mut chunks = data.chunks_exact(8);
-    for b in &mut chunks {
-        let w = u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
-        let one = w as u32 ^ c;
-        let two = (w >> 32) as u32;
-        c = tab(7, one)
-            ^ tab(6, one >> 8)
-            ^ tab(5, one >> 16)
-            ^ tab(4, one >> 24)
-            ^ tab(3, two)
-            ^ tab(2, two >> 8)
-            ^ tab(1, two >> 16)
-            ^ tab(0, two >> 24);
-    }
-    for &b in chunks.remainder() {
-        c = tab(0, c ^ b as u32) ^ (c >> 8);
-    }
-    c
 }
 
 impl Default for Crc32 {
@@ -250,8 +200,8 @@ pub fn fnv1a64(data: &[u8]) -> u64 {
     h
 }
 
-// Little-endian field access. Readers get offsets that `check_len` (or the
-// parse step) has already proven to be in bounds; should a check ever miss
+// Little-endian field access. Readers get offsets that the parse step has
+// already proven to be in bounds; should a check ever miss
 // one, the field reads as zero (which later checks refuse) instead of
 // panicking. Writers fill buffers their caller sized by the layout rule.
 #[inline]
@@ -325,7 +275,8 @@ mod tests {
         let data: [u8; 77] = core::array::from_fn(|i| (i * 37 + 11) as u8);
         let mut bytewise = 0xffff_ffffu32;
         for &b in &data {
-            bytewise = CRC_TABLES[0][((bytewise ^ b as u32) & 0xff) as usize] ^ (bytewise >> 8);
+            bytewise =
+                checksum::CRC_TABLES[0][((bytewise ^ b as u32) & 0xff) as usize] ^ (bytewise >> 8);
         }
         for split in [0, 1, 7, 8, 9, 40, 77] {
             let mut c = Crc32::new();
@@ -333,6 +284,11 @@ mod tests {
             c.update(&data[split..]);
             assert_eq!(c.finish(), !bytewise);
         }
+        // Over the CRC kernel's whole blocks and a tail: the same register.
+        let data: [u8; 1200] = core::array::from_fn(|i| ((i * 131 + 7) ^ (i >> 3)) as u8);
+        let mut c = Crc32::new();
+        c.update(&data);
+        assert_eq!(c.finish(), !crc32_table_update(0xffff_ffff, &data));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! agree.
 #![allow(unsafe_code)]
 
-use crate::engine::Requant;
+use crate::quant::ChannelRequant;
 use crate::quant::ConvChannels;
 
 /// Channels per block.
@@ -26,7 +26,7 @@ pub const BLOCK: usize = 64;
 /// A block kernel: codes (LE u16) and weight sums (LE i32) of up to
 /// [`BLOCK`] channels in; their parameters out, and which ones the shortcut
 /// deferred (their parameters are then meaningless).
-type BlockFn = fn(&ConvChannels, &[u8], &[u8], &[u8], &mut [Requant], &mut [bool; BLOCK]);
+type BlockFn = fn(&ConvChannels, &[u8], &[u8], &[u8], &mut [ChannelRequant], &mut [bool; BLOCK]);
 
 /// Derives every channel of a conv op whose kernel reads the weights the
 /// `sums` (LE i32 per channel) belong to, from its scale and bias codes
@@ -38,7 +38,7 @@ pub fn conv_channels(
     scale: &[u8],
     bias: &[u8],
     sums: &[u8],
-    out: &mut [Requant],
+    out: &mut [ChannelRequant],
 ) -> bool {
     let f = best();
     let mut ok = true;
@@ -70,7 +70,7 @@ pub fn conv_channels(
                 .map_or(0, |x| i32::from_le_bytes([x[0], x[1], x[2], x[3]]));
             match cc.channel_exact(code(scale, c), code(bias, c), sum as i64) {
                 Some(p) => {
-                    *slot = Requant {
+                    *slot = ChannelRequant {
                         mult: p.mult,
                         shift: p.shift,
                         bias: p.bias,
@@ -104,7 +104,7 @@ fn block(
     sc: &[u8],
     bc: &[u8],
     sm: &[u8],
-    out: &mut [Requant],
+    out: &mut [ChannelRequant],
     defer: &mut [bool; BLOCK],
 ) {
     let n = (sc.len() / 2)
@@ -118,7 +118,7 @@ fn block(
         let b = u16::from_le_bytes([bc[2 * i], bc[2 * i + 1]]);
         let w = i32::from_le_bytes([sm[4 * i], sm[4 * i + 1], sm[4 * i + 2], sm[4 * i + 3]]);
         let (mult, shift, bias, d) = cc.lanes(s, b, w);
-        out[i] = Requant { mult, shift, bias };
+        out[i] = ChannelRequant { mult, shift, bias };
         defer[i] = d;
     }
     for d in &mut defer[n..] {
@@ -136,7 +136,7 @@ macro_rules! kernel {
             sc: &[u8],
             bc: &[u8],
             sm: &[u8],
-            out: &mut [Requant],
+            out: &mut [ChannelRequant],
             defer: &mut [bool; BLOCK],
         ) {
             #[target_feature(enable = $features)]
@@ -145,7 +145,7 @@ macro_rules! kernel {
                 sc: &[u8],
                 bc: &[u8],
                 sm: &[u8],
-                out: &mut [Requant],
+                out: &mut [ChannelRequant],
                 defer: &mut [bool; BLOCK],
             ) {
                 block(cc, sc, bc, sm, out, defer)
@@ -162,7 +162,7 @@ fn scalar_derive_conv_f64_64(
     sc: &[u8],
     bc: &[u8],
     sm: &[u8],
-    out: &mut [Requant],
+    out: &mut [ChannelRequant],
     defer: &mut [bool; BLOCK],
 ) {
     block(cc, sc, bc, sm, out, defer)
@@ -228,7 +228,7 @@ mod tests {
                 sm[4 * i..4 * i + 4].copy_from_slice(&w);
             }
             for f in kernels.iter().flatten() {
-                let mut out = [Requant::default(); BLOCK];
+                let mut out = [ChannelRequant::default(); BLOCK];
                 let mut defer = [false; BLOCK];
                 f(
                     &cc,
@@ -256,7 +256,7 @@ mod tests {
                 }
             }
             // The driver: every channel, deferred ones included.
-            let mut out = [Requant::default(); BLOCK];
+            let mut out = [ChannelRequant::default(); BLOCK];
             let ok = conv_channels(&cc, &sc[..2 * n], &bc[..2 * n], &sm[..4 * n], &mut out[..n]);
             for (i, o) in out[..n].iter().enumerate() {
                 let s = u16::from_le_bytes([sc[2 * i], sc[2 * i + 1]]);

@@ -16,7 +16,7 @@
 //!   hold int8 bytes that meet those zero weights (or are not read).
 
 use super::{scalar, ConvGeom, OutQ};
-use crate::engine::Requant;
+use crate::quant::ChannelRequant;
 
 /// One GEMM block; see the module doc.
 #[derive(Clone, Copy)]
@@ -31,7 +31,7 @@ pub(crate) struct Gemm<'a> {
     pub ldw: usize,
     /// rows of `w` (output channels)
     pub n: usize,
-    pub rq: &'a [Requant],
+    pub rq: &'a [ChannelRequant],
     pub q: OutQ,
 }
 
@@ -77,7 +77,7 @@ pub(crate) fn conv(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
     gemm: GemmFn,
@@ -95,7 +95,7 @@ pub(crate) fn conv_blocks<const BUF: usize, const WPAD: usize>(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
     gemm: GemmFn,

@@ -18,10 +18,13 @@
 //! around that "dot-product" layout instead of packing weights, because the
 //! weights live in flash or come from a patch and must not be copied per call.
 //!
-//! Tables ([`Kernels`]): `scalar` (reference, every target), `avx2` and
-//! `avx512vnni` (x86_64), `neon` and `dotprod` (aarch64), `dsp` (Armv7E-M:
-//! Cortex-M4, M7). [`Kernels::best`]
-//! picks once per process; [`Kernels::by_name`] gives a table only when the
+//! Tables ([`Kernels`]): `scalar` (reference, every target, `scalar.rs`),
+//! `avx2` and `avx512vnni` (x86_64, `x86_64/`), `neon` and `dotprod`
+//! (aarch64, `aarch64/`), `dsp` (Armv7E-M: Cortex-M4, M7, `armv7em/`). Each
+//! ISA table has its own GEMM and depthwise kernels; the GEMM tiles share
+//! the drivers of `gemm.rs` (im2col, fully connected rows), the SIMD adds
+//! the 16-lane driver `add_blocks16`. [`Kernels::best`] picks once per
+//! process; [`Kernels::by_name`] gives a table only when the
 //! CPU supports it. CPU features are tokens ([`cpu`]): a token's existence
 //! proves the feature, so a table built from one is safe to call.
 //!
@@ -48,15 +51,13 @@ pub mod scalar;
 mod gemm;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
-#[cfg(target_arch = "x86_64")]
-mod avx512vnni;
+mod x86_64;
 
 #[cfg(target_arch = "aarch64")]
-mod neon;
+mod aarch64;
 
 #[cfg(all(target_arch = "arm", graftnet_dsp))]
-mod dsp;
+mod armv7em;
 
 #[cfg(any(test, feature = "selftest"))]
 #[doc(hidden)]
@@ -65,7 +66,7 @@ pub mod selftest;
 #[cfg(test)]
 mod tests;
 
-use crate::engine::Requant;
+use crate::quant::ChannelRequant;
 
 /// Geometry of a convolution (NHWC, batch 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,8 +140,15 @@ pub struct OutQ {
 }
 
 /// Dense / grouped convolution; weights `[cout][kh][kw][cin/groups]`.
-pub type ConvFn =
-    fn(input: &[i8], w: &[u8], g: &ConvGeom, zp_in: i8, rq: &[Requant], q: OutQ, out: &mut [i8]);
+pub type ConvFn = fn(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    zp_in: i8,
+    rq: &[ChannelRequant],
+    q: OutQ,
+    out: &mut [i8],
+);
 /// Depthwise convolution; weights `[kh][kw][c]`.
 pub type DwConvFn = ConvFn;
 /// Elementwise add of two tensors ([`scalar::add`]'s parameters:
@@ -216,8 +224,8 @@ pub struct Kernels {
     pub dwconv: DwConvFn,
     /// fully connected layer ([`ConvGeom::is_fully_connected`])
     pub fc: ConvFn,
-    /// elementwise (residual) add; `*_add_i8_*` (the scalar one outside
-    /// `neon` / `dotprod`)
+    /// elementwise (residual) add; `*_add_i8_16` in `avx512vnni`, `neon`
+    /// and `dotprod`, the scalar one in `scalar`, `avx2` and `dsp`
     pub add: AddFn,
     /// the kernels' names
     pub names: KernelNames,
@@ -260,32 +268,32 @@ impl Kernels {
     /// The AVX2 table (x86_64).
     #[cfg(target_arch = "x86_64")]
     pub fn avx2(t: cpu::Avx2) -> Self {
-        avx2::table(t)
+        x86_64::avx2::table(t)
     }
 
-    /// The AVX-512 VNNI table (x86_64); depthwise comes from AVX2.
+    /// The AVX-512 VNNI table (x86_64).
     #[cfg(target_arch = "x86_64")]
     pub fn avx512vnni(t: cpu::Avx512Vnni) -> Self {
-        avx512vnni::table(t)
+        x86_64::avx512vnni::table(t)
     }
 
     /// The NEON table (aarch64, e.g. Cortex-A72).
     #[cfg(target_arch = "aarch64")]
     pub fn neon(t: cpu::Neon) -> Self {
-        neon::table(t)
+        aarch64::table(t)
     }
 
     /// The dotprod (SDOT) table (aarch64, Cortex-A76 and later); depthwise
-    /// comes from NEON.
+    /// other than 3x3 and the add are NEON's.
     #[cfg(target_arch = "aarch64")]
     pub fn dotprod(t: cpu::Dotprod) -> Self {
-        neon::dotprod_table(t)
+        aarch64::dotprod_table(t)
     }
 
     /// The Armv7E-M DSP table (`smlad`; Cortex-M4, M7).
     #[cfg(all(target_arch = "arm", graftnet_dsp))]
     pub fn dsp(t: cpu::Dsp) -> Self {
-        dsp::table(t)
+        armv7em::dsp::table(t)
     }
 
     /// The table called `name` if this CPU supports it (`None` for unknown
@@ -352,7 +360,7 @@ impl Kernels {
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code)
 )]
-pub(crate) fn check_conv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], out: &[i8]) {
+pub(crate) fn check_conv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[ChannelRequant], out: &[i8]) {
     assert!(
         g.groups >= 1 && g.cin.is_multiple_of(g.groups) && g.cout.is_multiple_of(g.groups),
         "conv: groups must divide the channels"
@@ -372,7 +380,13 @@ pub(crate) fn check_conv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], o
     not(any(target_arch = "x86_64", target_arch = "aarch64")),
     allow(dead_code)
 )]
-pub(crate) fn check_dwconv(input: &[i8], w: &[u8], g: &ConvGeom, rq: &[Requant], out: &[i8]) {
+pub(crate) fn check_dwconv(
+    input: &[i8],
+    w: &[u8],
+    g: &ConvGeom,
+    rq: &[ChannelRequant],
+    out: &[i8],
+) {
     let c = g.cout;
     assert!(input.len() >= g.ih * g.iw * c, "dwconv: input too short");
     assert!(w.len() >= g.kh * g.kw * c, "dwconv: weights too short");

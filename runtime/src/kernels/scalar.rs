@@ -1,12 +1,12 @@
 //! Scalar reference kernels. These define graftnet's results.
 
 use super::{ConvGeom, OutQ};
-use crate::engine::Requant;
 use crate::quant::apply_multiplier;
+use crate::quant::ChannelRequant;
 
 /// Requantizes one accumulator.
 #[inline(always)]
-pub fn requant(acc: i32, r: &Requant, q: OutQ) -> i8 {
+pub fn requant(acc: i32, r: &ChannelRequant, q: OutQ) -> i8 {
     let y = apply_multiplier(acc as i64 + r.bias as i64, r.mult, r.shift) + q.zp as i64;
     y.clamp(q.lo as i64, q.hi as i64) as i8
 }
@@ -26,7 +26,7 @@ pub fn conv(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -54,7 +54,7 @@ pub fn conv_channel(
     g: &ConvGeom,
     co: usize,
     zp_in: i8,
-    r: &Requant,
+    r: &ChannelRequant,
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -88,7 +88,7 @@ pub fn dwconv(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -138,7 +138,7 @@ pub fn dwconv_channel(
     g: &ConvGeom,
     ch: usize,
     zp_in: i8,
-    r: &Requant,
+    r: &ChannelRequant,
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -230,7 +230,7 @@ pub fn lut_channels(a: &[i8], index: &[u8], tables: &[u8], out: &mut [i8]) {
 }
 
 /// Global average pooling: `y[c] = zp_out + round(sum(x - zp_in) * M)`.
-pub fn global_avg_pool(a: &[i8], hw: usize, c: usize, r: &Requant, q: OutQ, out: &mut [i8]) {
+pub fn global_avg_pool(a: &[i8], hw: usize, c: usize, r: &ChannelRequant, q: OutQ, out: &mut [i8]) {
     for ch in 0..c {
         let mut s = 0i64;
         for p in 0..hw {
@@ -244,7 +244,13 @@ pub fn global_avg_pool(a: &[i8], hw: usize, c: usize, r: &Requant, q: OutQ, out:
 
 /// k x k pooling. `avg`: `rq[n-1]` scales a sum of `n` cells (its `bias`
 /// is the input zero point); otherwise max pooling (padding ignored).
-pub fn pool(a: &[i8], g: &ConvGeom, avg: Option<(&[Requant], bool)>, q: OutQ, out: &mut [i8]) {
+pub fn pool(
+    a: &[i8],
+    g: &ConvGeom,
+    avg: Option<(&[ChannelRequant], bool)>,
+    q: OutQ,
+    out: &mut [i8],
+) {
     let c = g.cin;
     for oy in 0..g.oh {
         for ox in 0..g.ow {
@@ -282,16 +288,16 @@ pub fn pool(a: &[i8], g: &ConvGeom, avg: Option<(&[Requant], bool)>, q: OutQ, ou
 }
 
 /// Channel concat: requantizes `a` then `b` into `out` (per pixel
-/// `[a channels | b channels]`). Each `Requant` holds `mult, shift` and the
+/// `[a channels | b channels]`). Each `ChannelRequant` holds `mult, shift` and the
 /// input zero point in `bias`.
 #[allow(clippy::too_many_arguments)]
 pub fn concat(
     a: &[i8],
     ca: usize,
-    ra: &Requant,
+    ra: &ChannelRequant,
     b: &[i8],
     cb: usize,
-    rb: &Requant,
+    rb: &ChannelRequant,
     q: OutQ,
     out: &mut [i8],
 ) {

@@ -23,7 +23,8 @@
 use core::fmt;
 
 use super::{scalar, ConvFn, ConvGeom, Kernels, OutQ};
-use crate::engine::Requant;
+use crate::quant::ChannelRequant;
+use crate::splitmix::SplitMix64 as Rng;
 
 /// Input bytes a case may use.
 pub const INPUT_MAX: usize = 16 * 1024;
@@ -41,7 +42,7 @@ const CANARY: i8 = 0x5a;
 pub struct Scratch {
     input: [i8; INPUT_MAX],
     w: [u8; WEIGHTS_MAX],
-    rq: [Requant; CHANNELS_MAX],
+    rq: [ChannelRequant; CHANNELS_MAX],
     want: [i8; OUT_MAX + GUARD],
     got: [i8; OUT_MAX + GUARD],
 }
@@ -52,7 +53,7 @@ impl Scratch {
         Scratch {
             input: [0; INPUT_MAX],
             w: [0; WEIGHTS_MAX],
-            rq: [Requant {
+            rq: [ChannelRequant {
                 mult: 0,
                 shift: 0,
                 bias: 0,
@@ -144,7 +145,7 @@ pub struct Mismatch {
     /// byte of the output buffer (at or past the output: the guard tail)
     pub index: usize,
     /// the requantization of that byte's channel (`None` in the guard tail)
-    pub rq: Option<Requant>,
+    pub rq: Option<ChannelRequant>,
     /// what the kernel wrote
     pub got: i8,
     /// what the reference wrote
@@ -174,50 +175,46 @@ impl fmt::Display for Mismatch {
     }
 }
 
-/// splitmix64
-struct Rng(u64);
+/// The case generator of the self-test and of the host tests (`tests.rs`):
+/// inputs, weights, requantization and output parameters, drawn from the
+/// crate's one generator.
+pub(crate) trait Cases {
+    /// Fills `out` with int8 values (see [`Rng`]'s impl).
+    fn bytes(&mut self, out: &mut [i8]);
+    /// Fills `out` with weights.
+    fn weights(&mut self, out: &mut [u8]);
+    /// Fills `out` with requantization parameters.
+    fn requant(&mut self, out: &mut [ChannelRequant], wild: bool);
+    /// An output zero point and clamp.
+    fn out_q(&mut self) -> OutQ;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// uniform in `lo..=hi`
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        // u64 arithmetic: the same picks on 32- and 64-bit targets
-        v[(self.next() % v.len() as u64) as usize]
-    }
+impl Cases for Rng {
     /// Mostly uniform; every 4th buffer leans on the extremes, every 16th
     /// is all −128 or all 127 (the largest accumulators).
     fn bytes(&mut self, out: &mut [i8]) {
-        match self.next() % 16 {
-            0 => out.fill(if self.next().is_multiple_of(2) {
+        match self.next_u64() % 16 {
+            0 => out.fill(if self.next_u64().is_multiple_of(2) {
                 -128
             } else {
                 127
             }),
             1..=3 => {
                 for b in out.iter_mut() {
-                    *b = if self.next().is_multiple_of(2) {
+                    *b = if self.next_u64().is_multiple_of(2) {
                         self.pick(&[-128i8, 127, -127, 0])
                     } else {
-                        self.next() as i8
+                        self.next_u64() as i8
                     };
                 }
             }
-            _ => out.iter_mut().for_each(|b| *b = self.next() as i8),
+            _ => out.iter_mut().for_each(|b| *b = self.next_u64() as i8),
         }
     }
     /// Every other buffer in the exporter's range [−127, 127], the others
     /// any int8.
     fn weights(&mut self, out: &mut [u8]) {
-        let symmetric = self.next().is_multiple_of(2);
+        let symmetric = self.next_u64().is_multiple_of(2);
         let mut b = [0i8; 64];
         for chunk in out.chunks_mut(64) {
             let b = &mut b[..chunk.len()];
@@ -229,30 +226,30 @@ impl Rng {
     }
     /// Parameters the engine can derive: `|mult|` in `[2^30, 2^31)` or 0,
     /// shift 1..=62 (mostly 31..=45), `|bias| <= 2^30`.
-    fn requant(&mut self, out: &mut [Requant], wild: bool) {
+    fn requant(&mut self, out: &mut [ChannelRequant], wild: bool) {
         for r in out {
             let mag = self.range(1 << 30, (1i64 << 31) - 1);
-            let mult = match self.next() % 16 {
+            let mult = match self.next_u64() % 16 {
                 0 => 0,
                 1..=5 => -mag,
                 _ => mag,
             } as i32;
-            let shift = if wild && self.next().is_multiple_of(3) {
+            let shift = if wild && self.next_u64().is_multiple_of(3) {
                 self.range(1, 62)
             } else {
                 self.range(31, 45)
             } as i32;
-            let bias = match self.next() % 8 {
+            let bias = match self.next_u64() % 8 {
                 0 => self.range(-(1 << 30), 1 << 30),
                 1 => 0,
                 _ => self.range(-100_000, 100_000),
             } as i32;
-            *r = Requant { mult, shift, bias };
+            *r = ChannelRequant { mult, shift, bias };
         }
     }
     fn out_q(&mut self) -> OutQ {
         let zp = self.range(-128, 127) as i32;
-        match self.next() % 3 {
+        match self.next_u64() % 3 {
             0 => OutQ {
                 zp,
                 lo: -128,
@@ -275,8 +272,10 @@ impl Rng {
     }
 }
 
+/// The geometry of a conv case (`pad`: top, left, bottom, right), shared
+/// with the host tests.
 #[allow(clippy::too_many_arguments)]
-fn geom(
+pub(crate) fn geom(
     ih: usize,
     iw: usize,
     cin: usize,
@@ -338,7 +337,7 @@ impl Run<'_> {
         r.weights(&mut s.w[..n_w]);
         r.requant(&mut s.rq[..g.cout], wild);
         let q = r.out_q();
-        let zp = r.next() as i8;
+        let zp = r.next_u64() as i8;
         let reference = if dw { scalar::dwconv } else { scalar::conv };
         let (kernel, name) = entry.kernel(&self.k);
         let (input, w, rq) = (&s.input[..n_in], &s.w[..n_w], &s.rq[..g.cout]);
@@ -525,7 +524,7 @@ impl Run<'_> {
         for _ in 0..cases {
             let c = r.range(1, 150) as usize;
             let kh = r.pick(&[1, 3, 3, 3, 5]);
-            let kw = if r.next().is_multiple_of(4) {
+            let kw = if r.next_u64().is_multiple_of(4) {
                 r.range(1, 5) as usize
             } else {
                 kh

@@ -8,38 +8,31 @@
 
 extern crate std;
 
+use std::vec;
 use std::vec::Vec;
 
+use super::selftest::{self, geom};
 use super::{ConvFn, ConvGeom, Kernels, OutQ};
-use crate::engine::Requant;
+use crate::quant::ChannelRequant;
+use crate::splitmix::SplitMix64 as Rng;
 
-/// splitmix64
-struct Rng(u64);
+/// The host tests' buffers (heap-allocated; the self-test's
+/// [`selftest::Cases`] fill fixed ones, and draw other values).
+trait HostCases {
+    fn bytes(&mut self, n: usize) -> Vec<i8>;
+    fn weights(&mut self, n: usize) -> Vec<u8>;
+}
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// uniform in `lo..=hi`
-    fn range(&mut self, lo: i64, hi: i64) -> i64 {
-        lo + (self.next() % (hi - lo + 1) as u64) as i64
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.next() as usize % v.len()]
-    }
+impl HostCases for Rng {
     fn bytes(&mut self, n: usize) -> Vec<i8> {
         // Mostly uniform; every 4th buffer leans on the extremes (-128, 127).
-        let extreme = self.next().is_multiple_of(4);
+        let extreme = self.next_u64().is_multiple_of(4);
         (0..n)
             .map(|_| {
-                if extreme && self.next().is_multiple_of(2) {
+                if extreme && self.next_u64().is_multiple_of(2) {
                     self.pick(&[-128i8, 127, -127, 0])
                 } else {
-                    self.next() as i8
+                    self.next_u64() as i8
                 }
             })
             .collect()
@@ -47,7 +40,7 @@ impl Rng {
     /// Weights: every other buffer in the exporter's range [−127, 127]
     /// (kernels may take faster paths then), the others any int8.
     fn weights(&mut self, n: usize) -> Vec<u8> {
-        let symmetric = self.next().is_multiple_of(2);
+        let symmetric = self.next_u64().is_multiple_of(2);
         self.bytes(n)
             .into_iter()
             .map(|b| if symmetric { b.max(-127) } else { b } as u8)
@@ -55,54 +48,17 @@ impl Rng {
     }
 }
 
-/// Parameters the engine can derive: `|mult|` in `[2^30, 2^31)` (or 0),
-/// shift 1..=62 (mostly ≥ 31, i.e. `M < 1`), `|bias| <= 2^30`.
-fn random_rq(r: &mut Rng, n: usize, wild: bool) -> Vec<Requant> {
-    (0..n)
-        .map(|_| {
-            let mag = r.range(1 << 30, (1i64 << 31) - 1);
-            let mult = match r.next() % 16 {
-                0 => 0,
-                1..=5 => -mag,
-                _ => mag,
-            } as i32;
-            let shift = if wild && r.next().is_multiple_of(3) {
-                r.range(1, 62)
-            } else {
-                r.range(31, 45)
-            } as i32;
-            let bias = match r.next() % 8 {
-                0 => r.range(-(1 << 30), 1 << 30),
-                1 => 0,
-                _ => r.range(-100_000, 100_000),
-            } as i32;
-            Requant { mult, shift, bias }
-        })
-        .collect()
+/// Parameters the engine can derive ([`selftest::Cases::requant`], the
+/// self-test's generator).
+fn random_rq(r: &mut Rng, n: usize, wild: bool) -> Vec<ChannelRequant> {
+    let mut v = vec![ChannelRequant::default(); n];
+    selftest::Cases::requant(r, &mut v, wild);
+    v
 }
 
+/// An output zero point and clamp ([`selftest::Cases::out_q`]).
 fn random_q(r: &mut Rng) -> OutQ {
-    let zp = r.range(-128, 127) as i32;
-    match r.next() % 3 {
-        0 => OutQ {
-            zp,
-            lo: -128,
-            hi: 127,
-        },
-        1 => OutQ {
-            zp,
-            lo: zp.max(-128),
-            hi: r.range(zp as i64, 127) as i32,
-        },
-        _ => {
-            let lo = r.range(-128, 127) as i32;
-            OutQ {
-                zp,
-                lo,
-                hi: r.range(lo as i64, 127) as i32,
-            }
-        }
-    }
+    selftest::Cases::out_q(r)
 }
 
 const CANARY: i8 = 0x5a;
@@ -119,7 +75,7 @@ fn check(
     input: &[i8],
     w: &[u8],
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
 ) {
     let n = g.oh * g.ow * g.cout;
@@ -142,52 +98,13 @@ fn check(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn geom(
-    ih: usize,
-    iw: usize,
-    cin: usize,
-    cout: usize,
-    k: (usize, usize),
-    s: (usize, usize),
-    pad: [usize; 4],
-    groups: usize,
-) -> ConvGeom {
-    let [pt, pl, pb, pr] = pad;
-    let oh = if ih + pt + pb >= k.0 {
-        (ih + pt + pb - k.0) / s.0 + 1
-    } else {
-        0
-    };
-    let ow = if iw + pl + pr >= k.1 {
-        (iw + pl + pr - k.1) / s.1 + 1
-    } else {
-        0
-    };
-    ConvGeom {
-        ih,
-        iw,
-        cin,
-        oh,
-        ow,
-        cout,
-        kh: k.0,
-        kw: k.1,
-        sh: s.0,
-        sw: s.1,
-        pt,
-        pl,
-        groups,
-    }
-}
-
 /// One random case of a dense conv.
 fn dense_case(r: &mut Rng, table: &str, what: &str, k: ConvFn, g: &ConvGeom, wild: bool) {
     let input = r.bytes(g.ih * g.iw * g.cin);
     let w = r.weights(g.cout * g.row_len());
     let rq = random_rq(r, g.cout, wild);
     let q = random_q(r);
-    let zp = r.next() as i8;
+    let zp = r.next_u64() as i8;
     check(
         what,
         table,
@@ -207,7 +124,7 @@ fn dw_case(r: &mut Rng, table: &str, k: ConvFn, g: &ConvGeom, wild: bool) {
     let w = r.weights(g.kh * g.kw * g.cout);
     let rq = random_rq(r, g.cout, wild);
     let q = random_q(r);
-    let zp = r.next() as i8;
+    let zp = r.next_u64() as i8;
     check(
         "dwconv",
         table,
@@ -451,20 +368,20 @@ fn add_cases(k: Kernels, seed: u64, cases: usize) {
         let a = r.bytes(n);
         let b = r.bytes(n);
         let zp = |r: &mut Rng| {
-            if r.next() & 7 == 0 {
+            if r.next_u64() & 7 == 0 {
                 r.range(-300, 300) as i32
             } else {
                 r.range(-128, 127) as i32
             }
         };
         let (za, zb) = (zp(&mut r), zp(&mut r));
-        let mult = |r: &mut Rng| match r.next() % 4 {
+        let mult = |r: &mut Rng| match r.next_u64() % 4 {
             0 => r.range(i32::MIN as i64 + 1, i32::MAX as i64) as i32,
             1 => r.range(0, 1 << 20) as i32,
             _ => r.range(1 << 30, (1i64 << 31) - 1) as i32,
         };
         let (ma, mb) = (mult(&mut r), mult(&mut r));
-        let shift = if r.next() & 1 == 0 {
+        let shift = if r.next_u64() & 1 == 0 {
             r.range(1, 62)
         } else {
             r.range(31, 45)
@@ -526,7 +443,7 @@ fn random_dw(k: Kernels, seed: u64, cases: usize, lim: Limits) {
         // dense bound reaches past them.
         let c = r.range(1, lim.channels * 15 / 2) as usize;
         let kh = r.pick(&[1, 3, 3, 3, 5]);
-        let kw = if r.next().is_multiple_of(4) {
+        let kw = if r.next_u64().is_multiple_of(4) {
             r.range(1, 5) as usize
         } else {
             kh
@@ -543,7 +460,7 @@ fn random_dw(k: Kernels, seed: u64, cases: usize, lim: Limits) {
 }
 
 macro_rules! kernel_tests {
-    ($($table:ident),* $(,)?) => {$(
+    ($($table:ident: $built:meta),* $(,)?) => {$(
         mod $table {
             use super::*;
 
@@ -555,37 +472,44 @@ macro_rules! kernel_tests {
                 k
             }
             #[test]
-            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
+            #[cfg_attr(not($built), ignore = "kernel table not built for this target")]
+            #[cfg_attr(all($built, miri), ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn pointwise_shapes() {
                 table().map(super::pointwise_shapes);
             }
             #[test]
-            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
+            #[cfg_attr(not($built), ignore = "kernel table not built for this target")]
+            #[cfg_attr(all($built, miri), ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn conv_shapes() {
                 table().map(super::conv_shapes);
             }
             #[test]
-            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
+            #[cfg_attr(not($built), ignore = "kernel table not built for this target")]
+            #[cfg_attr(all($built, miri), ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn fc_shapes() {
                 table().map(super::fc_shapes);
             }
             #[test]
-            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
+            #[cfg_attr(not($built), ignore = "kernel table not built for this target")]
+            #[cfg_attr(all($built, miri), ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn dwconv_shapes() {
                 table().map(super::dwconv_shapes);
             }
             #[test]
-            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
+            #[cfg_attr(not($built), ignore = "kernel table not built for this target")]
+            #[cfg_attr(all($built, miri), ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn random_dense() {
                 table().map(|k| super::random_dense(k, 11, 300, FULL));
             }
             #[test]
-            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
+            #[cfg_attr(not($built), ignore = "kernel table not built for this target")]
+            #[cfg_attr(all($built, miri), ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn random_dwconv() {
                 table().map(|k| super::random_dw(k, 12, 300, FULL));
             }
             #[test]
-            #[cfg_attr(miri, ignore = "full shape tables: minutes under Miri; see `miri`")]
+            #[cfg_attr(not($built), ignore = "kernel table not built for this target")]
+            #[cfg_attr(all($built, miri), ignore = "full shape tables: minutes under Miri; see `miri`")]
             fn add() {
                 table().map(|k| super::add_cases(k, 13, 300));
             }
@@ -593,7 +517,19 @@ macro_rules! kernel_tests {
     )*};
 }
 
-kernel_tests!(scalar, avx2, avx512vnni, neon, dotprod, dsp);
+// A table is built for its architecture only; elsewhere its tests are
+// reported as ignored, not as passed. Where it is built but the CPU lacks
+// the feature (dotprod under `qemu-aarch64 -cpu cortex-a72`, AVX-512 VNNI on
+// an older x86), the test prints "skipped" and passes: libtest cannot
+// ignore at run time.
+kernel_tests!(
+    scalar: all(),
+    avx2: target_arch = "x86_64",
+    avx512vnni: target_arch = "x86_64",
+    neon: target_arch = "aarch64",
+    dotprod: target_arch = "aarch64",
+    dsp: all(target_arch = "arm", graftnet_dsp),
+);
 
 /// The Miri-sized set: the same case generators on small shapes (a few
 /// seconds each under Miri), over every table this target runs, which under
@@ -713,7 +649,7 @@ fn broken_last_byte(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -730,7 +666,7 @@ fn broken_guard(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -744,13 +680,13 @@ fn broken_small_shift(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
-    let rq: Vec<Requant> = rq
+    let rq: Vec<ChannelRequant> = rq
         .iter()
-        .map(|r| Requant {
+        .map(|r| ChannelRequant {
             shift: if r.shift < 31 { r.shift + 1 } else { r.shift },
             ..*r
         })
@@ -764,7 +700,7 @@ fn broken_min_weight(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -781,7 +717,7 @@ fn broken_padding(
     w: &[u8],
     g: &ConvGeom,
     _zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -794,13 +730,13 @@ fn broken_big_bias(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
-    let rq: Vec<Requant> = rq
+    let rq: Vec<ChannelRequant> = rq
         .iter()
-        .map(|r| Requant {
+        .map(|r| ChannelRequant {
             bias: r.bias.clamp(-(1 << 29), 1 << 29),
             ..*r
         })
@@ -814,7 +750,7 @@ fn broken_clamp(
     w: &[u8],
     g: &ConvGeom,
     zp: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {

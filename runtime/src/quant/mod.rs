@@ -23,6 +23,10 @@
 //! arithmetic shift, i.e. round half toward +infinity, `x` and `mult` widened
 //! to i64, `1 <= shift <= 62`.
 
+mod channel;
+
+pub use channel::ChannelRequant;
+
 /// Scale code: bit 15 negates the channel's weights, bits 14..9 are a biased
 /// exponent `e`, bits 8..0 a mantissa `m`; value `(512 + m) * 2^(e - 57)`,
 /// i.e. `(1 + m/512) * 2^(e - 48)`, from 2^-48 to just under 2^16.

@@ -14,7 +14,7 @@ use core::fmt::Write;
 
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
-use graftnet_mcu::{Requant, ARENA_LEN, PARAMS_LEN};
+use graftnet_mcu::{ChannelRequant, ARENA_LEN, PARAMS_LEN};
 use panic_semihosting as _;
 
 const BOARD: &str = env!("GRAFTNET_BOARD");
@@ -22,7 +22,7 @@ const BOARD: &str = env!("GRAFTNET_BOARD");
 #[entry]
 fn main() -> ! {
     let arena = cortex_m::singleton!(: [i8; ARENA_LEN] = [0; ARENA_LEN]).unwrap();
-    let params = cortex_m::singleton!(: [Requant; PARAMS_LEN] = [Requant { mult: 0, shift: 0, bias: 0 }; PARAMS_LEN]).unwrap();
+    let params = cortex_m::singleton!(: [ChannelRequant; PARAMS_LEN] = [ChannelRequant { mult: 0, shift: 0, bias: 0 }; PARAMS_LEN]).unwrap();
     let mut passed = false;
     if let Ok(mut out) = hio::hstdout() {
         passed = graftnet_mcu::selftest::run(&mut out, BOARD, arena, params).passed();

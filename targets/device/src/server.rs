@@ -32,7 +32,7 @@ use crate::protocol::{
     error_response, multi_response, parse_request, response, Input, Refusal, Request,
 };
 use crate::store::{validate, PatchMeta, PatchStore};
-use graftnet::{Backbone, Engine, Requant, VerifyKey};
+use graftnet::{Backbone, ChannelRequant, Engine, VerifyKey};
 use graftnet_protocol::{
     Device, ErrorCode, Failure, Info, Input as WireInput, TaskEntry, TaskList, TaskScores,
     UploadState, UploadStep, BASE_TASK, MAX_INFER_TASKS, PROTOCOL_VERSION,
@@ -52,7 +52,7 @@ pub struct Server<'b> {
     bb: Backbone<'b>,
     key: Option<VerifyKey>,
     arena: Vec<i8>,
-    params: Vec<Requant>,
+    params: Vec<ChannelRequant>,
     store: PatchStore,
     active: String,
     device: String,
@@ -87,13 +87,17 @@ impl<'b> Server<'b> {
         let n_input = bb.input().len();
         let max_classes = bb.max_classes() as usize;
         // Room for every resident task (a patch may bring its own head).
-        let views: Vec<graftnet::Patch<'_>> = store.tasks().iter().filter_map(|t| t.patch().ok()).collect();
+        let views: Vec<graftnet::Patch<'_>> = store
+            .tasks()
+            .iter()
+            .filter_map(|t| t.patch().ok())
+            .collect();
         let sizes = bb.engine_sizes(&views);
         Server {
             bb,
             key,
             arena: vec![0; sizes.arena],
-            params: vec![Requant::default(); sizes.params],
+            params: vec![ChannelRequant::default(); sizes.params],
             branch: vec![0; sizes.arena],
             store,
             active: BASE_TASK.to_string(),
@@ -289,7 +293,8 @@ impl<'b> Server<'b> {
         let mut out = heapless::Vec::new();
         // One pass (`Engine::run_tasks`): the ops the tasks share run once;
         // each task's scores equal a separate switch and run.
-        let mut patches: heapless::Vec<Option<graftnet::Patch<'_>>, MAX_INFER_TASKS> = heapless::Vec::new();
+        let mut patches: heapless::Vec<Option<graftnet::Patch<'_>>, MAX_INFER_TASKS> =
+            heapless::Vec::new();
         for &i in &idx {
             let p = match i {
                 Some(i) => Some(self.store.tasks()[i].patch()?),
@@ -298,7 +303,8 @@ impl<'b> Server<'b> {
             let _ = patches.push(p);
         }
         let t0 = Instant::now();
-        let mut e = Engine::new(&self.bb, &mut self.arena, &mut self.params).map_err(|e| Failure::run(&e))?;
+        let mut e = Engine::new(&self.bb, &mut self.arena, &mut self.params)
+            .map_err(|e| Failure::run(&e))?;
         let results = &mut self.results;
         let mut each = |k: usize, s: graftnet::Scores<'_>| {
             let n = s.len().min(maxc);
@@ -309,7 +315,9 @@ impl<'b> Server<'b> {
         };
         let r = match input {
             WireInput::I8(q) => e.run_tasks(q, &patches, &mut self.branch, &mut each),
-            WireInput::F32(_) => e.run_tasks_f32(&self.floats, &patches, &mut self.branch, &mut each),
+            WireInput::F32(_) => {
+                e.run_tasks_f32(&self.floats, &patches, &mut self.branch, &mut each)
+            }
         };
         r.map_err(|e| match e {
             graftnet::Error::Run(r) => Failure::run(&r),
@@ -366,7 +374,7 @@ enum Run<'x> {
 fn engine_for<'s>(
     bb: &Backbone<'s>,
     arena: &'s mut [i8],
-    params: &'s mut [Requant],
+    params: &'s mut [ChannelRequant],
     store: &'s PatchStore,
     task: &str,
 ) -> Result<Engine<'s, 's>, Failure> {
@@ -386,7 +394,7 @@ fn engine_for<'s>(
 fn run_one(
     bb: &Backbone<'_>,
     arena: &mut [i8],
-    params: &mut [Requant],
+    params: &mut [ChannelRequant],
     store: &PatchStore,
     task: &str,
     input: Run<'_>,
@@ -518,14 +526,16 @@ impl Device for Server<'_> {
         let need = graftnet::Patch::parse(&bytes)
             .ok()
             .map(|p| self.bb.engine_sizes(&[p]))
-            .filter(|n| n.arena + n.params * core::mem::size_of::<Requant>() <= MAX_ENGINE_BYTES);
+            .filter(|n| {
+                n.arena + n.params * core::mem::size_of::<ChannelRequant>() <= MAX_ENGINE_BYTES
+            });
         if let Some(need) = need {
             if need.arena > self.arena.len() {
                 self.arena.resize(need.arena, 0);
                 self.branch.resize(need.arena, 0);
             }
             if need.params > self.params.len() {
-                self.params.resize(need.params, Requant::default());
+                self.params.resize(need.params, ChannelRequant::default());
             }
         }
         let meta = validate(

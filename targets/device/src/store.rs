@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use graftnet::{Backbone, Engine, Patch, Requant, VerifyKey};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch, VerifyKey};
 use graftnet_protocol::{ErrorCode, Failure, MAX_TASKS};
 
 /// What the device keeps of a patch besides its bytes.
@@ -230,7 +230,7 @@ pub fn validate<'p>(
     bb: &Backbone<'_>,
     key: Option<&VerifyKey>,
     arena: &mut [i8],
-    params: &mut [Requant],
+    params: &mut [ChannelRequant],
 ) -> Result<Patch<'p>, Failure> {
     let p = match key {
         None => Patch::parse(bytes),

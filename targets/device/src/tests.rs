@@ -683,7 +683,9 @@ fn json_tasks_run_in_one_pass_and_match_single_requests() {
             &serde_json::json!({"id": 2, "tasks": ["base", "base"], "input": x}).to_string(),
         );
         assert_eq!(both["id"], 2);
-        let results = both["results"].as_array().unwrap_or_else(|| panic!("{both}"));
+        let results = both["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{both}"));
         assert_eq!(results.len(), 2);
         for r in results {
             assert_eq!(r["task"], "base");
@@ -691,10 +693,22 @@ fn json_tasks_run_in_one_pass_and_match_single_requests() {
             assert_eq!(r["top1"], alone["top1"]);
         }
         for (line, what) in [
-            (serde_json::json!({"id": 3, "tasks": [], "input": x}), "tasks"),
-            (serde_json::json!({"id": 4, "tasks": ["base"], "task": "base", "input": x}), "not both"),
-            (serde_json::json!({"id": 5, "tasks": ["base", "nope"], "input": x}), "nope"),
-            (serde_json::json!({"id": 6, "tasks": "base", "input": x}), "list"),
+            (
+                serde_json::json!({"id": 3, "tasks": [], "input": x}),
+                "tasks",
+            ),
+            (
+                serde_json::json!({"id": 4, "tasks": ["base"], "task": "base", "input": x}),
+                "not both",
+            ),
+            (
+                serde_json::json!({"id": 5, "tasks": ["base", "nope"], "input": x}),
+                "nope",
+            ),
+            (
+                serde_json::json!({"id": 6, "tasks": "base", "input": x}),
+                "list",
+            ),
         ] {
             let r = ask(&mut c, &line.to_string());
             assert_eq!(r["id"], line["id"], "{r}");

@@ -13,7 +13,7 @@ use core::fmt::Write;
 
 use graftnet::kernels::selftest::{self, Scratch};
 use graftnet::kernels::Kernels;
-use graftnet::{Backbone, Engine, Requant};
+use graftnet::{Backbone, Engine, ChannelRequant};
 
 use crate::{sample_input_i8, BACKBONE, INPUT_LEN, MAX_CLASSES, SAMPLES};
 
@@ -54,7 +54,7 @@ pub fn run<W: Write>(out: &mut W, board: &str, scratch: &mut Scratch) -> bool {
 /// Times one inference of the base task with each table (after one
 /// untimed run); `ticks` reads a down-counting 24-bit clock (SysTick).
 /// `true` if every table gives the same scores.
-pub fn bench<W: Write>(out: &mut W, arena: &mut [i8], params: &mut [Requant], ticks: &mut dyn FnMut() -> u32) -> bool {
+pub fn bench<W: Write>(out: &mut W, arena: &mut [i8], params: &mut [ChannelRequant], ticks: &mut dyn FnMut() -> u32) -> bool {
     let bb = match Backbone::parse(&BACKBONE.0) {
         Ok(b) => b,
         Err(e) => {

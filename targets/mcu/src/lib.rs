@@ -25,7 +25,7 @@ pub mod partition;
 pub mod selftest;
 pub mod stack;
 
-pub use graftnet::{kernels, Requant};
+pub use graftnet::{kernels, ChannelRequant};
 
 /// `T` at a 64-byte boundary (the backbone's weight section is 64-aligned
 /// relative to the blob start; SIMD kernels may rely on it).

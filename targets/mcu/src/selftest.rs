@@ -22,7 +22,7 @@
 
 use core::fmt::Write;
 
-use graftnet::{Backbone, Engine, Patch, Requant};
+use graftnet::{Backbone, Engine, Patch, ChannelRequant};
 
 use crate::partition::PatchTable;
 use crate::{patch_region, sample_input, sample_input_i8, sample_scores_i8, SAMPLES, SAMPLE_BYTES};
@@ -95,7 +95,7 @@ fn switch<'a>(engine: &mut Engine<'a, '_>, table: &PatchTable<'a>, views: &[Opti
 /// smallest patch) are refused, by `parse_verified` and by `apply` on an
 /// engine with the key, and the active task stays. Returns the failures.
 #[cfg(feature = "verify")]
-fn check_refusals<W: Write>(out: &mut W, bb: &Backbone<'_>, arena: &mut [i8], params: &mut [Requant], blob: &[u8]) -> usize {
+fn check_refusals<W: Write>(out: &mut W, bb: &Backbone<'_>, arena: &mut [i8], params: &mut [ChannelRequant], blob: &[u8]) -> usize {
     use graftnet::format::signature::TRAILER_LEN;
     use graftnet::FormatError;
     fn expect<W: Write>(out: &mut W, what: &str, got: Result<(), FormatError>, want: FormatError) -> usize {
@@ -137,7 +137,7 @@ fn check_refusals<W: Write>(out: &mut W, bb: &Backbone<'_>, arena: &mut [i8], pa
 /// The size baseline (feature `size-baseline`): prints where the blobs are
 /// and runs nothing, so the engine is not linked in.
 #[cfg(feature = "size-baseline")]
-pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [Requant]) -> Outcome {
+pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [ChannelRequant]) -> Outcome {
     let _ = writeln!(
         out,
         "graftnet size baseline on {board}: backbone {} bytes at {:p}, patch region at {:p}, arena {} bytes, {} parameters; no engine",
@@ -153,14 +153,14 @@ pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [R
 /// Runs the self-test, printing to `out`; `arena` and `params` must hold
 /// [`ARENA_LEN`] bytes and [`PARAMS_LEN`] entries.
 #[cfg(not(feature = "size-baseline"))]
-pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [Requant]) -> Outcome {
+pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [ChannelRequant]) -> Outcome {
     let mut o = Outcome::default();
     let _ = writeln!(
         out,
         "graftnet self-test on {board}: backbone {} bytes in flash at {:p}, arena {ARENA_LEN} bytes + parameter table {PARAMS_LEN} x {} bytes in RAM, {} test samples ({} bytes of flash)",
         BACKBONE.0.len(),
         BACKBONE.0.as_ptr(),
-        core::mem::size_of::<Requant>(),
+        core::mem::size_of::<ChannelRequant>(),
         SAMPLES.len(),
         SAMPLE_BYTES
     );

@@ -223,7 +223,7 @@ fn switch_time_us(d: &ExportDir) -> Result<f64> {
     let bb = d.parse_backbone()?;
     let sizes = d.engine_sizes()?;
     let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![graftnet::Requant::default(); sizes.params];
+    let mut params = vec![graftnet::ChannelRequant::default(); sizes.params];
     let mut e =
         graftnet::Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
     let iters = 200;

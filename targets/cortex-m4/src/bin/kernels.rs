@@ -12,7 +12,7 @@ use cortex_m::peripheral::SYST;
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hio};
 use graftnet_mcu::kernels::selftest::Scratch;
-use graftnet_mcu::{Requant, ARENA_LEN, PARAMS_LEN};
+use graftnet_mcu::{ChannelRequant, ARENA_LEN, PARAMS_LEN};
 use panic_semihosting as _;
 
 const BOARD: &str = env!("GRAFTNET_BOARD");
@@ -21,7 +21,7 @@ const BOARD: &str = env!("GRAFTNET_BOARD");
 fn main() -> ! {
     let scratch = cortex_m::singleton!(: Scratch = Scratch::new()).unwrap();
     let arena = cortex_m::singleton!(: [i8; ARENA_LEN] = [0; ARENA_LEN]).unwrap();
-    let params = cortex_m::singleton!(: [Requant; PARAMS_LEN] = [Requant { mult: 0, shift: 0, bias: 0 }; PARAMS_LEN]).unwrap();
+    let params = cortex_m::singleton!(: [ChannelRequant; PARAMS_LEN] = [ChannelRequant { mult: 0, shift: 0, bias: 0 }; PARAMS_LEN]).unwrap();
     let mut syst = cortex_m::Peripherals::take().unwrap().SYST;
     syst.set_clock_source(SystClkSource::Core);
     syst.set_reload(0x00ff_ffff);

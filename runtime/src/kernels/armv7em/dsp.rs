@@ -5,7 +5,7 @@
 //! compiled only for DSP cores (`cfg(graftnet_dsp)`, see `cpu::Dsp`).
 //!
 //! - GEMM (pointwise; the im2col conv and the fully connected layer through
-//!   [`super::gemm::conv_blocks`], with an 8 KiB im2col block and 2 KiB of
+//!   [`crate::kernels::gemm::conv_blocks`], with an 8 KiB im2col block and 2 KiB of
 //!   padded weights on the stack): tiles of 2 pixels × 2 output channels
 //!   (1 × 4 for a single pixel, the fully connected layer) in the
 //!   dot-product layout, 4 reduction bytes per step, weights read in place.
@@ -35,12 +35,12 @@
 use core::arch::asm;
 use core::ptr;
 
-use super::cpu::Dsp;
-use super::gemm::{self, Gemm};
-use super::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
-use crate::engine::Requant;
+use crate::kernels::cpu::Dsp;
+use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
+use crate::quant::ChannelRequant;
 
-pub(super) fn table(_t: Dsp) -> Kernels {
+pub(in crate::kernels) fn table(_t: Dsp) -> Kernels {
     Kernels {
         name: "dsp",
         pointwise: dsp_pointwise_i8i32_2x2,
@@ -71,7 +71,7 @@ fn dsp_pointwise_i8i32_2x2(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -82,7 +82,7 @@ fn dsp_conv_i8i32_2x2(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -95,7 +95,7 @@ fn dsp_fc_i8i32_1x4(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -113,7 +113,7 @@ fn dsp_dwconv_i8i32_4(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -261,7 +261,7 @@ unsafe fn load_n(p: *const i8, n: usize) -> u32 {
 /// A channel's requantization, prepared for [`requant`].
 #[derive(Clone, Copy)]
 struct ChRq {
-    r: Requant,
+    r: ChannelRequant,
     /// 0: `smmul`, add, shift; 1: `smmulr` (`shift == 32`); 2: scalar
     mode: u8,
     /// `2^(shift − 33)` (mode 0)
@@ -272,7 +272,7 @@ struct ChRq {
 
 impl ChRq {
     const ZERO: ChRq = ChRq {
-        r: Requant {
+        r: ChannelRequant {
             mult: 0,
             shift: 32,
             bias: 0,
@@ -283,7 +283,7 @@ impl ChRq {
     };
 
     #[inline(always)]
-    fn new(r: Requant) -> Self {
+    fn new(r: ChannelRequant) -> Self {
         match r.shift {
             33..=62 => ChRq {
                 r,
@@ -310,7 +310,7 @@ impl ChRq {
 /// The rare cases of [`requant`], out of line to keep the kernels small.
 #[cold]
 #[inline(never)]
-fn requant_scalar(acc: i32, r: &Requant, q: OutQ) -> i8 {
+fn requant_scalar(acc: i32, r: &ChannelRequant, q: OutQ) -> i8 {
     scalar::requant(acc, r, q)
 }
 
@@ -482,7 +482,7 @@ unsafe fn dw_body(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
     taps: usize,

@@ -1,6 +1,6 @@
 //! AVX2 kernels (x86_64): `vpmaddwd` on sign-extended int8.
 //!
-//! - GEMM (`avx2_pointwise_i8i32_3x8`, and through [`super::gemm::conv`] the
+//! - GEMM (`avx2_pointwise_i8i32_3x8`, and through [`crate::kernels::gemm::conv`] the
 //!   im2col conv and the fully connected layer): tiles of 3 pixels × 8
 //!   output channels. A pixel's 8 activations are broadcast to both 128-bit
 //!   halves, two weight rows (channels `j`, `j+4`) share one register, so
@@ -23,19 +23,19 @@
 use core::arch::x86_64::*;
 use core::ptr;
 
-use super::cpu::Avx2;
-use super::gemm::{self, Gemm};
-use super::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
-use crate::engine::Requant;
+use crate::kernels::cpu::Avx2;
+use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
+use crate::quant::ChannelRequant;
 
-pub(super) fn table(_t: Avx2) -> Kernels {
+pub(in crate::kernels) fn table(_t: Avx2) -> Kernels {
     Kernels {
         name: "avx2",
         pointwise: avx2_pointwise_i8i32_3x8,
         conv: avx2_conv_i8i32_3x8,
         dwconv: avx2_dwconv_i8i32_16,
         fc: avx2_fc_i8i32_1x8,
-        add: super::scalar::add,
+        add: crate::kernels::scalar::add,
         names: KernelNames {
             pointwise: "avx2_pointwise_i8i32_3x8",
             conv: "avx2_conv_i8i32_3x8",
@@ -54,7 +54,7 @@ fn avx2_pointwise_i8i32_3x8(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -66,7 +66,7 @@ fn avx2_conv_i8i32_3x8(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -78,7 +78,7 @@ fn avx2_fc_i8i32_1x8(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -97,7 +97,7 @@ fn avx2_dwconv_i8i32_16(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -143,7 +143,7 @@ impl Rq8 {
     ///
     /// The CPU must support AVX2.
     #[inline(always)]
-    pub(super) unsafe fn new(ch: &[Requant; 8]) -> Self {
+    pub(super) unsafe fn new(ch: &[ChannelRequant; 8]) -> Self {
         let mut fast = true;
         let (mut bias, mut mult, mut off) = ([0i32; 8], [0i32; 8], [0i32; 8]);
         let (mut rnd, mut sh) = ([0i64; 8], [0i64; 8]);
@@ -332,7 +332,7 @@ unsafe fn finish_pixel(
     nr: usize,
     r: &Rq8,
     o: &OutV,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
 ) {
     if r.fast {
@@ -360,7 +360,7 @@ unsafe fn gemm_impl(p: &Gemm<'_>, out: *mut i8, ldo: usize) {
     while n0 < n {
         let nr = (n - n0).min(8);
         let mut rows = [w0; 8];
-        let mut chq = [Requant {
+        let mut chq = [ChannelRequant {
             mult: 0,
             shift: 31,
             bias: 0,
@@ -446,7 +446,7 @@ unsafe fn dw_impl(
     w: *const u8,
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
 ) {
@@ -468,7 +468,7 @@ unsafe fn dw_body(
     w: *const u8,
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
     taps: usize,
@@ -480,7 +480,7 @@ unsafe fn dw_body(
     let zpv = _mm256_set1_epi16(zp_in as i16);
     let mut wt = [[z; 2]; DW_MAX_TAPS / 2 * DW_BLOCKS];
     let zero_rq = Rq8::new(
-        &[Requant {
+        &[ChannelRequant {
             mult: 0,
             shift: 31,
             bias: 0,
@@ -509,7 +509,7 @@ unsafe fn dw_body(
                 wt[pi * nb + b] = [_mm256_unpacklo_epi16(w0, w1), _mm256_unpackhi_epi16(w0, w1)];
             }
             // vpunpck{l,h}wd order: lo holds channels 0-3, 8-11; hi 4-7, 12-15.
-            let mut lo = [Requant {
+            let mut lo = [ChannelRequant {
                 mult: 0,
                 shift: 31,
                 bias: 0,

@@ -1,7 +1,7 @@
 //! AVX-512 VNNI kernels (x86_64: Ice Lake, Sapphire Rapids, Zen 4 ...).
 //!
 //! GEMM (`avx512vnni_pointwise_u8i8i32_6x16`, and the im2col conv and fully
-//! connected layer through [`super::gemm::conv`]): `vpdpbusd` multiplies
+//! connected layer through [`crate::kernels::gemm::conv`]): `vpdpbusd` multiplies
 //! unsigned by signed bytes, so activations are shifted to `x + 128` (a
 //! `vpxord` with `0x80`) and each channel's bias absorbs `−128·Σw`, the
 //! channel's weight sum, computed per call from the weights themselves
@@ -33,12 +33,12 @@ use core::arch::x86_64::*;
 
 use core::mem::MaybeUninit;
 
-use super::cpu::Avx512Vnni;
-use super::gemm::{self, Gemm};
-use super::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
-use crate::engine::Requant;
+use crate::kernels::cpu::Avx512Vnni;
+use crate::kernels::gemm::{self, Gemm};
+use crate::kernels::{check_dwconv, scalar, ConvGeom, KernelNames, Kernels, OutQ};
+use crate::quant::ChannelRequant;
 
-pub(super) fn table(t: Avx512Vnni) -> Kernels {
+pub(in crate::kernels) fn table(t: Avx512Vnni) -> Kernels {
     let _ = t;
     Kernels {
         name: "avx512vnni",
@@ -64,7 +64,7 @@ fn avx512vnni_pointwise_u8i8i32_6x16(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -76,7 +76,7 @@ fn avx512vnni_conv_u8i8i32_6x16(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -88,7 +88,7 @@ fn avx512vnni_fc_u8i8i32_1x16(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -112,7 +112,7 @@ fn avx512vnni_add_i8_16(
     q: OutQ,
     out: &mut [i8],
 ) {
-    super::add_blocks16(a, b, [za, ma, zb, mb, shift], q, out, |a, b, p, q, out| {
+    crate::kernels::add_blocks16(a, b, [za, ma, zb, mb, shift], q, out, |a, b, p, q, out| {
         // SAFETY: reachable only through a table built from an `Avx512Vnni`
         // token; `a`, `b` and `out` hold the same multiple of 16 elements,
         // and `add_blocks16` passes only shifts 1..=62.
@@ -180,7 +180,7 @@ fn avx512vnni_dwconv_i16i32_32(
     w: &[u8],
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: &mut [i8],
 ) {
@@ -223,7 +223,7 @@ impl Rq16 {
     ///
     /// AVX-512F.
     #[inline(always)]
-    unsafe fn new(ch: &[Requant; 16]) -> Self {
+    unsafe fn new(ch: &[ChannelRequant; 16]) -> Self {
         let (mut bias, mut mult) = ([0i32; 16], [0i32; 16]);
         let (mut rnd, mut sh) = ([0i64; 16], [0i64; 16]);
         for j in 0..16 {
@@ -399,7 +399,7 @@ unsafe fn gemm_impl(p: &Gemm<'_>, out: *mut i8, ldo: usize) {
     while n0 < n {
         let nr = (n - n0).min(16);
         let mut rows = [w0; 16];
-        let mut chq = [Requant {
+        let mut chq = [ChannelRequant {
             mult: 0,
             shift: 31,
             bias: 0,
@@ -464,7 +464,7 @@ unsafe fn dw_impl(
     w: *const u8,
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
 ) {
@@ -492,7 +492,7 @@ unsafe fn dw_body(
     w: *const u8,
     g: &ConvGeom,
     zp_in: i8,
-    rq: &[Requant],
+    rq: &[ChannelRequant],
     q: OutQ,
     out: *mut i8,
     taps: usize,
@@ -534,7 +534,7 @@ unsafe fn dw_body(
                 wt[pi * nb + b]
                     .write([_mm512_unpacklo_epi16(w0, w1), _mm512_unpackhi_epi16(w0, w1)]);
             }
-            let mut lo = [Requant {
+            let mut lo = [ChannelRequant {
                 mult: 0,
                 shift: 31,
                 bias: 0,
