@@ -180,7 +180,7 @@ impl<'e> Scores<'e> {
     pub fn get(&self, i: usize) -> f32 {
         self.q
             .get(i)
-            .map_or(0.0, |&q| self.scale * (q as i32 - self.zp) as f32)
+            .map_or(0.0, |&q| crate::quant::dequantize(q, self.scale, self.zp))
     }
     /// The model ends in softmax (see [`Scores::probabilities`]).
     pub fn has_softmax(&self) -> bool {

@@ -379,6 +379,15 @@ pub fn apply_multiplier(x: i64, mult: i32, shift: i32) -> i64 {
     (x * mult as i64 + (1i64 << (shift - 1))) >> shift
 }
 
+/// The real value of int8 `q` on the grid `(scale, zp)`: `scale · (q − zp)`
+/// in `f32`. The one definition of a dequantized score
+/// ([`crate::Scores::get`]); clients that receive int8 scores (the device
+/// protocol) call it to get the same bits as the device.
+#[inline]
+pub fn dequantize(q: i8, scale: f32, zp: i32) -> f32 {
+    scale * (q as i32 - zp) as f32
+}
+
 /// Quantizes a real value `v` to the int8 grid `(scale, zp)`, clamped to
 /// `[-128, 127]`, rounding half away from zero.
 pub fn quantize_value(v: f64, scale: f64, zp: i32) -> i32 {
