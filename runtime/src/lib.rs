@@ -37,6 +37,10 @@ pub mod format;
 pub mod kernels;
 pub mod quant;
 
+/// This crate's version (`Cargo.toml`), which devices report (the device
+/// protocol's `Info.runtime`).
+pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use engine::{Engine, Requant, Scores};
 pub use error::{Error, FormatError, RunError};
 pub use format::backbone::Backbone;

@@ -1,18 +1,25 @@
 //! `graftnet-device`: graftnet on a Linux board (Raspberry Pi 4/5, Jetson Orin, any host).
 //!
 //! ```text
-//! graftnet-device --dir EXPORT_DIR [--socket PATH] [--max-connections N]
-//!                 [--timeout SECS] [--max-request-bytes N] [--verify-key KEY.pub]
+//! graftnet-device --dir EXPORT_DIR [--protocol json|postcard] [--socket PATH]
+//!                 [--tcp ADDR] [--max-connections N] [--timeout SECS]
+//!                 [--max-request-bytes N] [--max-patch-bytes N] [--verify-key KEY.pub]
 //! ```
 //!
 //! Loads `EXPORT_DIR/backbone.gnb` and the `EXPORT_DIR/*.gnp` its
 //! `manifest.json` lists (see [`export`]), then serves
-//! task-tagged inference requests, one JSON object per line (see
-//! [`protocol`]), on stdin/stdout and, with `--socket`, on a Unix stream
-//! socket (one thread per connection, one engine shared by all). Without a
-//! socket the program ends at the end of stdin; with one it serves until it
-//! is stopped, so it runs as a service with stdin closed
-//! (`graftnet-device.service`).
+//! task-tagged inference requests on stdin/stdout and, with `--socket`, on
+//! a Unix stream socket, with `--tcp`, on a TCP address (one thread per
+//! connection, one engine shared by all). Without a socket the program
+//! ends at the end of stdin; with one it serves until it is stopped, so it
+//! runs as a service with stdin closed (`graftnet-device.service`).
+//!
+//! Two protocols, one per process (`--protocol`): JSON lines, one object
+//! per line (the default, for people and scripts; see [`protocol`]), or
+//! the binary device protocol shared with the MCU firmware (`postcard`:
+//! postcard messages in COBS frames, `targets/protocol/PROTOCOL.md`; see
+//! [`binary`]), which also uploads, commits and deletes patches: they are
+//! validated and stored atomically in the export directory ([`store`]).
 //!
 //! With `--verify-key KEY.pub` the device runs signed blobs only: the
 //! backbone and every patch must carry that key's Ed25519 signature
@@ -40,24 +47,34 @@
 //! The board packages (`targets/rpi4`, `targets/rpi5`, `targets/jetson-orin`)
 //! are this library compiled for their CPU; [`Board`] says which.
 
+// `graftnet_protocol::Failure` (a code and a 128-byte detail, inline so the
+// MCU needs no heap) is the error of the request paths; it is moved, not boxed.
+#![allow(clippy::result_large_err)]
+
+pub mod binary;
+pub mod conn;
 pub mod export;
 pub mod protocol;
 pub mod server;
+pub mod store;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use graftnet::{Engine, Requant, VerifyKey};
+use graftnet::VerifyKey;
 
-use crate::export::ExportBytes;
+use crate::conn::Conn;
+use crate::export::{ExportBytes, LoadError};
 use crate::protocol::{error_response, Refusal};
-use crate::server::{respond, Server};
+use crate::server::{respond, Server, DEFAULT_MAX_PATCH};
+use crate::store::{PatchMeta, PatchStore, StoredTask};
 
 /// The board a binary was built for (what its `.cargo/config.toml` chose).
 #[derive(Clone, Copy, Debug)]
@@ -112,25 +129,45 @@ impl Limits {
     }
 }
 
-const USAGE: &str = "usage: graftnet-device --dir EXPORT_DIR [--socket PATH] [--max-connections N]
-                       [--timeout SECS] [--max-request-bytes N] [--verify-key KEY.pub]
+const USAGE: &str = "usage: graftnet-device --dir EXPORT_DIR [--protocol json|postcard] [--socket PATH] [--tcp ADDR]
+                       [--max-connections N] [--timeout SECS] [--max-request-bytes N]
+                       [--max-patch-bytes N] [--verify-key KEY.pub]
 
-Serves graftnet inference requests as JSON lines on stdin (and on a Unix
-socket with --socket):
+Serves graftnet inference requests on stdin (and on a Unix socket with
+--socket, on TCP with --tcp), as JSON lines or, with --protocol postcard, as
+the binary device protocol (targets/protocol/PROTOCOL.md: postcard messages in
+COBS frames; info, tasks, switch, infer, and patch upload/commit/delete, as
+`graftnet device` speaks it). JSON lines:
   request  {\"id\": 1, \"task\": \"mnist-sb\", \"input\": [f32; C*H*W, NCHW]}
            (or \"input_i8\": [i8; H*W*C, NHWC]; task \"base\" = the backbone's own task)
   response {\"id\":1,\"task\":\"mnist-sb\",\"top1\":3,\"scores\":[...],\"us\":812}
   error    {\"id\":1,\"error\":\"...\"}
 
+  --protocol P           json (default) or postcard, on stdin and every socket
+  --socket PATH          serve on a Unix stream socket
+  --tcp ADDR             serve on TCP, e.g. 127.0.0.1:7878 (no authentication: bind to a trusted network)
   --max-connections N    socket connections served at once (default 16); more get an error and are closed
   --timeout SECS         time a socket connection has for each request line (default 30)
   --max-request-bytes N  longest request line (default 32 * C*H*W + 65536, from the model's input)
+  --max-patch-bytes N    largest patch an upload may send (postcard; default 16 MiB)
   --verify-key KEY.pub   run signed blobs only: the backbone and every patch must carry this key's
                          Ed25519 signature (graftnet export --sign); others are refused";
 
+/// The wire protocol of a process (`--protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// JSON lines ([`protocol`])
+    Json,
+    /// the binary device protocol ([`binary`])
+    Postcard,
+}
+
 struct Args {
     dir: PathBuf,
+    wire: Wire,
     socket: Option<PathBuf>,
+    tcp: Option<String>,
+    max_patch: u32,
     max_connections: usize,
     timeout: Duration,
     max_request: Option<usize>,
@@ -148,7 +185,8 @@ pub fn read_verify_key(path: &Path) -> Result<VerifyKey, String> {
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let (mut dir, mut socket, mut max_request, mut verify_key) = (None, None, None, None);
+    let (mut dir, mut socket, mut max_request, mut verify_key, mut tcp) = (None, None, None, None, None);
+    let (mut wire, mut max_patch) = (Wire::Json, DEFAULT_MAX_PATCH);
     let (mut max_connections, mut timeout) = (DEFAULT_MAX_CONNECTIONS, DEFAULT_TIMEOUT);
     let positive = |flag: &str, v: Option<String>| -> Result<usize, String> {
         let v = v.ok_or(format!("{flag} needs a number"))?;
@@ -158,6 +196,18 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         match a.as_str() {
             "--dir" => dir = Some(PathBuf::from(it.next().ok_or("--dir needs a directory")?)),
             "--socket" => socket = Some(PathBuf::from(it.next().ok_or("--socket needs a path")?)),
+            "--tcp" => tcp = Some(it.next().ok_or("--tcp needs an address (HOST:PORT)")?),
+            "--protocol" => {
+                wire = match it.next().as_deref() {
+                    Some("json") => Wire::Json,
+                    Some("postcard") => Wire::Postcard,
+                    other => return Err(format!("--protocol takes json or postcard, not {other:?}")),
+                }
+            }
+            "--max-patch-bytes" => {
+                let n = positive("--max-patch-bytes", it.next())?;
+                max_patch = u32::try_from(n).map_err(|_| format!("--max-patch-bytes: {n} is above {}", u32::MAX))?;
+            }
             "--max-connections" => max_connections = positive("--max-connections", it.next())?,
             "--timeout" => timeout = Duration::from_secs(positive("--timeout", it.next())? as u64),
             "--max-request-bytes" => max_request = Some(positive("--max-request-bytes", it.next())?),
@@ -171,7 +221,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         }
     }
     let dir = dir.ok_or("--dir EXPORT_DIR is required")?;
-    Ok(Some(Args { dir, socket, max_connections, timeout, max_request, verify_key }))
+    Ok(Some(Args { dir, wire, socket, tcp, max_patch, max_connections, timeout, max_request, verify_key }))
 }
 
 /// The program; `board` names the build.
@@ -219,9 +269,19 @@ fn cpu_features() -> String {
     }
 }
 
-fn run(board: Board, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let key = args.verify_key.as_deref().map(read_verify_key).transpose()?;
-    let bytes = ExportBytes::read(&args.dir)?;
+/// Loads export directory `dir` as the program does — the backbone mapped
+/// (and verified with `key`), the patches the manifest lists validated,
+/// warnings on stderr — and calls `f` with the server over it. The server
+/// borrows the mapping, so it lives only inside `f`. (The program runs in
+/// `f`; tests serve a socket from it in-process.)
+pub fn with_export<R>(
+    dir: &Path,
+    key: Option<VerifyKey>,
+    board: Board,
+    max_patch: u32,
+    f: impl FnOnce(&Mutex<Server<'_>>) -> R,
+) -> Result<R, LoadError> {
+    let bytes = ExportBytes::read(dir)?;
     for w in bytes.warnings() {
         eprintln!("graftnet-device: warning: {w}");
     }
@@ -230,66 +290,113 @@ fn run(board: Board, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     for w in &warnings {
         eprintln!("graftnet-device: warning: {w}");
     }
-    let mut arena = vec![0i8; bb.arena_len()];
-    let mut params = vec![Requant::default(); bb.params_len()];
-    let engine = match &key {
-        None => Engine::new(&bb, &mut arena, &mut params)?,
-        Some(k) => Engine::new_verified(&bb, &mut arena, &mut params, k)?,
-    };
+    let mut tasks = Vec::new();
+    for (_, path, p) in patches {
+        if tasks.len() + 1 >= graftnet_protocol::MAX_TASKS {
+            eprintln!("graftnet-device: warning: {}: more than {} tasks; skipped", path.display(), graftnet_protocol::MAX_TASKS - 1);
+            continue;
+        }
+        let file_bytes = bytes.patches.iter().find(|(f, _)| f == path).map(|(_, b)| b.clone()).unwrap_or_default();
+        tasks.push(StoredTask::new(PatchMeta::of(&p), path.to_path_buf(), file_bytes));
+    }
     if let Some(k) = &key {
         eprintln!("graftnet-device: signatures required: key {} (backbone verified)", k.id());
     }
-    let mut server = Server::new(engine, patches);
+    let device = format!("graftnet-device {} ({})", env!("CARGO_PKG_VERSION"), board.name);
+    let mut server = Server::new(bb, PatchStore::new(dir, tasks), key, device, max_patch);
     for w in server.check_patches() {
         eprintln!("graftnet-device: warning: {w}");
     }
-    let t = bb.input();
-    eprintln!(
-        "graftnet-device {} ({}, -C target-cpu={}; running on {}), kernels {}: backbone {:016x} {} bytes, arena {} bytes, \
-         input {}x{}x{} (c,h,w), tasks: {}",
-        env!("CARGO_PKG_VERSION"),
-        board.name,
-        board.cpu,
-        cpu_features(),
-        server.engine().kernels().name,
-        bb.fingerprint(),
-        bb.bytes().len(),
-        bb.arena_len(),
-        t.c,
-        t.h,
-        t.w,
-        server.tasks().join(", ")
-    );
+    Ok(f(&Mutex::new(server)))
+}
+
+fn run(board: Board, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let key = args.verify_key.as_deref().map(read_verify_key).transpose()?;
+    let listener = match &args.socket {
+        Some(p) => Some(bind(p)?),
+        None => None,
+    };
+    let tcp = match &args.tcp {
+        Some(a) => Some(TcpListener::bind(a).map_err(|e| format!("binding TCP {a}: {e}"))?),
+        None => None,
+    };
+    with_export(&args.dir, key, board, args.max_patch, |server| serve_all(board, args, server, listener, tcp))?;
+    Ok(())
+}
+
+/// Reports the start-up and serves stdin and the sockets.
+fn serve_all(board: Board, args: &Args, server: &Mutex<Server<'_>>, listener: Option<UnixListener>, tcp: Option<TcpListener>) {
+    let (t, n_input, max_classes) = {
+        let server = server.lock().unwrap_or_else(|p| p.into_inner());
+        let bb = *server.backbone();
+        let t = bb.input();
+        eprintln!(
+            "graftnet-device {} ({}, -C target-cpu={}; running on {}), kernels {}: backbone {:016x} {} bytes (mapped), arena {} bytes, \
+             input {}x{}x{} (c,h,w), tasks: {}",
+            env!("CARGO_PKG_VERSION"),
+            board.name,
+            board.cpu,
+            cpu_features(),
+            server.kernels(),
+            bb.fingerprint(),
+            bb.bytes().len(),
+            bb.arena_len(),
+            t.c,
+            t.h,
+            t.w,
+            server.task_names().join(", ")
+        );
+        (t, server.n_input(), bb.max_classes() as usize)
+    };
     let limits = Limits {
         max_connections: args.max_connections,
         timeout: args.timeout,
         max_request: args.max_request.unwrap_or_else(|| max_request_bytes(t.len())),
     };
-    eprintln!(
-        "graftnet-device: limits: {} connections at once, {} s per request line, request lines up to {} bytes",
-        limits.max_connections,
-        limits.timeout.as_secs(),
-        limits.max_request
-    );
-    let n_input = server.n_input();
-    let server = Mutex::new(server);
-    let listener = match &args.socket {
-        Some(p) => Some(bind(p)?),
-        None => None,
-    };
+    let wire = args.wire;
+    let frames = (binary::max_frame(n_input), binary::tx_len(max_classes));
+    match wire {
+        Wire::Json => eprintln!(
+            "graftnet-device: JSON lines; limits: {} connections at once, {} s per request line, request lines up to {} bytes",
+            limits.max_connections,
+            limits.timeout.as_secs(),
+            limits.max_request
+        ),
+        Wire::Postcard => eprintln!(
+            "graftnet-device: binary protocol {} (postcard, COBS); limits: {} connections at once, {} s per frame, frames up to {} bytes, patches up to {} bytes",
+            graftnet_protocol::PROTOCOL_VERSION,
+            limits.max_connections,
+            limits.timeout.as_secs(),
+            frames.0,
+            args.max_patch
+        ),
+    }
+    let socket_mode = Mode { wire, limits, n_input, frames };
     std::thread::scope(|s| {
-        let srv = &server;
+        let srv = server;
         s.spawn(move || {
             let stdin = std::io::stdin();
             let stdout = std::io::stdout();
-            serve_stream(srv, n_input, limits.max_request, &mut stdin.lock(), |_| {}, || stdout.lock());
+            match wire {
+                Wire::Json => {
+                    serve_stream(srv, n_input, limits.max_request, &mut stdin.lock(), |_| {}, || stdout.lock());
+                }
+                Wire::Postcard => {
+                    binary::serve_frames(srv, frames.0, frames.1, &mut stdin.lock(), |_| {}, || stdout.lock());
+                }
+            }
         });
+        if let Some(l) = tcp {
+            if let Ok(a) = l.local_addr() {
+                eprintln!("graftnet-device: listening on tcp:{a}");
+            }
+            s.spawn(move || serve_socket(srv, l.incoming(), socket_mode, &AtomicBool::new(false)));
+        }
         if let Some(l) = listener {
             eprintln!("graftnet-device: listening on {}", args.socket.as_ref().unwrap().display());
-            serve_socket(srv, l, limits, &AtomicBool::new(false));
+            serve_socket(srv, l.incoming(), socket_mode, &AtomicBool::new(false));
         }
     });
-    Ok(())
 }
 
 /// Binds the socket, replacing a stale socket file (never another kind of file).
@@ -304,15 +411,38 @@ fn bind(p: &Path) -> Result<UnixListener, Box<dyn std::error::Error>> {
     UnixListener::bind(p).map_err(|e| format!("binding {}: {e}", p.display()).into())
 }
 
-/// Accepts connections on `listener` and serves each on its own thread,
-/// at most `limits.max_connections` at once; returns once `stop` is set
-/// (checked after each accept) and every connection has ended.
-pub fn serve_socket(srv: &Mutex<Server<'_, '_>>, listener: UnixListener, limits: Limits, stop: &AtomicBool) {
-    let n_input = srv.lock().unwrap_or_else(|p| p.into_inner()).n_input();
+/// How sockets are served: the protocol, the bounds, and the buffer sizes.
+#[derive(Clone, Copy, Debug)]
+pub struct Mode {
+    /// JSON lines or the binary protocol
+    pub wire: Wire,
+    /// connections, timeout, request size
+    pub limits: Limits,
+    /// the model's input size (C·H·W)
+    pub n_input: usize,
+    /// binary protocol: receive and transmit buffer bytes ([`binary::max_frame`], [`binary::tx_len`])
+    pub frames: (usize, usize),
+}
+
+impl Mode {
+    /// JSON lines with `limits` for a model taking `n_input` values.
+    pub fn json(limits: Limits, n_input: usize) -> Self {
+        Mode { wire: Wire::Json, limits, n_input, frames: (0, 0) }
+    }
+}
+
+/// Accepts connections from `incoming` (a Unix or TCP listener's) and
+/// serves each on its own thread, at most `mode.limits.max_connections`
+/// at once; returns once `stop` is set (checked after each accept) and
+/// every connection has ended.
+pub fn serve_socket<C: Conn>(srv: &Mutex<Server<'_>>, incoming: impl Iterator<Item = std::io::Result<C>>, mode: Mode, stop: &AtomicBool)
+where
+    for<'x> &'x C: Write,
+{
     // Only this thread adds to the count, so checking then adding is exact.
     let active = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        for conn in listener.incoming() {
+        for conn in incoming {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
@@ -323,14 +453,15 @@ pub fn serve_socket(srv: &Mutex<Server<'_, '_>>, listener: UnixListener, limits:
                     continue;
                 }
             };
-            if active.load(Ordering::Acquire) >= limits.max_connections {
-                refuse(c, limits.max_connections);
+            c.accepted();
+            if active.load(Ordering::Acquire) >= mode.limits.max_connections {
+                refuse(c, mode);
                 continue;
             }
             active.fetch_add(1, Ordering::AcqRel);
             let active = &active;
             s.spawn(move || {
-                serve_connection(srv, n_input, c, limits);
+                serve_connection(srv, c, mode);
                 active.fetch_sub(1, Ordering::AcqRel);
             });
         }
@@ -338,23 +469,33 @@ pub fn serve_socket(srv: &Mutex<Server<'_, '_>>, listener: UnixListener, limits:
 }
 
 /// Tells a connection beyond the limit why it is closed, then closes it
-/// (the line fits the socket buffer; a peer that never reads cannot hold
+/// (the message fits the socket buffer; a peer that never reads cannot hold
 /// up the accept loop).
-fn refuse(mut c: UnixStream, max: usize) {
+fn refuse<C: Conn>(mut c: C, mode: Mode)
+where
+    for<'x> &'x C: Write,
+{
     let _ = c.set_nonblocking(true);
+    let max = mode.limits.max_connections;
     let msg = format!("too many connections (this device serves {max} at once); try again later");
-    let _ = writeln!(c, "{}", error_response(&Refusal { id: serde_json::Value::Null, message: msg }));
-    let _ = c.shutdown(std::net::Shutdown::Both);
+    let _ = match mode.wire {
+        Wire::Json => writeln!(c, "{}", error_response(&Refusal { id: serde_json::Value::Null, message: msg })),
+        Wire::Postcard => c.write_all(&binary::closing_frame(&msg)),
+    };
+    let _ = c.shutdown();
 }
 
 /// A socket read against a deadline: each read waits at most until
 /// `deadline`, then fails with `TimedOut`.
-struct Deadline {
-    stream: UnixStream,
+struct Deadline<C> {
+    stream: C,
     deadline: Instant,
 }
 
-impl Read for Deadline {
+impl<C: Conn> Read for Deadline<C>
+where
+    for<'x> &'x C: Write,
+{
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -365,24 +506,41 @@ impl Read for Deadline {
     }
 }
 
-fn serve_connection(srv: &Mutex<Server<'_, '_>>, n_input: usize, c: UnixStream, limits: Limits) {
+fn serve_connection<C: Conn>(srv: &Mutex<Server<'_>>, c: C, mode: Mode)
+where
+    for<'x> &'x C: Write,
+{
     let Ok(w) = c.try_clone() else { return };
-    // A client that does not read its responses gets `timeout` per line too.
+    let limits = mode.limits;
+    // A client that does not read its responses gets `timeout` per request too.
     let _ = w.set_write_timeout(Some(limits.timeout));
-    let mut r = BufReader::new(Deadline { stream: c, deadline: Instant::now() + limits.timeout });
-    let restart = |r: &mut BufReader<Deadline>| r.get_mut().deadline = Instant::now() + limits.timeout;
-    if serve_stream(srv, n_input, limits.max_request, &mut r, restart, || &w) == End::TimedOut {
-        let msg = format!("no complete request line within {} s; closing the connection", limits.timeout.as_secs());
-        let _ = writeln!(&w, "{}", error_response(&Refusal { id: serde_json::Value::Null, message: msg }));
+    let mut dl = Deadline { stream: c, deadline: Instant::now() + limits.timeout };
+    let timed_out = match mode.wire {
+        Wire::Json => {
+            let mut r = BufReader::new(dl);
+            let restart = |r: &mut BufReader<Deadline<C>>| r.get_mut().deadline = Instant::now() + limits.timeout;
+            serve_stream(srv, mode.n_input, limits.max_request, &mut r, restart, || &w) == End::TimedOut
+        }
+        Wire::Postcard => {
+            let restart = |d: &mut Deadline<C>| d.deadline = Instant::now() + limits.timeout;
+            binary::serve_frames(srv, mode.frames.0, mode.frames.1, &mut dl, restart, || &w) == End::TimedOut
+        }
+    };
+    if timed_out {
+        let msg = format!("no complete request within {} s; closing the connection", limits.timeout.as_secs());
+        let _ = match mode.wire {
+            Wire::Json => writeln!(&w, "{}", error_response(&Refusal { id: serde_json::Value::Null, message: msg.replace("request", "request line") })),
+            Wire::Postcard => (&w).write_all(&binary::closing_frame(&msg)),
+        };
     }
 }
 
-/// Why [`serve_stream`] returned.
+/// Why a connection's loop returned.
 #[derive(Debug, PartialEq, Eq)]
-enum End {
+pub(crate) enum End {
     /// end of input, or the other side stopped reading
     Closed,
-    /// a request line did not arrive in time
+    /// a request did not arrive in time
     TimedOut,
 }
 
@@ -392,7 +550,7 @@ enum End {
 /// (the socket's deadline starts there). Lines longer than `max_line` are
 /// refused unparsed; lines are parsed outside the engine lock.
 fn serve_stream<R: BufRead, W: Write>(
-    srv: &Mutex<Server<'_, '_>>,
+    srv: &Mutex<Server<'_>>,
     n_input: usize,
     max_line: usize,
     input: &mut R,
@@ -468,6 +626,7 @@ mod tests {
     use graftnet::quant::{encode_bias, encode_scale_ceil};
     use graftnet::Backbone;
     use std::io::BufRead;
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn lines_are_bounded() {
@@ -568,21 +727,18 @@ mod tests {
 
     /// Runs `f(socket path)` against a device serving `backbone` with
     /// `limits` on a Unix socket; the server is stopped afterwards.
-    fn with_device(backbone: &[u8], limits: Limits, f: impl FnOnce(&Path, &Mutex<Server<'_, '_>>)) {
+    fn with_device(backbone: &[u8], limits: Limits, f: impl FnOnce(&Path, &Mutex<Server<'_>>)) {
         let bb = Backbone::parse(backbone).unwrap();
-        let mut arena = vec![0i8; bb.arena_len()];
-        let mut params = vec![Requant::default(); bb.params_len()];
-        let engine = Engine::new(&bb, &mut arena, &mut params).unwrap();
-        let srv = Mutex::new(Server::new(engine, vec![]));
         let dir = std::env::temp_dir().join(format!("graftnet-device-sock-{}-{:?}", std::process::id(), std::thread::current().id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        let srv = Mutex::new(Server::new(bb, PatchStore::new(&dir, vec![]), None, "test".into(), DEFAULT_MAX_PATCH));
         let path = dir.join("s.sock");
         let listener = bind(&path).unwrap();
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             let (srv, stop) = (&srv, &stop);
-            s.spawn(move || serve_socket(srv, listener, limits, stop));
+            s.spawn(move || serve_socket(srv, listener.incoming(), Mode::json(limits, 16), stop));
             // Stops the server even when `f` panics (else the scope would wait forever).
             struct Stop<'x>(&'x AtomicBool, &'x Path);
             impl Drop for Stop<'_> {
@@ -790,6 +946,7 @@ mod tests {
         let back = x.backbone(Some(&vk)).unwrap();
         let (ok, warnings) = x.patches(&back, Some(&vk));
         assert_eq!(ok.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(), ["good"]);
+        assert_eq!(ok[0].1, d.join("good.gnp"));
         let says = |file: &str, what: &str| {
             assert!(warnings.iter().any(|w| w.contains(file) && w.contains(what)), "{file}: {what}: {warnings:?}");
         };
@@ -797,10 +954,8 @@ mod tests {
         says("foreign.gnp", "is signed with key");
         says("modified.gnp", "bad signature");
         // The server refuses the tasks left out; the good one runs.
-        let mut arena = vec![0i8; back.arena_len()];
-        let mut params = vec![Requant::default(); back.params_len()];
-        let engine = Engine::new_verified(&back, &mut arena, &mut params, &vk).unwrap();
-        let srv = Mutex::new(Server::new(engine, ok));
+        let tasks = ok.iter().map(|(_, f, p)| StoredTask::new(PatchMeta::of(p), f.to_path_buf(), p.bytes().to_vec())).collect();
+        let srv = Mutex::new(Server::new(back, PatchStore::new(&d, tasks), Some(vk), "test".into(), DEFAULT_MAX_PATCH));
         let x16: Vec<f32> = vec![0.5; 16];
         let ask = |task: &str| respond(&srv, 16, &serde_json::json!({"id": 1, "task": task, "input": x16}).to_string()).unwrap();
         assert!(ask("good").contains("\"top1\""), "{}", ask("good"));
