@@ -70,6 +70,23 @@ pub fn patch_region() -> &'static [u8] {
     }
 }
 
+/// The PATCHES region for writing: its start and length (the slot store's
+/// flash under qemu, [`crate::flash::ram`]).
+///
+/// # Safety
+/// The region must be writable memory (qemu's mps2 code memory is; real
+/// flash is not, use its controller) and the caller its only writer; the
+/// self-test's [`patch_region`] must not be used alongside.
+pub unsafe fn patch_region_mut() -> (*mut u8, usize) {
+    extern "C" {
+        static mut __graftnet_patches_start: u8;
+        static mut __graftnet_patches_end: u8;
+    }
+    let start = core::ptr::addr_of_mut!(__graftnet_patches_start);
+    let end = core::ptr::addr_of_mut!(__graftnet_patches_end);
+    (start, end as usize - start as usize)
+}
+
 /// Sample `i`'s float input value `j`.
 pub(crate) fn sample_input(i: usize, j: usize) -> f32 {
     let o = (i * INPUT_LEN + j) * 4;

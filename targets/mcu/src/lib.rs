@@ -27,13 +27,21 @@
 #[cfg(target_os = "none")]
 mod board;
 #[cfg(target_os = "none")]
+pub mod clock;
+#[cfg(target_os = "none")]
+pub mod flash;
+#[cfg(target_os = "none")]
 pub mod kernel_test;
 pub mod partition;
 #[cfg(target_os = "none")]
 pub mod selftest;
+#[cfg(target_os = "none")]
+pub mod service;
 pub mod slots;
 #[cfg(target_os = "none")]
 pub mod stack;
+#[cfg(target_os = "none")]
+pub mod uart;
 
 #[cfg(target_os = "none")]
 pub use board::*;

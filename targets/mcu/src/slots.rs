@@ -496,6 +496,12 @@ impl<F: MappedFlash, const N: usize> SlotStore<F, N> {
         self.slot_len
     }
 
+    /// The largest patch the store takes: a slot less its record, a full
+    /// table and one blob alignment (a patch that size fits only alone).
+    pub fn max_patch(&self) -> u32 {
+        self.slot_len - (RECORD_LEN + partition::table_len(N) + BLOB_ALIGN) as u32
+    }
+
     /// The policy patches are checked with.
     pub fn policy(&self) -> &Policy {
         &self.policy
@@ -616,6 +622,18 @@ impl<F: MappedFlash, const N: usize> SlotStore<F, N> {
     /// Makes the completed upload of `name` the active set (see the module
     /// doc); on any error the active set stays.
     pub fn commit(&mut self, name: &str) -> Result<(), SlotError> {
+        self.commit_with(name, |_| Ok(()))
+    }
+
+    /// [`SlotStore::commit`] with one more check: after the new image
+    /// validated, `check` gets the uploaded patch's bytes as they are in
+    /// flash (for a trial `Engine::apply`, say) and its error refuses the
+    /// commit before the record is written.
+    pub fn commit_with(
+        &mut self,
+        name: &str,
+        check: impl FnOnce(&[u8]) -> Result<(), SlotError>,
+    ) -> Result<(), SlotError> {
         let staging = match self.staging.take() {
             Some(s) if s.upload.as_ref().is_some_and(|u| u.name == name) => s,
             other => {
@@ -642,7 +660,10 @@ impl<F: MappedFlash, const N: usize> SlotStore<F, N> {
                 .write(at, &u.pending[..padded])
                 .map_err(flash_err)?;
         }
-        self.seal(staging)
+        let range = staging.tasks.last().map(Task::range).unwrap_or(0..0);
+        self.seal(staging, |contents| {
+            check(contents.get(range).unwrap_or(&[]))
+        })
     }
 
     /// Removes task `name`: a new set without it (an upload in progress is
@@ -664,7 +685,7 @@ impl<F: MappedFlash, const N: usize> SlotStore<F, N> {
             .cloned()
             .collect();
         let staging = self.stage(tasks, false)?;
-        self.seal(staging)
+        self.seal(staging, |_| Ok(()))
     }
 
     /// Drops an upload in progress (the inactive slot is simply left as is).
@@ -761,8 +782,13 @@ impl<F: MappedFlash, const N: usize> SlotStore<F, N> {
         Ok(())
     }
 
-    /// Validates the staged image from flash and writes its record.
-    fn seal(&mut self, staging: Staging<N>) -> Result<(), SlotError> {
+    /// Validates the staged image from flash, runs `check`, and writes the
+    /// record.
+    fn seal(
+        &mut self,
+        staging: Staging<N>,
+        check: impl FnOnce(&[u8]) -> Result<(), SlotError>,
+    ) -> Result<(), SlotError> {
         let generation = self
             .active
             .generation
@@ -781,6 +807,7 @@ impl<F: MappedFlash, const N: usize> SlotStore<F, N> {
         if found.tasks != set.tasks {
             return Err(SlotError::Flash(NorFlashErrorKind::Other));
         }
+        check(self.flash.contents())?;
         let mut rec = [0u8; RECORD_LEN];
         rec[record::MAGIC].copy_from_slice(&RECORD_MAGIC);
         rec[record::VERSION].copy_from_slice(&RECORD_VERSION.to_le_bytes());

@@ -717,3 +717,26 @@ fn power_cuts_stm32h7_sectors() {
         "{st:?}"
     );
 }
+
+#[test]
+fn a_refused_commit_check_keeps_the_set_and_discards_the_upload() {
+    let mut rng = Rng::new(13);
+    let mut s = small();
+    let a = make_patch("alpha", FP, 900, &mut rng);
+    upload_all(&mut s, "alpha", &a, &[900]).unwrap();
+    let b = make_patch("bravo", FP, 700, &mut rng);
+    s.upload("bravo", b.len() as u32, 0, &b).unwrap();
+    let refusal = SlotError::Patch(FormatError::BadLayout {
+        section: "trial apply",
+    });
+    let mut seen = None;
+    let r = s.commit_with("bravo", |blob| {
+        seen = Some(blob.to_vec());
+        Err(refusal)
+    });
+    assert_eq!(r, Err(refusal));
+    assert_eq!(seen, Some(b.clone()));
+    assert_eq!(set_of(&s), vec![("alpha".into(), a.clone())]);
+    assert_eq!(s.commit("bravo"), Err(SlotError::NoUpload));
+    assert_eq!(set_of(&mount(s.flash().clone())), vec![("alpha".into(), a)]);
+}

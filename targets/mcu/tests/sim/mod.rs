@@ -214,7 +214,10 @@ impl<const E: usize, const W: usize> NorFlash for SimFlash<E, W> {
             // The unit being programmed when power failed: some of its bits.
             if done < units {
                 let unit = done * W..(done + 1) * W;
-                for (m, &b) in self.mem[at + unit.start..at + unit.end].iter_mut().zip(&bytes[unit]) {
+                for (m, &b) in self.mem[at + unit.start..at + unit.end]
+                    .iter_mut()
+                    .zip(&bytes[unit])
+                {
                     *m &= b | self.rng.byte();
                 }
             }
