@@ -14,13 +14,16 @@
 #                    alone and gets its tasks by upload; =export puts the
 #                    export's *.gnp into the build-time partition, which the
 #                    slot store takes as its first task set.
+#   GRAFTNET_VERIFY_KEY=KEY.pub  build with feature verify: the service takes
+#                    patches signed with this key only (the export's
+#                    backbone must be signed with it too).
 #   CARGO            the cargo to build with (default: cargo); with Debian's
 #                    toolchain set RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 too
 #                    (targets/README.md, "Cross-compiling").
 # The PATCHES region lives in qemu's RAM: uploads last until qemu exits.
 set -euo pipefail
 if [ $# -lt 2 ] || [ $# -gt 3 ]; then
-    sed -n '2,21p' "$0" >&2
+    sed -n '2,24p' "$0" >&2
     exit 2
 fi
 EXPORT=$(cd "$1" && pwd)
@@ -35,8 +38,14 @@ esac
 [ -f "$EXPORT/backbone.gnb" ] || { echo "$EXPORT has no backbone.gnb" >&2; exit 1; }
 BIN=graftnet-$PKG-serve
 LOG="$SOCK.log"
+FEATURES=()
+if [ -n "${GRAFTNET_VERIFY_KEY:-}" ]; then
+    GRAFTNET_VERIFY_KEY=$(cd "$(dirname "$GRAFTNET_VERIFY_KEY")" && pwd)/$(basename "$GRAFTNET_VERIFY_KEY")
+    export GRAFTNET_VERIFY_KEY
+    FEATURES=(--features verify)
+fi
 (cd "$HERE/$PKG" && GRAFTNET_EXPORT_DIR="$EXPORT" GRAFTNET_PATCHES="${GRAFTNET_PATCHES:-none}" \
-    "${CARGO:-cargo}" build --release --bin "$BIN") >"$LOG.build" 2>&1 || {
+    "${CARGO:-cargo}" build --release --bin "$BIN" "${FEATURES[@]}") >"$LOG.build" 2>&1 || {
     tail -20 "$LOG.build" >&2
     echo "building $BIN failed; see $LOG.build" >&2
     exit 1

@@ -46,6 +46,8 @@ struct Client {
 /// What a request got: its answer in owned form.
 #[derive(Debug)]
 enum Answer {
+    // (read through `Debug`, in failure messages)
+    #[allow(dead_code)]
     Ok(String),
     Refused(ErrorCode),
 }
@@ -140,23 +142,22 @@ impl Client {
         let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
         let mut tasks = heapless::Vec::new();
         tasks.push(task).map_err(|_| anyhow!("task list"))?;
-        self.call(
-            &Request::Infer {
-                tasks,
-                input: Input::F32(&bytes),
-            },
-            |r| match r {
-                Response::Infer(v) if v.len() == 1 && v[0].task == task => {
-                    let s = &v[0];
-                    Ok((
-                        s.scores.to_vec(),
-                        s.dequantized().map(f32::to_bits).collect(),
-                        s.top1 as usize,
-                    ))
-                }
-                other => bail!("Infer {task} answered {other:?}"),
-            },
-        )
+        let req = Request::Infer {
+            tasks,
+            input: Input::F32(&bytes),
+        };
+        let out = self.call(&req, |r| match r {
+            Response::Infer(v) if v.len() == 1 && v[0].task == task => {
+                let s = &v[0];
+                Ok((
+                    s.scores.to_vec(),
+                    s.dequantized().map(f32::to_bits).collect(),
+                    s.top1 as usize,
+                ))
+            }
+            other => bail!("Infer {task} answered {other:?}"),
+        });
+        out
     }
 }
 
@@ -300,7 +301,7 @@ pub fn run(
         .unwrap_or_default();
     let later_data: Vec<(String, PathBuf)> = data
         .iter()
-        .filter(|(t, _)| *t == later_name)
+        .filter(|(t, _)| *t == later_name || t == "base")
         .cloned()
         .collect();
     let mut rl = Reference::open(later, &later_data)?;
@@ -511,6 +512,31 @@ pub fn run(
     )?;
     // Still serving, same answers.
     check_one(&mut c, &mut r, &tasks[0], 1, &mut n)?;
+    // A delete: the task goes, the others stay and still run.
+    n.refusals_expected += 1;
+    let deleted = matches!(c.ask(&Request::Delete { name: &tasks[1] })?, Answer::Ok(_));
+    let (_, resident) = c.state()?;
+    let gone =
+        !resident.iter().any(|(t, _)| *t == tasks[1]) && resident.len() + 1 == before.1.len();
+    let mut names = heapless::Vec::new();
+    let _ = names.push(tasks[1].as_str());
+    let refused = matches!(
+        c.ask(&Request::Infer {
+            tasks: names,
+            input: Input::F32(&bytes)
+        })?,
+        Answer::Refused(ErrorCode::UnknownTask)
+    );
+    if deleted && gone && refused {
+        n.refusals_typed += 1;
+        eprintln!("  delete {}: gone, then UnknownTask", tasks[1]);
+    } else {
+        eprintln!(
+            "  delete {}: FAILED (answered: {deleted}, gone: {gone}, refused after: {refused})",
+            tasks[1]
+        );
+    }
+    check_one(&mut c, &mut r, &tasks[0], 2, &mut n)?;
 
     let ok = n.identical == n.inferences
         && n.inferences >= count

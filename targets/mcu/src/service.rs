@@ -24,6 +24,10 @@
 //! - The self-test stays the firmware's other binary (`cargo run`); the
 //!   protocol's `SelfTest` request is answered `Unsupported`.
 
+// A `Failure` (160 bytes, its detail inline) is the protocol's refusal and
+// lives on the stack by design, as in graftnet-protocol: no heap to box it.
+#![allow(clippy::result_large_err)]
+
 use core::fmt::Write as _;
 
 use graftnet::{Backbone, Engine, Patch, Requant};
