@@ -34,10 +34,7 @@ use graftnet_tools::host::ExportDir;
 mod mcu;
 
 #[derive(Parser)]
-#[command(
-    name = "graftnet-host-ref",
-    about = "Host reference results for the graftnet board tests"
-)]
+#[command(name = "graftnet-host-ref", about = "Host reference results for the graftnet board tests")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -131,60 +128,21 @@ enum Cmd {
 }
 
 fn parse_kv(s: &str) -> Result<(String, PathBuf), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected TASK=PATH, got '{s}'"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected TASK=PATH, got '{s}'"))?;
     Ok((k.to_string(), PathBuf::from(v)))
 }
 
 fn main() -> ExitCode {
     let r = match Cli::parse().cmd {
-        Cmd::Selftest {
-            dir,
-            data,
-            per_task,
-            out,
-        } => selftest(&dir, &data, per_task, &out),
-        Cmd::Requests {
-            dir,
-            data,
-            count,
-            malformed_every,
-            i8_share,
-            seed,
-            requests,
-            expected,
-        } => make_requests(
-            &dir,
-            &data,
-            count,
-            malformed_every,
-            i8_share,
-            seed,
-            &requests,
-            &expected,
-        ),
-        Cmd::Check {
-            expected,
-            responses,
-        } => check_files(&expected, &responses),
-        Cmd::Socket {
-            socket,
-            requests,
-            expected,
-            skip,
-            limit,
-        } => check_socket(&socket, &requests, &expected, skip, limit),
-        Cmd::Mcu {
-            socket,
-            dir,
-            data,
-            tasks,
-            later,
-            count,
-            uploaded,
-            chunk,
-        } => mcu::run(&socket, &dir, &data, &tasks, &later, count, uploaded, chunk),
+        Cmd::Selftest { dir, data, per_task, out } => selftest(&dir, &data, per_task, &out),
+        Cmd::Requests { dir, data, count, malformed_every, i8_share, seed, requests, expected } => {
+            make_requests(&dir, &data, count, malformed_every, i8_share, seed, &requests, &expected)
+        }
+        Cmd::Check { expected, responses } => check_files(&expected, &responses),
+        Cmd::Socket { socket, requests, expected, skip, limit } => check_socket(&socket, &requests, &expected, skip, limit),
+        Cmd::Mcu { socket, dir, data, tasks, later, count, uploaded, chunk } => {
+            mcu::run(&socket, &dir, &data, &tasks, &later, count, uploaded, chunk)
+        }
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,
@@ -221,34 +179,17 @@ impl Reference {
         let mut sets = BTreeMap::new();
         for (task, p) in data {
             let ds = load_dataset(p, None, &Preprocess::default())?;
-            ensure!(
-                ds.shape == shape,
-                "{}: samples are {:?} (c,h,w), the model takes {:?}",
-                p.display(),
-                ds.shape,
-                shape
-            );
+            ensure!(ds.shape == shape, "{}: samples are {:?} (c,h,w), the model takes {:?}", p.display(), ds.shape, shape);
             ensure!(!ds.is_empty(), "{}: no samples", p.display());
             sets.insert(task.clone(), (p.clone(), ds));
         }
         for task in d.task_names() {
-            ensure!(
-                sets.contains_key(&task),
-                "no --data for task '{task}' (give --data {task}=FILE.npy)"
-            );
+            ensure!(sets.contains_key(&task), "no --data for task '{task}' (give --data {task}=FILE.npy)");
         }
         for task in sets.keys() {
-            ensure!(
-                d.task_names().contains(task),
-                "--data names task '{task}', which {} does not have",
-                dir.display()
-            );
+            ensure!(d.task_names().contains(task), "--data names task '{task}', which {} does not have", dir.display());
         }
-        Ok(Reference {
-            dir: d,
-            data: sets,
-            cache: BTreeMap::new(),
-        })
+        Ok(Reference { dir: d, data: sets, cache: BTreeMap::new() })
     }
 
     fn tasks(&self) -> Vec<String> {
@@ -272,23 +213,14 @@ impl Reference {
         let x = self.data[task].1.sample(i).to_vec();
         let r = self.dir.with_engine(task, |e| {
             let mut q = vec![0i8; x.len()];
-            e.quantize_input(&x, &mut q)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            e.quantize_input(&x, &mut q).map_err(|e| anyhow::anyhow!("{e}"))?;
             let s = e.run_f32(&x).map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut scores = vec![0f32; s.len()];
             s.dequantize_into(&mut scores);
             let (scores_i8, top1) = (s.quantized().to_vec(), s.argmax());
             let s2 = e.run(&q).map_err(|e| anyhow::anyhow!("{e}"))?;
-            ensure!(
-                s2.quantized() == scores_i8.as_slice(),
-                "task {task} sample {i}: int8 and float inputs disagree on the host"
-            );
-            Ok(HostResult {
-                input_i8: q,
-                scores_i8,
-                scores,
-                top1,
-            })
+            ensure!(s2.quantized() == scores_i8.as_slice(), "task {task} sample {i}: int8 and float inputs disagree on the host");
+            Ok(HostResult { input_i8: q, scores_i8, scores, top1 })
         })?;
         self.cache.insert((task.to_string(), i), r.clone());
         Ok(r)
@@ -317,14 +249,8 @@ fn selftest(dir: &Path, data: &[(String, PathBuf)], per_task: usize, out: &Path)
         "input_len": bb.input().len(),
         "samples": samples,
     });
-    std::fs::write(out, serde_json::to_string(&doc)?)
-        .with_context(|| format!("writing {}", out.display()))?;
-    eprintln!(
-        "{}: {} samples over {} tasks",
-        out.display(),
-        doc["samples"].as_array().map_or(0, Vec::len),
-        r.tasks().len()
-    );
+    std::fs::write(out, serde_json::to_string(&doc)?).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("{}: {} samples over {} tasks", out.display(), doc["samples"].as_array().map_or(0, Vec::len), r.tasks().len());
     Ok(true)
 }
 
@@ -388,11 +314,7 @@ fn malformed_line(kind: &str, id: u64, task: &str, x: &[f32]) -> (String, Value)
         _ => unreachable!(),
     };
     // A line that is not a JSON object cannot carry an id back.
-    let rid = if matches!(kind, "truncated-json" | "not-an-object") {
-        Value::Null
-    } else {
-        json!(id)
-    };
+    let rid = if matches!(kind, "truncated-json" | "not-an-object") { Value::Null } else { json!(id) };
     (line, json!({"id": rid, "error": kind}))
 }
 
@@ -414,23 +336,14 @@ fn make_requests(
     for t in &tasks {
         for i in 0..r.n_samples(t) {
             for &v in r.sample(t, i) {
-                let back = serde_json::from_str::<Value>(&serde_json::to_string(&v)?)?
-                    .as_f64()
-                    .unwrap() as f32;
-                ensure!(
-                    back.to_bits() == v.to_bits(),
-                    "sample value {v} does not survive JSON"
-                );
+                let back = serde_json::from_str::<Value>(&serde_json::to_string(&v)?)?.as_f64().unwrap() as f32;
+                ensure!(back.to_bits() == v.to_bits(), "sample value {v} does not survive JSON");
             }
         }
     }
     let mut rng = Rng(seed);
-    let mut req = BufWriter::new(
-        File::create(req_path).with_context(|| format!("creating {}", req_path.display()))?,
-    );
-    let mut exp = BufWriter::new(
-        File::create(exp_path).with_context(|| format!("creating {}", exp_path.display()))?,
-    );
+    let mut req = BufWriter::new(File::create(req_path).with_context(|| format!("creating {}", req_path.display()))?);
+    let mut exp = BufWriter::new(File::create(exp_path).with_context(|| format!("creating {}", exp_path.display()))?);
     let mut id: u64 = 0;
     let mut n_bad = 0usize;
     for k in 0..count {
@@ -456,11 +369,7 @@ fn make_requests(
             format!("{{\"id\":{id},\"task\":{},\"input\":{x}}}", json!(task))
         };
         writeln!(req, "{line}")?;
-        writeln!(
-            exp,
-            "{}",
-            json!({"id": id, "task": task, "top1": h.top1, "scores": h.scores, "scores_i8": h.scores_i8, "sample": i, "i8": use_i8})
-        )?;
+        writeln!(exp, "{}", json!({"id": id, "task": task, "top1": h.top1, "scores": h.scores, "scores_i8": h.scores_i8, "sample": i, "i8": use_i8}))?;
     }
     req.flush()?;
     exp.flush()?;
@@ -502,16 +411,11 @@ impl Tally {
         };
         if exp.get("error").is_some() {
             self.errors_expected += 1;
-            let ok = got.get("error").is_some_and(Value::is_string)
-                && got.get("id") == exp.get("id")
-                && got.get("scores").is_none();
+            let ok = got.get("error").is_some_and(Value::is_string) && got.get("id") == exp.get("id") && got.get("scores").is_none();
             if ok {
                 self.errors_answered += 1;
             } else {
-                self.problem(format!(
-                    "line {line}: expected an error response for {} with id {}, got {got}",
-                    exp["error"], exp["id"]
-                ));
+                self.problem(format!("line {line}: expected an error response for {} with id {}, got {got}", exp["error"], exp["id"]));
             }
             return;
         }
@@ -534,21 +438,14 @@ impl Tally {
     }
 
     fn ok(&self) -> bool {
-        self.mismatched == 0
-            && self.missing == 0
-            && self.errors_answered == self.errors_expected
-            && self.valid == self.identical
+        self.mismatched == 0 && self.missing == 0 && self.errors_answered == self.errors_expected && self.valid == self.identical
     }
 
     fn report(&self, what: &str) -> bool {
         for p in &self.first_problems {
             eprintln!("  {p}");
         }
-        let mean = if self.latency_n > 0 {
-            self.latency_us_sum / self.latency_n as f64
-        } else {
-            0.0
-        };
+        let mean = if self.latency_n > 0 { self.latency_us_sum / self.latency_n as f64 } else { 0.0 };
         println!(
             "{}",
             json!({"check": what, "ok": self.ok(), "valid": self.valid, "identical": self.identical, "mismatched": self.mismatched,
@@ -562,18 +459,12 @@ impl Tally {
 /// A JSON array of numbers as f32 (the device prints f32 scores; the
 /// expected file holds them widened to f64: both narrow back exactly).
 fn f32s(v: Option<&Value>) -> Option<Vec<u32>> {
-    v?.as_array()?
-        .iter()
-        .map(|x| x.as_f64().map(|f| (f as f32).to_bits()))
-        .collect()
+    v?.as_array()?.iter().map(|x| x.as_f64().map(|f| (f as f32).to_bits())).collect()
 }
 
 fn read_lines(p: &Path) -> Result<Vec<String>> {
     let f = File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    BufReader::new(f)
-        .lines()
-        .map(|l| l.context("reading"))
-        .collect()
+    BufReader::new(f).lines().map(|l| l.context("reading")).collect()
 }
 
 fn check_files(exp_path: &Path, resp_path: &Path) -> Result<bool> {
@@ -581,11 +472,7 @@ fn check_files(exp_path: &Path, resp_path: &Path) -> Result<bool> {
     let resp = read_lines(resp_path)?;
     let mut t = Tally::default();
     if resp.len() > exp.len() {
-        t.problem(format!(
-            "{} responses for {} requests",
-            resp.len(),
-            exp.len()
-        ));
+        t.problem(format!("{} responses for {} requests", resp.len(), exp.len()));
         t.mismatched += resp.len() - exp.len();
     }
     // graftnet-device answers stdin requests one at a time, in order.
@@ -607,21 +494,14 @@ fn check_files(exp_path: &Path, resp_path: &Path) -> Result<bool> {
     Ok(t.report(&resp_path.display().to_string()))
 }
 
-fn check_socket(
-    sock: &Path,
-    req_path: &Path,
-    exp_path: &Path,
-    skip: usize,
-    limit: usize,
-) -> Result<bool> {
+fn check_socket(sock: &Path, req_path: &Path, exp_path: &Path, skip: usize, limit: usize) -> Result<bool> {
     use std::os::unix::net::UnixStream;
     let req = read_lines(req_path)?;
     let exp = read_lines(exp_path)?;
     if req.len() != exp.len() {
         bail!("{} requests but {} expected lines", req.len(), exp.len());
     }
-    let stream =
-        UnixStream::connect(sock).with_context(|| format!("connecting to {}", sock.display()))?;
+    let stream = UnixStream::connect(sock).with_context(|| format!("connecting to {}", sock.display()))?;
     stream.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
     let mut w = BufWriter::new(stream.try_clone()?);
     let mut r = BufReader::new(stream);
@@ -636,9 +516,5 @@ fn check_socket(
         };
         t.compare(i, &serde_json::from_str(e)?, got.as_ref());
     }
-    Ok(t.report(&format!(
-        "socket {} lines {skip}..{}",
-        sock.display(),
-        skip + limit
-    )))
+    Ok(t.report(&format!("socket {} lines {skip}..{}", sock.display(), skip + limit)))
 }
