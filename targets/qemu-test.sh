@@ -10,7 +10,7 @@
 #    the host's results: MCU samples (selftest.json) and a device request
 #    stream with the expected response of every line;
 # 3. runs the runtime's own tests for aarch64 under qemu-aarch64 -cpu cortex-a72
-#    and -cpu cortex-a76;
+#    and -cpu cortex-a76, and the MCU slot store's power-cut tests on the host;
 # 4. builds rpi4, rpi5 and jetson-orin and runs graftnet-device under
 #    qemu-aarch64 with --verify-key on every request (stdin) and over its
 #    Unix socket (two concurrent clients), checking every response against
@@ -24,7 +24,10 @@
 #    bit-identical to the host's; the cortex-m4 firmware also with feature
 #    verify (the export's signatures checked against the compiled-in key, a
 #    modified and an unsigned patch refused); then both kernel self-test
-#    firmwares (the dsp kernels against the scalar reference);
+#    firmwares (the dsp kernels against the scalar reference); then the MCU
+#    device service for m4 and m7 (targets/mcu-serve.sh): two patches uploaded
+#    over the UART socket, 200 inferences against the host, a patch exported
+#    later, typed refusals (graftnet-host-ref mcu);
 # 6. prints a table; exits non-zero on any failure or mismatch.
 #
 # Environment: GRAFTNET_REQUESTS (valid device requests per board, default
@@ -156,6 +159,12 @@ p=$(grep -o '[0-9]* passed' "$LOGS/protocol-tests.log" | awk '{s+=$1} END {print
 f=$(grep -o '[0-9]* failed' "$LOGS/protocol-tests.log" | awk '{s+=$1} END {print s+0}')
 TESTS[protocol]="$p/$((p + f))"
 
+step "MCU slot store tests (host, simulated NOR flash with power cuts)"
+if run mcu-tests.log "$CARGO" test --release --manifest-path "$HERE/mcu/Cargo.toml"; then :; else fail "MCU slot store tests"; fi
+p=$(grep -o '[0-9]* passed' "$LOGS/mcu-tests.log" | awk '{s+=$1} END {print s+0}')
+f=$(grep -o '[0-9]* failed' "$LOGS/mcu-tests.log" | awk '{s+=$1} END {print s+0}')
+TESTS[mcu]="$p/$((p + f))"
+
 # ----------------------------------------------------------- 4. Linux boards
 BOARDS=(rpi4 rpi5 jetson-orin)
 declare -A QCPU=([rpi4]=cortex-a72 [rpi5]=cortex-a76 [jetson-orin]=max)
@@ -229,6 +238,9 @@ for b in "${BOARDS[@]}"; do
     DPIDS+=($!)
 done
 
+# jnum FILE KEY: an integer field of a one-line JSON report (0 if absent)
+jnum() { local v; v=$(grep -o "\"$2\":[0-9]*" "$1" 2>/dev/null | head -1 | cut -d: -f2); echo "${v:-0}"; }
+
 # ---------------------------------------------------------------- 5. MCUs
 export RUSTC_BOOTSTRAP=1 # -Zbuild-std (config [unstable]) with Debian's stable rustc
 declare -A FW_OUT FW_RC
@@ -288,12 +300,56 @@ for fw in cortex-m4 cortex-m7; do
     [ "${KT_RC[$fw]}" = 0 ] || fail "$fw kernel self-test (exit ${KT_RC[$fw]})"
 done
 
+# The device service (issue 11, targets/mcu-serve.sh): each firmware starts
+# with the backbone alone; two patches are uploaded over the UART's socket
+# (`graftnet device upload` when the client has it, else the driver's own
+# chunked upload), 200 inferences alternate them and must be bit-identical
+# to the host runtime, a patch exported later against the same backbone is
+# uploaded and run, and malformed frames, a truncated upload, an upload for
+# another backbone, a corrupted chunk, a wrong offset, unknown tasks and
+# wrong-size inputs must each get their typed error with the task set and
+# the active task unchanged (graftnet-host-ref mcu, src/mcu.rs).
+step "MCU device service: later export, then m4 and m7 under qemu-system-arm"
+LATER="$WORK/export/mnv2-later"
+rm -rf "$LATER"
+run export-later.log "$GRAFTNET" export --base "$M/base.folded.onnx" --backbone "$EXPORT/backbone.gnb" \
+    --task fashion-updown-sb="$M/fashion-updown-sb.folded.onnx" --calib "$D/fashion_calib_x.npy" \
+    --calib-task fashion-updown-sb="$D/fashion-updown_calib_x.npy" --out "$LATER" || fail "export against the existing backbone"
+SVCDIR=$(mktemp -d /tmp/graftnet-mcu.XXXXXX)
+declare -A SVC_OK SVC_TESTS
+for fw in m4 m7; do
+    sock="$SVCDIR/$fw.sock"
+    SVC_OK[$fw]=no; SVC_TESTS[$fw]="not run"
+    if ! pid=$(CARGO="$CARGO" bash "$HERE/mcu-serve.sh" "$EXPORT" "$sock" "$fw" 2>"$LOGS/mcu-serve-$fw.log"); then
+        cat "$LOGS/mcu-serve-$fw.log" >&2; fail "mcu-serve.sh $fw"; continue
+    fi
+    cp "$sock.log" "$LOGS/mcu-service-$fw.boot.log"
+    uploaded=()
+    if "$GRAFTNET" device --help >/dev/null 2>&1; then
+        if "$GRAFTNET" device --connect "unix:$sock" upload "$EXPORT/mnist-sb.gnp" >>"$LOGS/mcu-service-$fw.log" 2>&1 \
+            && "$GRAFTNET" device --connect "unix:$sock" upload "$EXPORT/fashion-binary-logits.gnp" >>"$LOGS/mcu-service-$fw.log" 2>&1; then
+            uploaded=(--uploaded)
+        else
+            fail "graftnet device upload ($fw)"
+        fi
+    fi
+    if timeout 900 "$HOSTREF" mcu --socket "$sock" --dir "$EXPORT" "${DATA[@]}" --task mnist-sb --task fashion-binary-logits \
+        --later "$LATER" --count 200 "${uploaded[@]}" >"$LOGS/mcu-service-$fw.json" 2>>"$LOGS/mcu-service-$fw.log"; then
+        SVC_OK[$fw]=yes
+    else
+        tail -20 "$LOGS/mcu-service-$fw.log" >&2; fail "MCU service on $fw"
+    fi
+    kill "$pid" 2>/dev/null || true
+    cat "$LOGS/mcu-service-$fw.json" 2>/dev/null | sed "s/^/$fw service: /"
+    f="$LOGS/mcu-service-$fw.json"
+    SVC_TESTS[$fw]="$(jnum "$f" identical)/$(jnum "$f" inferences) inferences, $(jnum "$f" refusals_typed)/$(jnum "$f" refusals_expected) refusals"
+done
+rm -rf "$SVCDIR"
+
 step "waiting for the graftnet-device runs"
 for p in "${DPIDS[@]}"; do wait "$p" || true; done
 rm -rf "$SOCKDIR"
 declare -A DEV_OK DEV_TESTS
-# jnum FILE KEY: an integer field of a one-line JSON report (0 if absent)
-jnum() { local v; v=$(grep -o "\"$2\":[0-9]*" "$1" 2>/dev/null | head -1 | cut -d: -f2); echo "${v:-0}"; }
 for b in "${BOARDS[@]}"; do
     o="$DT/$b"
     read -r rc_run rc_check rc_a rc_b rc_pc <"$o.rc" || { rc_run=1; rc_check=1; rc_a=1; rc_b=1; rc_pc=1; }
@@ -355,13 +411,29 @@ if [ -f "$WORK/cortex-m4-verify.elf" ]; then
     echo "  .text with feature verify (Ed25519 + SHA-512, signatures checked at boot): $text_verify bytes, $((text_verify - text_full)) more"
 fi
 echo "  .text by crate (symbol sizes; code inlined into a caller counts for the caller):"
-"$NM_TOOL" -C -S -t d "$e4" | awk '$3 ~ /^[tTwW]$/ {
+# bycrate ELF: .text symbol bytes per crate (the first `crate::` of a name)
+bycrate() {
+    "$NM_TOOL" -C -S -t d "$1" | awk '$3 ~ /^[tTwW]$/ {
         name = $4; for (i = 5; i <= NF; i++) name = name " " $i
         crate = "(no crate: asm, libc names)"
         if (match(name, /[A-Za-z_][A-Za-z0-9_]*::/)) crate = substr(name, RSTART, RLENGTH - 2)
         if (name ~ /^__aeabi|^__(add|sub|mul|div)[sd]f3|^mem(cpy|set|move|cmp)/) crate = "compiler_builtins"
         s[crate] += $2 }
-    END { for (c in s) printf "         %-32s %7d bytes\n", c, s[c] }' | sort -k2 -n -r
+    END { for (c in s) printf "%s %d\n", c, s[c] }' | sort -k2 -n -r
+}
+bycrate "$e4" | awk '{printf "         %-32s %7d bytes\n", $1, $2}'
+s4="$HERE/cortex-m4/$ELF/graftnet-cortex-m4-serve"
+if [ -f "$s4" ]; then
+    echo "  device service firmware (graftnet-cortex-m4-serve; built by mcu-serve.sh for the same backbone, no patches):"
+    bycrate "$s4" >"$WORK/serve-m4-bycrate.txt"
+    awk '{printf "         %-32s %7d bytes\n", $1, $2}' "$WORK/serve-m4-bycrate.txt" | head -12
+    rt=$(awk '$1 == "graftnet" {s += $2} END {print s + 0}' "$WORK/serve-m4-bycrate.txt")
+    svc=$(awk '$1 ~ /^(graftnet_mcu|graftnet_protocol|postcard|serde|serde_core|cobs|heapless|embedded_io|embedded_storage|graftnet_cortex_m4_serve)$/ {s += $2} END {print s + 0}' "$WORK/serve-m4-bycrate.txt")
+    used=$(( $(secsize "$s4" .vector_table) + $(secsize "$s4" .text) + $(secsize "$s4" .rodata) + $(secsize "$s4" .data) ))
+    echo "  .text: $(secsize "$s4" .text) bytes in all; the runtime (graftnet::) $rt bytes; the service (graftnet_mcu: service, slot store,"
+    echo "         UART and flash drivers; graftnet_protocol, postcard, serde, cobs, heapless) $svc bytes; the rest is core, fmt, compiler_builtins"
+    echo "  flash: $used bytes (code, backbone $bb_bytes, tables) of the 1,835,008-byte FLASH region; PATCHES: 2 x 128 KB slots"
+fi
 s7="$WORK/cortex-m7-stm32h743.elf"
 [ -f "$s7" ] && echo "  cortex-m7 STM32H743 layout: flash at $(printf '0x%x' "$("$SIZE_TOOL" -A "$s7" | awk '$1==".vector_table" {print $3}')"), patches at $(printf '0x%x' "$("$SIZE_TOOL" -A "$s7" | awk '$1==".graftnet_patches" {print $3}')"), RAM at $(printf '0x%x' "$("$SIZE_TOOL" -A "$s7" | awk '$1==".bss" {print $3}')") (build only; no hardware here)"
 
@@ -374,6 +446,7 @@ row "runtime tests, qemu-aarch64 cortex-a72" "${TESTS[cortex-a72]}" "-" "-"
 row "runtime tests, qemu-aarch64 cortex-a76" "${TESTS[cortex-a76]}" "-" "-"
 row "graftnet-device library tests (host)" "${TESTS[device]}" "-" "-"
 row "graftnet-protocol tests (host)" "${TESTS[protocol]}" "-" "-"
+row "MCU slot store power-cut tests (host)" "${TESTS[mcu]}" "-" "-"
 for b in "${BOARDS[@]}"; do
     row "$b graftnet-device (qemu -cpu ${QCPU[$b]})" "${DEV_TESTS[$b]}" "${DEV_OK[$b]}" "$(devsize "$b")"
 done
@@ -382,6 +455,8 @@ row "cortex-m7 firmware (mps2-an500)" "${FW_TESTS[cortex-m7]}" "$(yn "${FW_RC[co
 vline=$(grep -o '^[0-9]* of [0-9]* inferences' "$LOGS/run-cortex-m4-verify.log" 2>/dev/null | awk '{print $1 "/" $3}')
 vref=$(grep -c 'refused .*: yes' "$LOGS/run-cortex-m4-verify.log" 2>/dev/null || true)
 row "cortex-m4 firmware, verify (mps2-an386)" "${vline:-0/0} inferences, ${vref:-0}/4 refusals" "$(yn "${FW_RC[cortex-m4-verify]:-1}")" ".text $(secsize "$WORK/cortex-m4-verify.elf" .text 2>/dev/null) bytes"
+row "cortex-m4 device service (mps2-an386)" "${SVC_TESTS[m4]}" "${SVC_OK[m4]}" ".text $(secsize "$HERE/cortex-m4/$ELF/graftnet-cortex-m4-serve" .text 2>/dev/null) bytes"
+row "cortex-m7 device service (mps2-an500)" "${SVC_TESTS[m7]}" "${SVC_OK[m7]}" ".text $(secsize "$HERE/cortex-m7/$ELF/graftnet-cortex-m7-serve" .text 2>/dev/null) bytes"
 row "cortex-m4 kernel self-test (mps2-an386)" "${KT_TESTS[cortex-m4]}" "$(yn "${KT_RC[cortex-m4]}")" "-"
 row "cortex-m7 kernel self-test (mps2-an500)" "${KT_TESTS[cortex-m7]}" "$(yn "${KT_RC[cortex-m7]}")" "-"
 

@@ -6,7 +6,14 @@
 //!   which `targets/qemu-test.sh` writes.
 //! - `GRAFTNET_SELFTEST` (default `$GRAFTNET_EXPORT_DIR/selftest.json`): the
 //!   host's results on sample inputs, written by
-//!   `graftnet-host-ref selftest` (targets/host-ref).
+//!   `graftnet-host-ref selftest` (targets/host-ref). When the variable is
+//!   unset and the export has no `selftest.json` (an export served with
+//!   `targets/mcu-serve.sh`), the firmware has no samples: the service runs,
+//!   the self-test reports that it has nothing to compare and fails.
+//! - `GRAFTNET_PATCHES` (default `export`): `export` puts every `*.gnp` of the
+//!   export into the patch partition image; `none` an empty partition (a
+//!   service that starts with the backbone alone and gets its tasks by
+//!   upload).
 //! - `GRAFTNET_VERIFY_KEY` (with feature `verify` only, and then required):
 //!   the public key the firmware checks signatures with, as a file
 //!   (`KEY.pub` from `graftnet keygen`) or its 64 hex digits. Compiled in
@@ -41,10 +48,16 @@ fn read(p: &Path) -> Vec<u8> {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    // On the host (`cargo test` of the slot store) nothing is compiled in:
+    // lib.rs builds the export's items for bare-metal targets only.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
+        return;
+    }
     println!("cargo:rerun-if-changed=src/partition.rs");
     println!("cargo:rerun-if-env-changed=GRAFTNET_EXPORT_DIR");
     println!("cargo:rerun-if-env-changed=GRAFTNET_SELFTEST");
     println!("cargo:rerun-if-env-changed=GRAFTNET_VERIFY_KEY");
+    println!("cargo:rerun-if-env-changed=GRAFTNET_PATCHES");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
     let dir = match std::env::var_os("GRAFTNET_EXPORT_DIR") {
         Some(d) => PathBuf::from(d),
@@ -66,11 +79,17 @@ fn main() {
     .unwrap_or_else(|e| fail(format!("{}: {e}", dir.join("backbone.gnb").display())));
     std::fs::write(out.join("backbone.gnb"), &bb_bytes).unwrap();
 
-    // Patches: every *.gnp of the backbone, sorted by task name.
+    // Patches: every *.gnp of the backbone, sorted by task name (none with
+    // GRAFTNET_PATCHES=none).
+    let with_patches = match std::env::var("GRAFTNET_PATCHES").as_deref() {
+        Err(_) | Ok("export") => true,
+        Ok("none") => false,
+        Ok(v) => fail(format!("GRAFTNET_PATCHES={v}: expected `export` or `none`")),
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| fail(format!("listing {}: {e}", dir.display())))
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "gnp"))
+        .filter(|p| with_patches && p.extension().is_some_and(|x| x == "gnp"))
         .collect();
     files.sort();
     let blobs: Vec<(PathBuf, Vec<u8>)> = files.into_iter().map(|p| (p.clone(), read(&p))).collect();
@@ -92,29 +111,67 @@ fn main() {
     let mut image = vec![0u8; len];
     partition::emit(&refs, &mut image).unwrap_or_else(|e| fail(format!("patch partition: {e}")));
     // Round trip through the firmware's reader.
-    let t = partition::PatchTable::parse(&image).unwrap_or_else(|e| fail(format!("patch partition does not parse back: {e}")));
-    assert!(t.iter().map(|(n, b)| (n, b)).eq(refs.iter().copied()), "patch partition round trip");
+    let t = partition::PatchTable::parse(&image)
+        .unwrap_or_else(|e| fail(format!("patch partition does not parse back: {e}")));
+    assert!(
+        t.iter().eq(refs.iter().copied()),
+        "patch partition round trip"
+    );
     std::fs::write(out.join("patches.bin"), &image).unwrap();
 
     // The host's results on sample inputs.
-    let st_path = std::env::var_os("GRAFTNET_SELFTEST").map(PathBuf::from).unwrap_or_else(|| dir.join("selftest.json"));
-    let st: Value = serde_json::from_slice(&read(&st_path)).unwrap_or_else(|e| fail(format!("{}: {e}", st_path.display())));
+    let st_var = std::env::var_os("GRAFTNET_SELFTEST").map(PathBuf::from);
+    let st_path = st_var.clone().unwrap_or_else(|| dir.join("selftest.json"));
+    println!("cargo:rerun-if-changed={}", st_path.display());
     let fp = format!("{:016x}", bb.fingerprint());
+    let st: Value = if st_var.is_none() && !st_path.exists() {
+        println!(
+            "cargo:warning={} does not exist: the firmware has no self-test samples",
+            st_path.display()
+        );
+        serde_json::json!({ "fingerprint": fp, "samples": [] })
+    } else {
+        serde_json::from_slice(&read(&st_path))
+            .unwrap_or_else(|e| fail(format!("{}: {e}", st_path.display())))
+    };
     if st["fingerprint"].as_str() != Some(fp.as_str()) {
-        fail(format!("{}: results for backbone {}, the export is {fp}: rerun graftnet-host-ref selftest", st_path.display(), st["fingerprint"]));
+        fail(format!(
+            "{}: results for backbone {}, the export is {fp}: rerun graftnet-host-ref selftest",
+            st_path.display(),
+            st["fingerprint"]
+        ));
     }
     let n_in = bb.input().len();
     let max_classes = bb.max_classes() as usize;
-    let samples = st["samples"].as_array().unwrap_or_else(|| fail("selftest: no samples"));
+    let samples = st["samples"]
+        .as_array()
+        .unwrap_or_else(|| fail("selftest: no samples"));
     let (mut f32s, mut i8s, mut scores) = (Vec::new(), Vec::new(), Vec::new());
     let mut rows = String::new();
-    let known: Vec<&str> = std::iter::once("base").chain(patches.iter().map(|p| p.0.as_str())).collect();
+    let known: Vec<&str> = std::iter::once("base")
+        .chain(patches.iter().map(|p| p.0.as_str()))
+        .collect();
+    let mut left_out = 0;
     for s in samples {
-        let task = s["task"].as_str().unwrap_or_else(|| fail("selftest: sample without task"));
+        let task = s["task"]
+            .as_str()
+            .unwrap_or_else(|| fail("selftest: sample without task"));
+        // GRAFTNET_PATCHES=none compiles no patches in: their samples
+        // cannot run, only the base task's.
+        if !with_patches && task != "base" {
+            left_out += 1;
+            continue;
+        }
         if !known.contains(&task) {
             fail(format!("selftest: task '{task}' is not in the export"));
         }
-        let nums = |k: &str| -> Vec<i64> { s[k].as_array().unwrap_or_else(|| fail(format!("selftest: no {k}"))).iter().map(|v| v.as_i64().unwrap()).collect() };
+        let nums = |k: &str| -> Vec<i64> {
+            s[k].as_array()
+                .unwrap_or_else(|| fail(format!("selftest: no {k}")))
+                .iter()
+                .map(|v| v.as_i64().unwrap())
+                .collect()
+        };
         let x = nums("input_f32_bits");
         let q = nums("input_i8");
         let y = nums("scores_i8");
@@ -136,6 +193,9 @@ fn main() {
             y.len(),
             s["top1"].as_u64().unwrap_or(0)
         ));
+    }
+    if left_out > 0 {
+        println!("cargo:warning=GRAFTNET_PATCHES=none: {left_out} self-test samples of patch tasks left out");
     }
     std::fs::write(out.join("samples_f32.bin"), &f32s).unwrap();
     std::fs::write(out.join("samples_i8.bin"), &i8s).unwrap();
@@ -169,7 +229,7 @@ fn main() {
         bb.params_len(),
         names.len(),
         names.join(", "),
-        samples.len(),
+        samples.len() - left_out,
     );
     std::fs::write(out.join("generated.rs"), gen).unwrap();
 }
@@ -180,7 +240,9 @@ fn main() {
 /// build: neither should silently give a firmware that does not check.
 fn verify_key() -> Option<VerifyKey> {
     let feature = std::env::var_os("CARGO_FEATURE_VERIFY").is_some();
-    let var = std::env::var("GRAFTNET_VERIFY_KEY").ok().filter(|v| !v.is_empty());
+    let var = std::env::var("GRAFTNET_VERIFY_KEY")
+        .ok()
+        .filter(|v| !v.is_empty());
     let v = match (feature, var) {
         (false, None) => return None,
         (false, Some(_)) => fail(
@@ -201,8 +263,14 @@ fn verify_key() -> Option<VerifyKey> {
         std::fs::read_to_string(p).unwrap_or_else(|e| fail(format!("GRAFTNET_VERIFY_KEY={v}: {e}")))
     };
     if text.contains("secret key") {
-        fail(format!("GRAFTNET_VERIFY_KEY={v} is a secret key; give the public key (KEY.pub)"));
+        fail(format!(
+            "GRAFTNET_VERIFY_KEY={v} is a secret key; give the public key (KEY.pub)"
+        ));
     }
-    let bytes = graftnet::format::signature::key_from_text(&text).unwrap_or_else(|e| fail(format!("GRAFTNET_VERIFY_KEY={v}: {e}")));
-    Some(VerifyKey::from_bytes(&bytes).unwrap_or_else(|e| fail(format!("GRAFTNET_VERIFY_KEY={v}: {e}"))))
+    let bytes = graftnet::format::signature::key_from_text(&text)
+        .unwrap_or_else(|e| fail(format!("GRAFTNET_VERIFY_KEY={v}: {e}")));
+    Some(
+        VerifyKey::from_bytes(&bytes)
+            .unwrap_or_else(|e| fail(format!("GRAFTNET_VERIFY_KEY={v}: {e}"))),
+    )
 }

@@ -29,7 +29,11 @@ fn main() -> ! {
         let (used, size) = graftnet_mcu::stack::high_water();
         let _ = writeln!(out, "stack: {used} of {size} bytes used");
     }
-    debug::exit(if passed { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
+    debug::exit(if passed {
+        debug::EXIT_SUCCESS
+    } else {
+        debug::EXIT_FAILURE
+    });
     #[allow(clippy::empty_loop)]
     loop {}
 }

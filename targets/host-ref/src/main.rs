@@ -14,6 +14,9 @@
 //! - `check`: compares a response stream with the expected lines.
 //! - `socket`: sends requests over a device's Unix socket and checks the
 //!   answers.
+//! - `mcu`: drives the MCU firmware's device service over its Unix socket
+//!   (binary protocol): uploads, inferences against the host, typed
+//!   refusals (`mcu.rs`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -28,6 +31,8 @@ use serde_json::{json, Value};
 use graftnet_tools::data::{load_dataset, Dataset, Preprocess};
 use graftnet_tools::host::ExportDir;
 
+mod mcu;
+
 #[derive(Parser)]
 #[command(name = "graftnet-host-ref", about = "Host reference results for the graftnet board tests")]
 struct Cli {
@@ -37,6 +42,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Drives the MCU service (targets/mcu-serve.sh) over its socket: see src/mcu.rs.
+    Mcu {
+        #[arg(long)]
+        socket: PathBuf,
+        /// the export the service runs (its backbone, the two tasks' patches)
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long = "data", value_parser = parse_kv)]
+        data: Vec<(String, PathBuf)>,
+        /// the two tasks to upload and alternate
+        #[arg(long = "task")]
+        tasks: Vec<String>,
+        /// an export of one more patch, made later against the same backbone
+        #[arg(long)]
+        later: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// the two tasks were uploaded already (by `graftnet device upload`)
+        #[arg(long)]
+        uploaded: bool,
+        #[arg(long, default_value_t = 1024)]
+        chunk: usize,
+    },
     /// Expected int8 results of the first N samples of every task (for the MCU firmware).
     Selftest {
         /// export directory (backbone.gnb + *.gnp)
@@ -112,6 +140,9 @@ fn main() -> ExitCode {
         }
         Cmd::Check { expected, responses } => check_files(&expected, &responses),
         Cmd::Socket { socket, requests, expected, skip, limit } => check_socket(&socket, &requests, &expected, skip, limit),
+        Cmd::Mcu { socket, dir, data, tasks, later, count, uploaded, chunk } => {
+            mcu::run(&socket, &dir, &data, &tasks, &later, count, uploaded, chunk)
+        }
     };
     match r {
         Ok(true) => ExitCode::SUCCESS,

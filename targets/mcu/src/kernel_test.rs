@@ -32,11 +32,19 @@ pub fn run<W: Write>(out: &mut W, board: &str, scratch: &mut Scratch) -> bool {
     let _ = writeln!(out, "; best: {}", best.name);
     let mut passed = best.name == EXPECTED_BEST;
     if !passed {
-        let _ = writeln!(out, "  Kernels::best() is '{}', expected '{EXPECTED_BEST}': FAILED", best.name);
+        let _ = writeln!(
+            out,
+            "  Kernels::best() is '{}', expected '{EXPECTED_BEST}': FAILED",
+            best.name
+        );
     }
     for k in Kernels::available().filter(|k| k.name != "scalar") {
         let n = &k.names;
-        let _ = writeln!(out, "  {}: {}, {}, {}, {}", k.name, n.pointwise, n.conv, n.fc, n.dwconv);
+        let _ = writeln!(
+            out,
+            "  {}: {}, {}, {}, {}",
+            k.name, n.pointwise, n.conv, n.fc, n.dwconv
+        );
         match selftest::run(k, scratch) {
             Ok(sum) => {
                 let _ = writeln!(out, "  {}: {sum} identical to scalar", k.name);
@@ -47,14 +55,23 @@ pub fn run<W: Write>(out: &mut W, board: &str, scratch: &mut Scratch) -> bool {
             }
         }
     }
-    let _ = writeln!(out, "kernel self-test {}", if passed { "passed" } else { "FAILED" });
+    let _ = writeln!(
+        out,
+        "kernel self-test {}",
+        if passed { "passed" } else { "FAILED" }
+    );
     passed
 }
 
 /// Times one inference of the base task with each table (after one
 /// untimed run); `ticks` reads a down-counting 24-bit clock (SysTick).
 /// `true` if every table gives the same scores.
-pub fn bench<W: Write>(out: &mut W, arena: &mut [i8], params: &mut [ChannelRequant], ticks: &mut dyn FnMut() -> u32) -> bool {
+pub fn bench<W: Write>(
+    out: &mut W,
+    arena: &mut [i8],
+    params: &mut [ChannelRequant],
+    ticks: &mut dyn FnMut() -> u32,
+) -> bool {
     let bb = match Backbone::parse(&BACKBONE.0) {
         Ok(b) => b,
         Err(e) => {

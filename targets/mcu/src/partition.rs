@@ -93,13 +93,24 @@ pub enum PartitionError {
 impl fmt::Display for PartitionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PartitionError::Truncated { need, have } => write!(f, "patch partition truncated: need {need} bytes, have {have}"),
+            PartitionError::Truncated { need, have } => write!(
+                f,
+                "patch partition truncated: need {need} bytes, have {have}"
+            ),
             PartitionError::BadMagic => f.write_str("no patch partition (magic is not GNPP)"),
-            PartitionError::UnsupportedVersion(v) => write!(f, "patch partition version {v} (this firmware reads {VERSION})"),
+            PartitionError::UnsupportedVersion(v) => write!(
+                f,
+                "patch partition version {v} (this firmware reads {VERSION})"
+            ),
             PartitionError::ChecksumMismatch { stored, computed } => {
-                write!(f, "patch partition table CRC {stored:08x}, computed {computed:08x}")
+                write!(
+                    f,
+                    "patch partition table CRC {stored:08x}, computed {computed:08x}"
+                )
             }
-            PartitionError::BadEntry { index } => write!(f, "patch partition entry {index} is malformed"),
+            PartitionError::BadEntry { index } => {
+                write!(f, "patch partition entry {index} is malformed")
+            }
             PartitionError::NameTooLong => write!(f, "task name longer than {NAME_LEN} bytes"),
             PartitionError::TooLarge => f.write_str("patch partition does not fit"),
         }
@@ -138,7 +149,10 @@ impl<'a> PatchTable<'a> {
     pub fn parse(region: &'a [u8]) -> Result<Self, PartitionError> {
         let have = region.len() as u32;
         if region.len() < HEADER_LEN {
-            return Err(PartitionError::Truncated { need: HEADER_LEN as u32, have });
+            return Err(PartitionError::Truncated {
+                need: HEADER_LEN as u32,
+                have,
+            });
         }
         if region[field::MAGIC] != MAGIC {
             return Err(PartitionError::BadMagic);
@@ -151,10 +165,16 @@ impl<'a> PatchTable<'a> {
         let image_len = rd_u32(region, field::IMAGE_LEN) as usize;
         let entries_end = HEADER_LEN + count as usize * ENTRY_LEN;
         if image_len < entries_end {
-            return Err(PartitionError::Truncated { need: entries_end as u32, have: image_len as u32 });
+            return Err(PartitionError::Truncated {
+                need: entries_end as u32,
+                have: image_len as u32,
+            });
         }
         if image_len > region.len() {
-            return Err(PartitionError::Truncated { need: image_len as u32, have });
+            return Err(PartitionError::Truncated {
+                need: image_len as u32,
+                have,
+            });
         }
         let image = &region[..image_len];
         let stored = rd_u32(image, field::CHECKSUM);
@@ -168,7 +188,9 @@ impl<'a> PatchTable<'a> {
             let off = rd_u32(e, field::OFFSET) as usize;
             let len = rd_u32(e, field::LENGTH) as usize;
             let bad = PartitionError::BadEntry { index: i };
-            let in_bounds = off % BLOB_ALIGN == 0 && off >= entries_end && off.checked_add(len).is_some_and(|end| end <= image_len);
+            let in_bounds = off.is_multiple_of(BLOB_ALIGN)
+                && off >= entries_end
+                && off.checked_add(len).is_some_and(|end| end <= image_len);
             if !in_bounds || name_of(e).is_none() {
                 return Err(bad);
             }
@@ -238,33 +260,90 @@ pub fn image_len(blob_lens: impl Iterator<Item = usize> + Clone) -> usize {
     end
 }
 
+/// One entry of a table [`emit_table`] writes: a task name and where its
+/// blob lies in the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableEntry<'a> {
+    /// task name (1 to [`NAME_LEN`] bytes of UTF-8, no NUL)
+    pub name: &'a str,
+    /// offset of the blob from the image start (a multiple of [`BLOB_ALIGN`])
+    pub offset: u32,
+    /// blob length
+    pub length: u32,
+}
+
+/// Offset of the blob after one ending at `end`: the layout rule of [`emit`].
+pub const fn next_blob_offset(end: usize) -> usize {
+    align_up(end)
+}
+
+/// Writes the table (header and entries, zero padded to [`table_len`]) of
+/// an image of `image_len` bytes with `count` blobs, lying where `entries`
+/// say, into `out` (at least [`table_len`] bytes); returns the bytes written.
+/// The blobs themselves are the caller's: [`emit`] copies them from RAM, the
+/// slot store (`slots.rs`) streams them into flash after the table.
+pub fn emit_table<'e>(
+    count: usize,
+    entries: impl IntoIterator<Item = TableEntry<'e>>,
+    image_len: usize,
+    out: &mut [u8],
+) -> Result<usize, PartitionError> {
+    let count16 = u16::try_from(count).map_err(|_| PartitionError::TooLarge)?;
+    let len = table_len(count);
+    if out.len() < len || u32::try_from(image_len).is_err() {
+        return Err(PartitionError::TooLarge);
+    }
+    let out = &mut out[..len];
+    out.fill(0);
+    out[field::MAGIC].copy_from_slice(&MAGIC);
+    out[field::VERSION].copy_from_slice(&VERSION.to_le_bytes());
+    out[field::COUNT].copy_from_slice(&count16.to_le_bytes());
+    out[field::IMAGE_LEN].copy_from_slice(&(image_len as u32).to_le_bytes());
+    let mut n = 0;
+    for t in entries {
+        if n == count {
+            return Err(PartitionError::TooLarge);
+        }
+        if t.name.is_empty() || t.name.len() > NAME_LEN || t.name.as_bytes().contains(&0) {
+            return Err(PartitionError::NameTooLong);
+        }
+        let e = &mut out[HEADER_LEN + n * ENTRY_LEN..HEADER_LEN + (n + 1) * ENTRY_LEN];
+        e[..t.name.len()].copy_from_slice(t.name.as_bytes());
+        e[field::OFFSET].copy_from_slice(&t.offset.to_le_bytes());
+        e[field::LENGTH].copy_from_slice(&t.length.to_le_bytes());
+        n += 1;
+    }
+    if n != count {
+        return Err(PartitionError::TooLarge);
+    }
+    let crc = graftnet::format::blob_checksum(&out[..HEADER_LEN + count * ENTRY_LEN]);
+    out[field::CHECKSUM].copy_from_slice(&crc.to_le_bytes());
+    Ok(len)
+}
+
 /// Writes the image of `patches` (`(task name, blob)`) into `out` (at least
 /// [`image_len`] bytes, zero filled); returns its length.
 pub fn emit(patches: &[(&str, &[u8])], out: &mut [u8]) -> Result<usize, PartitionError> {
-    let count = u16::try_from(patches.len()).map_err(|_| PartitionError::TooLarge)?;
     let need = image_len(patches.iter().map(|p| p.1.len()));
     if out.len() < need || u32::try_from(need).is_err() {
         return Err(PartitionError::TooLarge);
     }
     out[..need].fill(0);
-    out[field::MAGIC].copy_from_slice(&MAGIC);
-    out[field::VERSION].copy_from_slice(&VERSION.to_le_bytes());
-    out[field::COUNT].copy_from_slice(&count.to_le_bytes());
-    out[field::IMAGE_LEN].copy_from_slice(&(need as u32).to_le_bytes());
-    let mut at = table_len(patches.len());
-    for (i, (name, blob)) in patches.iter().enumerate() {
-        if name.is_empty() || name.len() > NAME_LEN || name.as_bytes().contains(&0) {
-            return Err(PartitionError::NameTooLong);
-        }
-        at = align_up(at);
-        let e = HEADER_LEN + i * ENTRY_LEN;
-        out[e..e + name.len()].copy_from_slice(name.as_bytes());
-        out[e + field::OFFSET.start..e + field::OFFSET.end].copy_from_slice(&(at as u32).to_le_bytes());
-        out[e + field::LENGTH.start..e + field::LENGTH.end].copy_from_slice(&(blob.len() as u32).to_le_bytes());
+    let entries = patches
+        .iter()
+        .scan(table_len(patches.len()), |end, (name, blob)| {
+            let at = next_blob_offset(*end);
+            *end = at + blob.len();
+            Some(TableEntry {
+                name,
+                offset: at as u32,
+                length: blob.len() as u32,
+            })
+        });
+    emit_table(patches.len(), entries.clone(), need, out)?;
+    for (t, (_, blob)) in entries.zip(patches) {
+        let at = t.offset as usize;
         out[at..at + blob.len()].copy_from_slice(blob);
-        at += blob.len();
     }
-    let crc = graftnet::format::blob_checksum(&out[..HEADER_LEN + patches.len() * ENTRY_LEN]);
-    out[field::CHECKSUM].copy_from_slice(&crc.to_le_bytes());
     Ok(need)
 }

@@ -42,13 +42,19 @@ pub struct Outcome {
 impl Outcome {
     /// Every sample ran and matched the host.
     pub fn passed(&self) -> bool {
-        self.errors == 0 && self.runs == SAMPLES.len() && self.identical == self.runs && self.runs > 0
+        self.errors == 0
+            && self.runs == SAMPLES.len()
+            && self.identical == self.runs
+            && self.runs > 0
     }
 }
 
 /// Position of sample `i` among the samples of its task.
 fn rank(i: usize) -> usize {
-    SAMPLES[..i].iter().filter(|s| s.task == SAMPLES[i].task).count()
+    SAMPLES[..i]
+        .iter()
+        .filter(|s| s.task == SAMPLES[i].task)
+        .count()
 }
 
 /// Samples in round-robin order over the tasks.
@@ -75,7 +81,12 @@ fn verify_key() -> Result<graftnet::VerifyKey, graftnet::FormatError> {
 /// feature `verify`, `views` holds the patches verified at boot (a switch
 /// applies the view; a signature is checked once); without it, the patch
 /// is parsed in place (CRC and framing) at every switch.
-fn switch<'a>(engine: &mut Engine<'a, '_>, table: &PatchTable<'a>, views: &[Option<Patch<'a>>], task: &str) -> Result<(), &'static str> {
+fn switch<'a>(
+    engine: &mut Engine<'a, '_>,
+    table: &PatchTable<'a>,
+    views: &[Option<Patch<'a>>],
+    task: &str,
+) -> Result<(), &'static str> {
     if engine.task_name() == task {
         return Ok(());
     }
@@ -83,10 +94,14 @@ fn switch<'a>(engine: &mut Engine<'a, '_>, table: &PatchTable<'a>, views: &[Opti
         engine.reset();
         return Ok(());
     }
-    let i = table.iter().position(|(n, _)| n == task).ok_or("task not in the patch partition")?;
+    let i = table
+        .iter()
+        .position(|(n, _)| n == task)
+        .ok_or("task not in the patch partition")?;
     let patch = match views.get(i).copied().flatten() {
         Some(p) => p,
-        None => Patch::parse(table.find(task).ok_or("task not in the patch partition")?).map_err(|_| "patch does not parse")?,
+        None => Patch::parse(table.find(task).ok_or("task not in the patch partition")?)
+            .map_err(|_| "patch does not parse")?,
     };
     engine.apply(patch).map_err(|_| "patch does not apply")
 }
@@ -95,10 +110,21 @@ fn switch<'a>(engine: &mut Engine<'a, '_>, table: &PatchTable<'a>, views: &[Opti
 /// smallest patch) are refused, by `parse_verified` and by `apply` on an
 /// engine with the key, and the active task stays. Returns the failures.
 #[cfg(feature = "verify")]
-fn check_refusals<W: Write>(out: &mut W, bb: &Backbone<'_>, arena: &mut [i8], params: &mut [ChannelRequant], blob: &[u8]) -> usize {
+fn check_refusals<W: Write>(
+    out: &mut W,
+    bb: &Backbone<'_>,
+    arena: &mut [i8],
+    params: &mut [ChannelRequant],
+    blob: &[u8],
+) -> usize {
     use graftnet::format::signature::TRAILER_LEN;
     use graftnet::FormatError;
-    fn expect<W: Write>(out: &mut W, what: &str, got: Result<(), FormatError>, want: FormatError) -> usize {
+    fn expect<W: Write>(
+        out: &mut W,
+        what: &str,
+        got: Result<(), FormatError>,
+        want: FormatError,
+    ) -> usize {
         let ok = got == Err(want);
         let _ = writeln!(out, "  refused {what}: {}", if ok { "yes" } else { "NO" });
         usize::from(!ok)
@@ -107,7 +133,9 @@ fn check_refusals<W: Write>(out: &mut W, bb: &Backbone<'_>, arena: &mut [i8], pa
     let n = blob.len().saturating_sub(TRAILER_LEN);
     let unsigned = blob.get(..n).unwrap_or(&[]);
     let mut buf = [0u8; crate::SMALLEST_PATCH_LEN];
-    let Some(copy) = buf.get_mut(..blob.len()) else { return 1 };
+    let Some(copy) = buf.get_mut(..blob.len()) else {
+        return 1;
+    };
     copy.copy_from_slice(blob);
     // One byte of the last entry changed, the CRC resealed: only the
     // signature tells.
@@ -119,25 +147,56 @@ fn check_refusals<W: Write>(out: &mut W, bb: &Backbone<'_>, arena: &mut [i8], pa
     }
     let copy: &[u8] = copy;
     let mut errors = 0;
-    errors += expect(out, "unsigned patch (parse_verified)", Patch::parse_verified(unsigned, &key).map(|_| ()), FormatError::Unsigned);
-    errors += expect(out, "modified patch (parse_verified)", Patch::parse_verified(copy, &key).map(|_| ()), FormatError::BadSignature);
-    let Ok(mut engine) = Engine::new_verified(bb, arena, params, &key) else { return errors + 1 };
+    errors += expect(
+        out,
+        "unsigned patch (parse_verified)",
+        Patch::parse_verified(unsigned, &key).map(|_| ()),
+        FormatError::Unsigned,
+    );
+    errors += expect(
+        out,
+        "modified patch (parse_verified)",
+        Patch::parse_verified(copy, &key).map(|_| ()),
+        FormatError::BadSignature,
+    );
+    let Ok(mut engine) = Engine::new_verified(bb, arena, params, &key) else {
+        return errors + 1;
+    };
     let before = engine.task_name();
     let (Ok(modified), Ok(plain)) = (Patch::parse(copy), Patch::parse(unsigned)) else {
         let _ = writeln!(out, "  the modified or unsigned copy does not parse");
         return errors + 1;
     };
-    errors += expect(out, "modified patch (Engine::apply)", engine.apply(modified), FormatError::BadSignature);
-    errors += expect(out, "unsigned patch (Engine::apply)", engine.apply(plain), FormatError::Unsigned);
+    errors += expect(
+        out,
+        "modified patch (Engine::apply)",
+        engine.apply(modified),
+        FormatError::BadSignature,
+    );
+    errors += expect(
+        out,
+        "unsigned patch (Engine::apply)",
+        engine.apply(plain),
+        FormatError::Unsigned,
+    );
     let same = engine.task_name() == before;
-    let _ = writeln!(out, "  active task unchanged: {}", if same { "yes" } else { "NO" });
+    let _ = writeln!(
+        out,
+        "  active task unchanged: {}",
+        if same { "yes" } else { "NO" }
+    );
     errors + usize::from(!same)
 }
 
 /// The size baseline (feature `size-baseline`): prints where the blobs are
 /// and runs nothing, so the engine is not linked in.
 #[cfg(feature = "size-baseline")]
-pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [ChannelRequant]) -> Outcome {
+pub fn run<W: Write>(
+    out: &mut W,
+    board: &str,
+    arena: &mut [i8],
+    params: &mut [ChannelRequant],
+) -> Outcome {
     let _ = writeln!(
         out,
         "graftnet size baseline on {board}: backbone {} bytes at {:p}, patch region at {:p}, arena {} bytes, {} parameters; no engine",
@@ -153,7 +212,12 @@ pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [C
 /// Runs the self-test, printing to `out`; `arena` and `params` must hold
 /// [`ARENA_LEN`] bytes and [`PARAMS_LEN`] entries.
 #[cfg(not(feature = "size-baseline"))]
-pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [ChannelRequant]) -> Outcome {
+pub fn run<W: Write>(
+    out: &mut W,
+    board: &str,
+    arena: &mut [i8],
+    params: &mut [ChannelRequant],
+) -> Outcome {
     let mut o = Outcome::default();
     let _ = writeln!(
         out,
@@ -194,13 +258,26 @@ pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [C
         table.len()
     );
     #[cfg(feature = "verify")]
-    let _ = writeln!(out, "signatures required: key {} (backbone verified)", crate::VERIFY_KEY_ID);
+    let _ = writeln!(
+        out,
+        "signatures required: key {} (backbone verified)",
+        crate::VERIFY_KEY_ID
+    );
     let mut views: [Option<Patch<'_>>; crate::PATCH_TASKS.len()] = [None; crate::PATCH_TASKS.len()];
     for (i, (name, blob)) in table.iter().enumerate() {
         match parse_patch(blob) {
             Ok(p) if p.name() == name && p.backbone_fingerprint() == bb.fingerprint() => {
-                let signed = if cfg!(feature = "verify") { ", signature verified" } else { "" };
-                let _ = writeln!(out, "  task {name:<24} {:>6} bytes, {} classes{signed}", blob.len(), p.classes());
+                let signed = if cfg!(feature = "verify") {
+                    ", signature verified"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    out,
+                    "  task {name:<24} {:>6} bytes, {} classes{signed}",
+                    blob.len(),
+                    p.classes()
+                );
                 if cfg!(feature = "verify") {
                     if let Some(v) = views.get_mut(i) {
                         *v = Some(p);
@@ -208,7 +285,10 @@ pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [C
                 }
             }
             Ok(_) => {
-                let _ = writeln!(out, "  task {name}: the patch names another task or backbone");
+                let _ = writeln!(
+                    out,
+                    "  task {name}: the patch names another task or backbone"
+                );
                 o.errors += 1;
             }
             Err(e) => {
@@ -241,7 +321,11 @@ pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [C
     };
     let k = engine.kernels();
     let n = k.names;
-    let _ = writeln!(out, "kernels: {} ({}, {}, {}, {})", k.name, n.pointwise, n.conv, n.fc, n.dwconv);
+    let _ = writeln!(
+        out,
+        "kernels: {} ({}, {}, {}, {})",
+        k.name, n.pointwise, n.conv, n.fc, n.dwconv
+    );
     let mut x = [0f32; INPUT_LEN];
     let mut q = [0i8; INPUT_LEN];
     for i in round_robin() {
@@ -258,7 +342,10 @@ pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [C
             let _ = writeln!(out, "  {:<24} #{:<3} {e}", s.task, s.index);
             continue;
         }
-        let same_input = q.iter().zip(sample_input_i8(i)).all(|(&a, &b)| a as u8 == b);
+        let same_input = q
+            .iter()
+            .zip(sample_input_i8(i))
+            .all(|(&a, &b)| a as u8 == b);
         let scores = match engine.run(&q) {
             Ok(sc) => sc,
             Err(e) => {
@@ -267,7 +354,12 @@ pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [C
             }
         };
         let host = sample_scores_i8(i);
-        let same_scores = scores.quantized().len() == host.len() && scores.quantized().iter().zip(host).all(|(&a, &b)| a as u8 == b);
+        let same_scores = scores.quantized().len() == host.len()
+            && scores
+                .quantized()
+                .iter()
+                .zip(host)
+                .all(|(&a, &b)| a as u8 == b);
         let top1 = scores.argmax();
         let verdict = if same_input && same_scores {
             o.identical += 1;
@@ -277,7 +369,11 @@ pub fn run<W: Write>(out: &mut W, board: &str, arena: &mut [i8], params: &mut [C
         } else {
             "MISMATCH (scores)"
         };
-        let _ = writeln!(out, "  {:<24} #{:<3} class {top1} (host {}): {verdict}", s.task, s.index, s.top1);
+        let _ = writeln!(
+            out,
+            "  {:<24} #{:<3} class {top1} (host {}): {verdict}",
+            s.task, s.index, s.top1
+        );
         if !same_scores {
             let _ = writeln!(out, "    target {:?}", scores.quantized());
             let _ = write!(out, "    host   [");

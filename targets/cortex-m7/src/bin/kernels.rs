@@ -32,7 +32,11 @@ fn main() -> ! {
         passed = graftnet_mcu::kernel_test::run(&mut out, BOARD, scratch);
         passed &= graftnet_mcu::kernel_test::bench(&mut out, arena, params, &mut SYST::get_current);
     }
-    debug::exit(if passed { debug::EXIT_SUCCESS } else { debug::EXIT_FAILURE });
+    debug::exit(if passed {
+        debug::EXIT_SUCCESS
+    } else {
+        debug::EXIT_FAILURE
+    });
     #[allow(clippy::empty_loop)]
     loop {}
 }
