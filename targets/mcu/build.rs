@@ -46,6 +46,50 @@ fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| fail(format!("reading {}: {e}", p.display())))
 }
 
+/// `tasks_expected.rs`: what `tasks_test` must find on the target,
+/// computed here, on the build machine, by the same code (`#[path]`).
+fn tasks_expected() {
+    println!("cargo:rerun-if-changed=src/tasks_test.rs");
+    println!("cargo:rerun-if-changed=../../runtime/fuzz/seeds");
+    let bb = graftnet::Backbone::parse(tasks_test::BACKBONE)
+        .unwrap_or_else(|e| fail(format!("tasks_test backbone: {e}")));
+    let patches: Vec<graftnet::Patch<'_>> = tasks_test::PATCHES
+        .iter()
+        .map(|b| {
+            graftnet::Patch::parse(b).unwrap_or_else(|e| fail(format!("tasks_test patch: {e}")))
+        })
+        .collect();
+    let sizes = bb.engine_sizes(&patches);
+    let mut arena = vec![0i8; sizes.arena];
+    let mut params = vec![graftnet::ChannelRequant::default(); sizes.params];
+    let mut branch = vec![0i8; sizes.arena];
+    let mut input = vec![0i8; bb.input().len()];
+    let o = tasks_test::run(&mut arena, &mut params, &mut branch, &mut input);
+    if o.errors != 0 || o.identical != o.results || o.results == 0 {
+        fail(format!("tasks_test on the build machine: {o:?}"));
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap());
+    std::fs::write(
+        out.join("tasks_expected.rs"),
+        format!(
+            "/// FNV-1a of every score the build machine computed.\npub const EXPECTED_HASH: u64 = {:#x};\n\
+             /// Results the build machine computed.\npub const EXPECTED_RESULTS: u32 = {};\n\
+             /// Arena bytes for the seeds' tasks.\npub const ARENA: usize = {};\n\
+             /// Parameter entries for the seeds' tasks.\npub const PARAMS: usize = {};\n\
+             /// Input elements.\npub const INPUT: usize = {};\n",
+            o.hash,
+            o.results,
+            sizes.arena,
+            sizes.params,
+            bb.input().len()
+        ),
+    )
+    .unwrap();
+}
+
+#[path = "src/tasks_test.rs"]
+mod tasks_test;
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     // On the host (`cargo test` of the slot store) nothing is compiled in:
@@ -53,6 +97,7 @@ fn main() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("none") {
         return;
     }
+    tasks_expected();
     println!("cargo:rerun-if-changed=src/partition.rs");
     println!("cargo:rerun-if-env-changed=GRAFTNET_EXPORT_DIR");
     println!("cargo:rerun-if-env-changed=GRAFTNET_SELFTEST");

@@ -13,7 +13,7 @@ use core::fmt::Write;
 
 use graftnet::kernels::selftest::{self, Scratch};
 use graftnet::kernels::Kernels;
-use graftnet::{Backbone, Engine, ChannelRequant};
+use graftnet::{Backbone, ChannelRequant, Engine};
 
 use crate::{sample_input_i8, BACKBONE, INPUT_LEN, MAX_CLASSES, SAMPLES};
 

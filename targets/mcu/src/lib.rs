@@ -41,6 +41,8 @@ pub mod slots;
 #[cfg(target_os = "none")]
 pub mod stack;
 #[cfg(target_os = "none")]
+pub mod tasks_test;
+#[cfg(target_os = "none")]
 pub mod uart;
 
 #[cfg(target_os = "none")]

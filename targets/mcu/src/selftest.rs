@@ -22,7 +22,7 @@
 
 use core::fmt::Write;
 
-use graftnet::{Backbone, Engine, Patch, ChannelRequant};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch};
 
 use crate::partition::PatchTable;
 use crate::{patch_region, sample_input, sample_input_i8, sample_scores_i8, SAMPLES, SAMPLE_BYTES};

@@ -30,7 +30,7 @@
 
 use core::fmt::Write as _;
 
-use graftnet::{Backbone, Engine, Patch, ChannelRequant};
+use graftnet::{Backbone, ChannelRequant, Engine, Patch};
 use graftnet_protocol::{
     Device, ErrorCode, Failure, Info, Input, TaskEntry, TaskList, TaskScores, UploadState,
     UploadStep, BASE_TASK, MAX_INFER_TASKS, PROTOCOL_VERSION,

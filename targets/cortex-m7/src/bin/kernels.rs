@@ -30,6 +30,14 @@ fn main() -> ! {
     let mut passed = false;
     if let Ok(mut out) = hio::hstdout() {
         passed = graftnet_mcu::kernel_test::run(&mut out, BOARD, scratch);
+        // Several tasks in one pass and a task with its own head, against
+        // the build machine's results (graftnet_mcu::tasks_test).
+        use graftnet_mcu::tasks_test as tt;
+        let t_arena = cortex_m::singleton!(: [i8; tt::ARENA] = [0; tt::ARENA]).unwrap();
+        let t_branch = cortex_m::singleton!(: [i8; tt::ARENA] = [0; tt::ARENA]).unwrap();
+        let t_input = cortex_m::singleton!(: [i8; tt::INPUT] = [0; tt::INPUT]).unwrap();
+        let t_params = cortex_m::singleton!(: [ChannelRequant; tt::PARAMS] = [ChannelRequant { mult: 0, shift: 0, bias: 0 }; tt::PARAMS]).unwrap();
+        passed &= tt::check(&mut out, t_arena, t_params, t_branch, t_input);
         passed &= graftnet_mcu::kernel_test::bench(&mut out, arena, params, &mut SYST::get_current);
     }
     debug::exit(if passed {
