@@ -64,11 +64,7 @@ impl<'a, 'm> Engine<'a, 'm> {
                 "the patch header's class count differs from its head's",
             ));
         }
-        if let Some(e) = patch
-            .entries()
-            .find(|e| e.op != NONE && e.op >= head.cut_op)
-        {
-            let _ = e;
+        if patch.entries().any(|e| e.op != NONE && e.op >= head.cut_op) {
             return Err(bad("an entry targets an op the head replaces"));
         }
         // The head reads the cut tensor as the task quantized it.
