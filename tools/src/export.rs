@@ -160,7 +160,27 @@ fn i8s(v: &[i8]) -> Vec<u8> {
     v.iter().map(|&x| x as u8).collect()
 }
 
-pub(crate) fn tensor_quant_payload(q: &QModel) -> Vec<u8> {
+/// The whole-model entries of a task: the tensor quantization of `tq`'s
+/// tensors, and `labels` when there are any.
+pub(crate) fn whole_model_entries(tq: &QModel, labels: &[String]) -> Vec<PatchEntry> {
+    let mut v = vec![PatchEntry::new(
+        EntryKind::TensorQuant,
+        EntryClass::Activations,
+        NONE,
+        tensor_quant_payload(tq),
+    )];
+    if !labels.is_empty() {
+        v.push(PatchEntry::new(
+            EntryKind::Labels,
+            EntryClass::Meta,
+            NONE,
+            labels_payload(labels),
+        ));
+    }
+    v
+}
+
+fn tensor_quant_payload(q: &QModel) -> Vec<u8> {
     let mut p = Vec::with_capacity(8 * q.tensors.len());
     for t in &q.tensors {
         p.extend_from_slice(&t.scale.to_le_bytes());
@@ -170,7 +190,7 @@ pub(crate) fn tensor_quant_payload(q: &QModel) -> Vec<u8> {
     p
 }
 
-pub(crate) fn labels_payload(labels: &[String]) -> Vec<u8> {
+fn labels_payload(labels: &[String]) -> Vec<u8> {
     labels.join("\n").into_bytes()
 }
 
@@ -202,20 +222,7 @@ fn base_entries(q: &QModel) -> Vec<PatchEntry> {
             ));
         }
     }
-    v.push(PatchEntry::new(
-        EntryKind::TensorQuant,
-        EntryClass::Activations,
-        NONE,
-        tensor_quant_payload(q),
-    ));
-    if !q.labels.is_empty() {
-        v.push(PatchEntry::new(
-            EntryKind::Labels,
-            EntryClass::Meta,
-            NONE,
-            labels_payload(&q.labels),
-        ));
-    }
+    v.extend(whole_model_entries(q, &q.labels));
     v
 }
 
@@ -453,20 +460,7 @@ pub fn diff(
         }
     }
     let mut out = op_entries(base, task, base.ops.len(), policy, task_name)?;
-    out.push(PatchEntry::new(
-        EntryKind::TensorQuant,
-        EntryClass::Activations,
-        NONE,
-        tensor_quant_payload(task),
-    ));
-    if !task.labels.is_empty() {
-        out.push(PatchEntry::new(
-            EntryKind::Labels,
-            EntryClass::Meta,
-            NONE,
-            labels_payload(&task.labels),
-        ));
-    }
+    out.extend(whole_model_entries(task, &task.labels));
     out.sort_by_key(|e| (e.op, e.kind as u8));
     Ok(out)
 }

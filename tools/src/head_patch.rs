@@ -158,12 +158,7 @@ pub fn head_entries(
             x.zp = task.tensors[t].zp;
         }
     }
-    out.push(PatchEntry::new(
-        EntryKind::TensorQuant,
-        EntryClass::Activations,
-        NONE,
-        export::tensor_quant_payload(&tq),
-    ));
+    out.extend(export::whole_model_entries(&tq, &task.labels));
     let mut payload = Vec::with_capacity(8 + net.bytes.len());
     payload.extend_from_slice(&(k as u16).to_le_bytes());
     payload.extend_from_slice(&(cut as u16).to_le_bytes());
@@ -175,14 +170,6 @@ pub fn head_entries(
         NONE,
         payload,
     ));
-    if !task.labels.is_empty() {
-        out.push(PatchEntry::new(
-            EntryKind::Labels,
-            EntryClass::Meta,
-            NONE,
-            export::labels_payload(&task.labels),
-        ));
-    }
     out.sort_by_key(|e| (e.op, e.kind as u8));
     let report = HeadReport {
         cut_op: k,

@@ -387,8 +387,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
         .zip(&patches)
         .map(|((name, _, q), (_, blob))| (name.as_str(), q, blob.as_slice()))
         .collect();
-    verify::check_export(base_q, &bb.bytes, &checked)?;
-    let shared = verify::shared_with_base(&bb.bytes, &checked)?;
+    let shared = verify::check_export(base_q, &bb.bytes, &checked)?;
     // Signed: content + trailer, checked against the key before writing.
     let signed = |blob: &[u8], what: &str| -> Result<Vec<u8>> {
         let Some(key) = &opts.sign else {

@@ -36,12 +36,13 @@ pub fn check_scales(task: &str, q: &QModel) -> Result<()> {
 }
 
 /// Runs the backbone and every `(task, model, patch)` through the runtime;
-/// `Err` says what it refuses and where.
+/// `Err` says what it refuses and where. Returns what each patch shares
+/// with the base task.
 pub fn check_export(
     base: &QModel,
     backbone: &[u8],
     patches: &[(&str, &QModel, &[u8])],
-) -> Result<()> {
+) -> Result<SharedWithBase> {
     check_scales(BASE_TASK, base)?;
     for (name, q, _) in patches {
         check_scales(name, q)?;
@@ -56,49 +57,26 @@ pub fn check_export(
     let mut params = vec![ChannelRequant::default(); sizes.params];
     let mut engine = Engine::new(&bb, &mut arena, &mut params)
         .map_err(|e| refused(BASE_TASK, base, e.into()))?;
+    let mut tasks = Vec::with_capacity(patches.len());
     for (name, q, blob) in patches {
         let p = Patch::parse(blob).map_err(|e| refused(name, q, e.into()))?;
         engine.apply(p).map_err(|e| refused(name, q, e.into()))?;
+        let sp = engine
+            .shared_prefix(&[None, Some(p)])
+            .map_err(|e| refused(name, q, e))?;
+        tasks.push(sp.ops);
     }
-    Ok(())
-}
-
-/// Ops of a backbone, and per patch the leading ops it shares with the
-/// base task ([`Engine::shared_prefix`]).
-pub struct SharedWithBase {
-    pub n_ops: usize,
-    pub tasks: Vec<usize>,
-}
-
-/// What each patch of an export (checked by [`check_export`]) shares with
-/// the base.
-pub fn shared_with_base(
-    backbone: &[u8],
-    patches: &[(&str, &QModel, &[u8])],
-) -> Result<SharedWithBase> {
-    let bb = Backbone::parse(backbone).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let parsed: Vec<Patch<'_>> = patches
-        .iter()
-        .filter_map(|(_, _, blob)| Patch::parse(blob).ok())
-        .collect();
-    let sizes = bb.engine_sizes(&parsed);
-    let mut arena = vec![0i8; sizes.arena];
-    let mut params = vec![ChannelRequant::default(); sizes.params];
-    let engine = Engine::new(&bb, &mut arena, &mut params).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tasks = patches
-        .iter()
-        .map(|(name, q, blob)| {
-            let p = Patch::parse(blob).map_err(|e| refused(name, q, e.into()))?;
-            let sp = engine
-                .shared_prefix(&[None, Some(p)])
-                .map_err(|e| refused(name, q, e))?;
-            Ok(sp.ops)
-        })
-        .collect::<Result<_>>()?;
     Ok(SharedWithBase {
         n_ops: bb.n_ops(),
         tasks,
     })
+}
+
+/// Ops of a backbone, and per patch the leading ops it shares with the
+/// base task ([`Engine::shared_prefix`]), as [`check_export`] found them.
+pub struct SharedWithBase {
+    pub n_ops: usize,
+    pub tasks: Vec<usize>,
 }
 
 /// The runtime's error `e` on task `task` (quantized as `q`), with the
